@@ -1,0 +1,111 @@
+"""Connections: URL resolution, password redaction, errors a user can act on."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from .errors import RecoveryError
+
+DEFAULT_SCHEMA = "_recovery"
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def resolve_url(url: str | None) -> str:
+    """Return the database URL from the argument, RECOVERY_DB_URL or DATABASE_URL."""
+    url = url or os.environ.get("RECOVERY_DB_URL") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise RecoveryError(
+            "no database given: pass --db postgresql://user@host/dbname or set RECOVERY_DB_URL"
+        )
+    # SQLAlchemy-style URLs name a driver; libpq wants the plain scheme.
+    return re.sub(r"^postgres(ql)?\+[a-z0-9_]+://", "postgresql://", url)
+
+
+def redact(url: str) -> str:
+    """Return the URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def check_schema_name(name: str) -> str:
+    """Validate the recovery schema name (lower-case identifier)."""
+    if not _SCHEMA_RE.match(name):
+        raise RecoveryError(
+            f"invalid schema name {name!r}: use lower-case letters, digits and underscores"
+        )
+    return name
+
+
+def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a psycopg connection with the settings recovery relies on."""
+    real = resolve_url(url)
+    try:
+        conn = psycopg.connect(real, autocommit=autocommit, application_name="recovery")
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        raise RecoveryError(
+            f"cannot reach the database at {redact(real)}: {redact(first)}"
+        ) from None
+    except psycopg.ProgrammingError as exc:
+        raise RecoveryError(f"invalid database URL {redact(real)}: {exc}") from None
+    # Exact text forms for value comparison, whatever the server defaults are.
+    conn.execute("SET extra_float_digits = 3")
+    conn.execute("SET bytea_output = 'hex'")
+    if not autocommit:
+        conn.commit()
+    return conn
+
+
+@contextmanager
+def connection(url: str | None = None) -> Iterator[psycopg.Connection]:
+    """Context manager around connect() that always closes."""
+    conn = connect(url)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def resolve_table(conn: psycopg.Connection, name: str) -> tuple[int, str, str]:
+    """Return (oid, schema, table) of a table given as NAME or SCHEMA.NAME; error if absent.
+
+    A name is split on the first unquoted dot; quoted parts keep their case, as in SQL.
+    """
+    try:
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)",
+            [_as_regclass_text(name)],
+        ).fetchone()
+    except psycopg.errors.InvalidName:
+        conn.rollback()
+        row = None
+    if row is None:
+        # Unquoted mixed-case names are folded by PostgreSQL; try them as typed.
+        parts = name.split(".", 1)
+        cand = ".".join(str(sql.Identifier(p).as_string(None)) for p in parts)
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            [cand],
+        ).fetchone()
+    if row is None or row[3] not in ("r", "p"):
+        raise RecoveryError(
+            f"table {name!r} not found: check the name (schema.table; quote mixed case)"
+        )
+    return int(row[0]), row[1], row[2]
+
+
+def _as_regclass_text(name: str) -> str:
+    return name.strip()
+
+
+def qualified(schema: str, table: str) -> sql.Identifier:
+    """Identifier for schema.table."""
+    return sql.Identifier(schema, table)

@@ -1,0 +1,25 @@
+"""Exceptions that carry the CLI exit code of PRODUCT.md."""
+
+from __future__ import annotations
+
+
+class RecoveryError(Exception):
+    """Bad input, connection or privilege problem: exit 1, nothing changed."""
+
+    exit_code = 1
+
+
+class ConflictError(RecoveryError):
+    """Refused because of conflicts or a failed verification: exit 2, nothing changed."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ApprovalRequired(RecoveryError):
+    """Refused because approval is needed or a blast-radius cap was hit: exit 3."""
+
+    exit_code = 3

@@ -1,0 +1,119 @@
+"""Install and upgrade the recovery schema (`recovery init`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from .db import DEFAULT_SCHEMA, check_schema_name
+from .errors import RecoveryError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class InitResult:
+    schema: str
+    previous_version: int | None
+    version: int
+    ddl_follow: bool
+
+
+def _schema_sql(schema: str) -> sql.Composed:
+    text = resources.files("recovery").joinpath("sql/schema.sql").read_text()
+    return sql.SQL(text).format(s=sql.Identifier(schema), s_lit=sql.Literal(schema))
+
+
+def installed_version(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> int | None:
+    """Return the installed schema version, or None when the schema is absent."""
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}".meta']
+    ).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(
+            sql.Identifier(schema)
+        )
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def require_schema(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> None:
+    """Raise a clear error unless the recovery schema is installed and current."""
+    version = installed_version(conn, schema)
+    if version is None:
+        raise RecoveryError(f"schema {schema} is not installed here: run `recovery init` first")
+    if version < SCHEMA_VERSION:
+        raise RecoveryError(
+            f"schema {schema} is version {version}, this tool needs {SCHEMA_VERSION}: "
+            "run `recovery init` to upgrade it in place"
+        )
+    if version > SCHEMA_VERSION:
+        raise RecoveryError(
+            f"schema {schema} is version {version}, newer than this tool ({SCHEMA_VERSION}): "
+            "upgrade the recovery package"
+        )
+
+
+def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
+    """Install the recovery schema, or upgrade it in place; safe to run again."""
+    check_schema_name(schema)
+    previous = installed_version(conn, schema)
+    if previous is not None and previous > SCHEMA_VERSION:
+        raise RecoveryError(
+            f"schema {schema} is version {previous}, newer than this tool ({SCHEMA_VERSION}): "
+            "upgrade the recovery package"
+        )
+    try:
+        # Serialise concurrent `init` runs.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recovery-init:{schema}"])
+        conn.execute(_schema_sql(schema))
+        # Upgrades from older versions go here, each a step from N to N+1, run in
+        # this same transaction; version 1 is the first, so there is none yet.
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ).format(sql.Identifier(schema)),
+            [str(SCHEMA_VERSION)],
+        )
+        ddl_follow = _install_event_trigger(conn, schema)
+        # Rebuild capture functions so that they match this version's generator.
+        conn.execute(
+            sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled").format(
+                s=sql.Identifier(schema)
+            )
+        )
+        conn.commit()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        conn.rollback()
+        raise RecoveryError(
+            f"cannot install schema {schema}: {exc.diag.message_primary}; "
+            "run `recovery init` as a role with CREATE on the database"
+        ) from None
+    return InitResult(schema, previous, SCHEMA_VERSION, ddl_follow)
+
+
+def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
+    """Install the DDL-following event trigger when this role may; report whether it exists."""
+    name = f"{schema}_follow_ddl"
+    exists = conn.execute("SELECT 1 FROM pg_event_trigger WHERE evtname = %s", [name]).fetchone()
+    if exists:
+        return True
+    is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    if not is_super or not is_super[0]:
+        # Event triggers need a superuser.  Without one, a capture function that
+        # sees a changed table shape skips capture (the write still succeeds) and
+        # `capture status` reports the table as stopped until `capture enable`.
+        return False
+    conn.execute(
+        sql.SQL(
+            "CREATE EVENT TRIGGER {} ON ddl_command_end "
+            "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE') EXECUTE FUNCTION {}.on_ddl()"
+        ).format(sql.Identifier(name), sql.Identifier(schema))
+    )
+    return True

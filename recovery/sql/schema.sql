@@ -1,0 +1,338 @@
+-- The recovery schema, version 1.
+--
+-- This text is composed with psycopg.sql before it runs: every {s} becomes the
+-- quoted schema identifier and {s_lit} the schema name as a string literal.
+-- Literal braces are doubled.  Everything here is idempotent: `recovery init`
+-- runs it on every call, and CREATE ... IF NOT EXISTS / CREATE OR REPLACE keep
+-- captured data intact.
+
+CREATE SCHEMA IF NOT EXISTS {s};
+REVOKE ALL ON SCHEMA {s} FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS {s}.meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+INSERT INTO {s}.meta (key, value) VALUES ('gen', '1') ON CONFLICT (key) DO NOTHING;
+
+-- One row per table under capture (past or present).  relid is the table's oid;
+-- names are refreshed whenever the table is renamed.  key_attnums are the
+-- parent table's attribute numbers of the row key, so renames do not matter.
+CREATE TABLE IF NOT EXISTS {s}.captured (
+    table_id     serial PRIMARY KEY,
+    relid        oid NOT NULL,
+    schema_name  text NOT NULL,
+    table_name   text NOT NULL,
+    key_attnums  int2[] NOT NULL,
+    key_source   text NOT NULL,
+    enabled      boolean NOT NULL DEFAULT true,
+    enabled_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    disabled_at  timestamptz,
+    stopped      text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS captured_relid_enabled ON {s}.captured (relid) WHERE enabled;
+
+-- Journal column of each captured attribute; a retyped column gets a new journal
+-- column and the old one is kept (with valid_until) so older changes stay readable.
+CREATE TABLE IF NOT EXISTS {s}.columns (
+    table_id    int NOT NULL REFERENCES {s}.captured,
+    attnum      int2 NOT NULL,
+    jcol        text NOT NULL,
+    type_name   text NOT NULL,
+    since_stmt  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (table_id, jcol)
+);
+
+CREATE SEQUENCE IF NOT EXISTS {s}.stmt_seq;
+
+-- One row per captured statement that changed rows; partitioned by generation
+-- so that prune drops whole chunks.
+CREATE TABLE IF NOT EXISTS {s}.stmt (
+    gen       int NOT NULL,
+    stmt_id   bigint NOT NULL,
+    table_id  int NOT NULL,
+    op        "char" NOT NULL,
+    txid      bigint NOT NULL,
+    at        timestamptz NOT NULL,
+    db_user   text NOT NULL,
+    app       text,
+    tag       text,
+    depth     int NOT NULL,
+    nrows     bigint NOT NULL
+) PARTITION BY LIST (gen);
+
+CREATE TABLE IF NOT EXISTS {s}.events (
+    id        bigserial PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    table_id  int,
+    kind      text NOT NULL,
+    detail    text,
+    db_user   text NOT NULL DEFAULT session_user,
+    stmt_hwm  bigint
+);
+
+CREATE TABLE IF NOT EXISTS {s}.operations (
+    op_id         bigserial PRIMARY KEY,
+    kind          text NOT NULL,
+    status        text NOT NULL,
+    requested_by  text NOT NULL DEFAULT session_user,
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz,
+    selector      jsonb,
+    options       jsonb,
+    summary       jsonb,
+    error         text,
+    tag           text
+);
+
+-- Attribute shape of a relation: number, type and typmod of every live column.
+-- The capture function of a table remembers the shape it was built for and
+-- stops (rather than fail the application's write) if it no longer matches.
+CREATE OR REPLACE FUNCTION {s}.shape(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT md5(coalesce(string_agg(attnum || ':' || atttypid || ':' || atttypmod, ',' ORDER BY attnum), ''))
+    FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+$$;
+
+-- Storage type of a column in the journal: a domain is stored as its base type,
+-- so that a later change to the domain's constraints cannot reject journal rows.
+CREATE OR REPLACE FUNCTION {s}.storage_type(typ oid, typmod int) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE d(t, m, depth) AS (
+        SELECT typ, typmod, 0
+        UNION ALL
+        SELECT pt.typbasetype, pt.typtypmod, d.depth + 1
+        FROM d JOIN pg_type pt ON pt.oid = d.t
+        WHERE pt.typtype = 'd' AND d.depth < 20
+    )
+    SELECT format_type(t, m) FROM d ORDER BY depth DESC LIMIT 1
+$$;
+
+-- Creates the journal chunk for the current generation, brings the journal's
+-- columns in line with the table, and (re)generates the capture function and
+-- triggers on the table and on every partition of it.
+CREATE OR REPLACE FUNCTION {s}.build_capture(tid int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    c          {s}.captured;
+    gen        int;
+    jparent    text := 'j_' || tid;
+    jleaf      text;
+    a          record;
+    cur        record;
+    rel        record;
+    fname      text;
+    tgt        text;
+    body       text;
+    hwm        bigint;
+BEGIN
+    SELECT * INTO c FROM {s}.captured WHERE table_id = tid;
+    IF NOT FOUND OR NOT c.enabled THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname, cl.relname INTO c.schema_name, c.table_name
+    FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = c.relid;
+    IF NOT FOUND THEN
+        UPDATE {s}.captured SET enabled = false, disabled_at = clock_timestamp(),
+               stopped = 'table was dropped' WHERE table_id = tid;
+        RETURN;
+    END IF;
+    UPDATE {s}.captured SET schema_name = c.schema_name, table_name = c.table_name, stopped = NULL
+    WHERE table_id = tid;
+    gen := (SELECT value::int FROM {s}.meta WHERE key = 'gen');
+    jleaf := jparent || '_' || gen;
+    hwm := (SELECT last_value FROM {s}.stmt_seq);
+
+    IF to_regclass(format('%I.%I', {s_lit}, jparent)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I (rec_gen int NOT NULL, rec_stmt bigint NOT NULL, '
+                       'rec_ord int NOT NULL, rec_img "char" NOT NULL) PARTITION BY LIST (rec_gen)',
+                       {s_lit}, jparent);
+        EXECUTE format('CREATE INDEX ON %I.%I USING brin (rec_stmt)', {s_lit}, jparent);
+    END IF;
+    IF to_regclass(format('%I.%I', {s_lit}, jleaf)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES IN (%s)',
+                       {s_lit}, jleaf, {s_lit}, jparent, gen);
+    END IF;
+    IF to_regclass(format('%I.%I', {s_lit}, 'stmt_' || gen)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.stmt FOR VALUES IN (%s)',
+                       {s_lit}, 'stmt_' || gen, {s_lit}, gen);
+        EXECUTE format('CREATE INDEX ON %I.%I USING brin (stmt_id)', {s_lit}, 'stmt_' || gen);
+    END IF;
+
+    -- Journal columns follow the table's live columns, by attribute number.
+    FOR a IN
+        SELECT att.attnum, {s}.storage_type(att.atttypid, att.atttypmod) AS typ
+        FROM pg_attribute att
+        WHERE att.attrelid = c.relid AND att.attnum > 0 AND NOT att.attisdropped
+        ORDER BY att.attnum
+    LOOP
+        SELECT * INTO cur FROM {s}.columns
+        WHERE table_id = tid AND attnum = a.attnum ORDER BY since_stmt DESC LIMIT 1;
+        IF NOT FOUND THEN
+            EXECUTE format('ALTER TABLE %I.%I ADD COLUMN IF NOT EXISTS %I %s',
+                           {s_lit}, jparent, 'c' || a.attnum, a.typ);
+            INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
+            VALUES (tid, a.attnum, 'c' || a.attnum, a.typ, 0);
+        ELSIF cur.type_name <> a.typ THEN
+            -- Retyped column: keep the old values in their old type, add a new one.
+            EXECUTE format('ALTER TABLE %I.%I ADD COLUMN %I %s',
+                           {s_lit}, jparent, 'c' || a.attnum || '_' || hwm, a.typ);
+            INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
+            VALUES (tid, a.attnum, 'c' || a.attnum || '_' || hwm, a.typ, hwm);
+        END IF;
+    END LOOP;
+
+    -- One capture function per relation that can be written: the table and,
+    -- when partitioned, every partition (a write aimed at a partition fires only
+    -- that partition's statement triggers).
+    FOR rel IN
+        SELECT pc.oid, pc.relkind, n.nspname, pc.relname
+        FROM (SELECT c.relid AS relid
+              UNION SELECT t.relid FROM pg_partition_tree(c.relid) t WHERE t.relid <> c.relid) r
+        JOIN pg_class pc ON pc.oid = r.relid
+        JOIN pg_namespace n ON n.oid = pc.relnamespace
+        WHERE pc.relkind IN ('r', 'p')
+    LOOP
+        fname := 'cap_' || tid || '_' || rel.oid;
+        -- Target list in the relation's own column order (partitions may differ
+        -- from the parent), mapped by name onto the parent's journal columns.
+        SELECT string_agg(quote_ident(col.jcol), ', ' ORDER BY pa.attnum) INTO tgt
+        FROM pg_attribute pa
+        JOIN pg_attribute ta ON ta.attrelid = c.relid AND ta.attname = pa.attname
+                            AND ta.attnum > 0 AND NOT ta.attisdropped
+        JOIN LATERAL (SELECT jcol FROM {s}.columns
+                      WHERE table_id = tid AND attnum = ta.attnum
+                      ORDER BY since_stmt DESC LIMIT 1) col ON true
+        WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped;
+
+        body := format($b$
+DECLARE
+    s bigint;
+    n bigint := 0;
+BEGIN
+    IF %1$s.shape(TG_RELID) IS DISTINCT FROM %2$L THEN
+        RETURN NULL;  -- shape changed and capture was not rebuilt: status reports it
+    END IF;
+    s := nextval(%3$L);
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+        SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r;
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+        SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+        SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSE
+        EXECUTE format('INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s) '
+                       'SELECT %6$s, $1, row_number() OVER (), ''B'', r.* FROM ONLY %%I.%%I r',
+                       TG_TABLE_SCHEMA, TG_TABLE_NAME) USING s;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    IF n > 0 THEN
+        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
+        VALUES (%6$s, s, %8$s, left(TG_OP, 1), txid_current(), clock_timestamp(), session_user,
+                current_setting('application_name', true),
+                nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
+    END IF;
+    RETURN NULL;
+END
+$b$,
+            format('%I', {s_lit}),
+            {s}.shape(rel.oid),
+            format('%I.stmt_seq', {s_lit}),
+            format('%I.%I', {s_lit}, jleaf),
+            replace(tgt, '%', '%%'),
+            gen,
+            format('%I.%I', {s_lit}, 'stmt_' || gen),
+            tid);
+        EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
+                       'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
+                       {s_lit}, fname, body);
+        EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname);
+
+        PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_i',
+            'AFTER INSERT', 'REFERENCING NEW TABLE AS rec_new', fname);
+        PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_u',
+            'AFTER UPDATE', 'REFERENCING OLD TABLE AS rec_old NEW TABLE AS rec_new', fname);
+        PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_d',
+            'AFTER DELETE', 'REFERENCING OLD TABLE AS rec_old', fname);
+        IF rel.relkind = 'r' THEN
+            -- TRUNCATE of a parent fires the trigger of every leaf; only leaves copy rows.
+            PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_t',
+                'BEFORE TRUNCATE', '', fname);
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}._ensure_trigger(rel oid, tname text, timing text, referencing text, fname text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = tname) THEN
+        EXECUTE format('CREATE TRIGGER %I %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()',
+                       tname, timing, rel::regclass, referencing, {s_lit}, fname);
+        -- ALWAYS: capture also what a session in replica mode writes.
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', rel::regclass, tname);
+    END IF;
+END
+$fn$;
+
+-- Removes capture triggers and functions from a table and its partitions.
+CREATE OR REPLACE FUNCTION {s}.drop_capture(tid int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tg.tgrelid, tg.tgname, p.proname
+        FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tgrelid::regclass);
+    END LOOP;
+    FOR t IN
+        SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+    LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS %I.%I()', {s_lit}, t.proname);
+    END LOOP;
+END
+$fn$;
+
+-- Event trigger body: after DDL on a captured table (or on a partition of one),
+-- rebuild its capture so that it follows the new shape.
+CREATE OR REPLACE FUNCTION {s}.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r record;
+    t record;
+BEGIN
+    FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+             WHERE classid = 'pg_class'::regclass AND objid IS NOT NULL
+    LOOP
+        FOR t IN
+            SELECT c.table_id FROM {s}.captured c
+            WHERE c.enabled AND (c.relid = r.objid
+                  OR c.relid IN (SELECT relid FROM pg_partition_ancestors(r.objid)))
+        LOOP
+            PERFORM {s}.build_capture(t.table_id);
+            INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
+            VALUES (t.table_id, 'ddl', 'capture rebuilt after ' || tg_tag,
+                    (SELECT last_value FROM {s}.stmt_seq));
+        END LOOP;
+    END LOOP;
+END
+$fn$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
