@@ -111,12 +111,26 @@ def enable(
                     "(writes to the partition are captured there)"
                 )
             attnums, source = _key_attnums(conn, relid, label, key)
+            # One capture id per table for its whole life, so that history before a
+            # disable and after a later enable stays in one journal.
             row = conn.execute(
-                sql.SQL("SELECT table_id FROM {}.captured WHERE relid = %s AND enabled").format(s),
+                sql.SQL(
+                    "SELECT table_id, enabled FROM {}.captured WHERE relid = %s "
+                    "ORDER BY table_id DESC LIMIT 1"
+                ).format(s),
                 [relid],
             ).fetchone()
             if row:
                 tid = row[0]
+                if not row[1]:
+                    conn.execute(
+                        sql.SQL(
+                            "UPDATE {}.captured SET enabled = true, enabled_at = clock_timestamp(),"
+                            " disabled_at = NULL, stopped = NULL, key_attnums = %s, key_source = %s"
+                            " WHERE table_id = %s"
+                        ).format(s),
+                        [attnums, source, tid],
+                    )
                 if key:
                     conn.execute(
                         sql.SQL(

@@ -1,0 +1,499 @@
+"""Selective undo: plan the net inverse of selected changes, check conflicts, apply it.
+
+`rollback()` is the whole operation; `resume_rollback()` continues a batched one
+that was interrupted.  See undo_sql.py for the SQL and README.md for semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from . import undo_sql as q
+from .db import DEFAULT_SCHEMA
+from .errors import ConflictError, RecoveryError
+from .schema import require_schema
+from .selector import Selector, where_clause
+from .tableinfo import TableInfo, load
+
+ON_CONFLICT = ("fail", "skip", "overwrite")
+EXAMPLES = 5
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class TableResult:
+    table: str
+    table_id: int
+    changes: int = 0
+    reinsert: int = 0
+    restore: int = 0
+    delete: int = 0
+    already: int = 0
+    conflicts: int = 0
+    partial: int = 0
+    conflict_examples: list[dict[str, Any]] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class RollbackReport:
+    """What an undo would do (dry run) or did."""
+
+    op_id: int | None
+    status: str
+    selector: dict[str, Any]
+    on_conflict: str
+    dry_run: bool
+    tables: list[TableResult]
+    undo_tag: str | None
+    seconds: float = 0.0
+    batches: int = 0
+    sql: list[str] = field(default_factory=list)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(t.conflicts for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["conflicts"] = self.conflicts
+        d.pop("sql")
+        return d
+
+
+class _Run:
+    """State of one undo operation while it runs."""
+
+    def __init__(self, conn: psycopg.Connection, schema: str, op_id: int | None, prefix: str,
+                 on_conflict: str, fire_triggers: bool, lock_timeout: str,
+                 sql_out: list[str] | None, progress: Progress | None) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.op_id = op_id
+        self.prefix = prefix
+        self.overwrite = on_conflict == "overwrite"
+        self.on_conflict = on_conflict
+        self.fire_triggers = fire_triggers
+        self.lock_timeout = lock_timeout
+        self.sql_out = sql_out
+        self.progress = progress
+        self.tables: list[TableInfo] = []
+        self.results: dict[int, TableResult] = {}
+        self._suspended: list[tuple[TableInfo, list[tuple[str, str, str]]]] = []
+
+    def run(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> psycopg.Cursor:
+        if self.sql_out is not None:
+            self.sql_out.append(stmt.as_string(self.conn) + ";")
+        return self.conn.execute(stmt, params)
+
+    def net(self, t: TableInfo) -> str:
+        return f"{self.prefix}_{t.table_id}"
+
+    def begin_tx(self) -> None:
+        self.conn.execute("SELECT set_config('lock_timeout', %s, true)", [self.lock_timeout])
+        # Deferrable foreign keys are checked once, at commit.
+        self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        if self.op_id is not None:
+            self.conn.execute("SELECT set_config('recovery.tag', %s, true)",
+                              [undo_tag(self.op_id)])
+
+    # -- the table's own triggers ------------------------------------------------
+    def suspend_triggers(self, t: TableInfo) -> None:
+        """Disable the table's own triggers for this transaction, so restored rows are exact.
+
+        Needs ownership of the table; the lock taken (SHARE ROW EXCLUSIVE) is held to
+        commit and bounded by lock_timeout.  Foreign-key and capture triggers stay on.
+        """
+        if self.fire_triggers or any(x is t for x, _ in self._suspended):
+            return
+        rows = self.conn.execute(
+            "SELECT tg.tgrelid::regclass::text, tg.tgname, tg.tgenabled FROM pg_trigger tg "
+            "WHERE tg.tgrelid IN (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)) "
+            "AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' AND tg.tgparentid = 0 "
+            "AND tg.tgname NOT LIKE %s",
+            [t.relid, t.relid, self.schema.replace("_", r"\_") + r"\_capture\_%"],
+        ).fetchall()
+        for rel, name, _state in rows:
+            try:
+                self.run(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                    sql.SQL(rel), sql.Identifier(name)))
+            except psycopg.errors.InsufficientPrivilege:
+                raise RecoveryError(
+                    f"cannot suspend trigger {name} of {t.label} during the undo (must be the "
+                    "table's owner): run as the owner, or pass --fire-triggers to let it fire"
+                ) from None
+        self._suspended.append((t, [(r, n, s) for r, n, s in rows]))
+
+    def restore_triggers(self) -> None:
+        verbs = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
+        for _t, rows in self._suspended:
+            for rel, name, state in rows:
+                self.run(sql.SQL("ALTER TABLE {} {} {}").format(
+                    sql.SQL(rel), sql.SQL(verbs[state]), sql.Identifier(name)))
+        self._suspended = []
+
+    # -- status and apply ---------------------------------------------------------
+    def fill_batch(self, t: TableInfo, action: str | None, limit: int | None) -> int:
+        b = f"_rb_{t.table_id}"
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(b)))
+        cond = sql.SQL("NOT done") if action is None else sql.SQL(
+            "NOT done AND action = {}").format(sql.Literal(action))
+        lim = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+        cur = self.run(sql.SQL(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT bn FROM {} WHERE {} ORDER BY bn{}"
+        ).format(sql.Identifier(b), sql.Identifier(self.schema, self.net(t)), cond, lim))
+        return cur.rowcount
+
+    def status(self, t: TableInfo, lock: bool) -> TableResult:
+        """Compare the batch's net rows with the table now; count and keep examples."""
+        st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
+        if lock:
+            self.run(q.lock_rows(t, self.schema, self.net(t), b))
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(st)))
+        self.run(q.build_status(t, self.schema, self.net(t), st, b))
+        res = TableResult(t.label, t.table_id)
+        any_r = sql.SQL(" OR ").join(
+            sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
+        for action, status, partial, n in self.conn.execute(sql.SQL(
+                "SELECT action, status, {} AND cur_present, count(*) FROM {} GROUP BY 1, 2, 3"
+        ).format(any_r, sql.Identifier(st))):
+            if status == "done":
+                res.already += n
+            elif status == "conflict":
+                res.conflicts += n
+                if partial and not self.overwrite:
+                    # Restorable cells of a conflicting row (unless on_conflict is fail).
+                    res.partial += n
+            if status == "ok" or (status == "conflict" and self.overwrite):
+                if action == "insert":
+                    res.reinsert += n
+                elif action == "update":
+                    res.restore += n
+                elif action == "delete":
+                    res.delete += n
+        if res.conflicts:
+            for action, cols, key, values in self.conn.execute(
+                    q.conflict_examples(t, self.schema, self.net(t), st, EXAMPLES)):
+                res.conflict_examples.append({
+                    "action": action, "key": key, "columns": cols,
+                    "values": {c: dict(zip(("restore_to", "left_by_change", "now"), values[c]))
+                               for c in cols if c in values},
+                })
+        return res
+
+    def apply(self, t: TableInfo, phase: str) -> tuple[int, int, int]:
+        st = f"_rs_{t.table_id}"
+        ins = upd = dele = 0
+        if phase == "insert":
+            ins = self.run(q.apply_insert(t, self.schema, self.net(t), st, self.overwrite)).rowcount
+        elif phase == "update":
+            masks = self.conn.execute(q.update_masks(t, st, self.overwrite)).fetchall()
+            for mask in masks:
+                if any(mask):
+                    upd += self.run(q.apply_update(
+                        t, self.schema, self.net(t), st, self.overwrite, mask)).rowcount
+        else:
+            dele = self.run(q.apply_delete(t, self.schema, self.net(t), st, self.overwrite)).rowcount
+        self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
+            sql.Identifier(self.schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
+        return ins, upd, dele
+
+
+def undo_tag(op_id: int) -> str:
+    """The tag carried by the writes of undo operation op_id (so it can be undone too)."""
+    return f"recovery-undo-{op_id}"
+
+
+def _fk_order(conn: psycopg.Connection, tables: list[TableInfo]) -> list[TableInfo]:
+    """Tables with parents before children (by foreign keys among them); stable otherwise."""
+    rel = {t.relid: t for t in tables}
+    edges = conn.execute(
+        "SELECT DISTINCT coalesce(pp.relid, c.confrelid), coalesce(pc.relid, c.conrelid) "
+        "FROM pg_constraint c "
+        "LEFT JOIN LATERAL (SELECT relid FROM pg_partition_ancestors(c.confrelid) "
+        "  WHERE relid = ANY(%s) LIMIT 1) pp ON true "
+        "LEFT JOIN LATERAL (SELECT relid FROM pg_partition_ancestors(c.conrelid) "
+        "  WHERE relid = ANY(%s) LIMIT 1) pc ON true "
+        "WHERE c.contype = 'f'",
+        [list(rel), list(rel)],
+    ).fetchall()
+    parents: dict[int, set[int]] = {r: set() for r in rel}
+    for parent, child in edges:
+        if parent in rel and child in rel and parent != child:
+            parents[child].add(parent)
+    out: list[TableInfo] = []
+    placed: set[int] = set()
+    pending = sorted(rel, key=lambda r: rel[r].label)
+    while pending:
+        ready = [r for r in pending if parents[r] <= placed] or pending[:1]  # cycle: any order
+        for r in ready:
+            out.append(rel[r])
+            placed.add(r)
+            pending.remove(r)
+    return out
+
+
+def _matching(conn: psycopg.Connection, schema: str, where: sql.Composable) -> list[tuple[int, int, int, int]]:
+    return conn.execute(sql.SQL(
+        "SELECT st.table_id, min(st.stmt_id), max(st.stmt_id), sum(st.nrows)::bigint "
+        "FROM {}.stmt st WHERE {} GROUP BY st.table_id ORDER BY st.table_id"
+    ).format(sql.Identifier(schema), where)).fetchall()
+
+
+def rollback(
+    conn: psycopg.Connection,
+    selector: Selector,
+    *,
+    on_conflict: str = "fail",
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    lock_timeout: str = "5s",
+    fire_triggers: bool = False,
+    sql_out: list[str] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Progress | None = None,
+) -> RollbackReport:
+    """Undo the changes the selector covers, keeping every later write.
+
+    Raises ConflictError (exit 2) when on_conflict is "fail" and a row or cell was
+    changed after the selected changes by anything not selected; nothing changes then.
+    With batch_size, commits every batch and can be resumed with resume_rollback().
+    """
+    if on_conflict not in ON_CONFLICT:
+        raise RecoveryError(f"--on-conflict {on_conflict!r}: use one of {', '.join(ON_CONFLICT)}")
+    if batch_size is not None and batch_size < 1:
+        raise RecoveryError("--batch-size must be a positive number of rows")
+    if selector.is_empty():
+        raise RecoveryError(
+            "no selector given: name what to undo with --tag, --txid, --since/--until, "
+            "--table, --user or --app"
+        )
+    require_schema(conn, schema)
+    started = time.monotonic()
+    try:
+        where = where_clause(conn, selector, schema)
+        matching = _matching(conn, schema, where)
+    except BaseException:
+        conn.rollback()
+        raise
+    if not matching:
+        conn.rollback()
+        raise RecoveryError(f"no captured change matches {selector.describe()}")
+    options = {"on_conflict": on_conflict, "batch_size": batch_size, "lock_timeout": lock_timeout,
+               "fire_triggers": fire_triggers}
+    op_id = None
+    if not dry_run:
+        op_id = conn.execute(sql.SQL(
+            "INSERT INTO {}.operations (kind, status, selector, options) "
+            "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id").format(
+                sql.Identifier(schema)),
+            [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
+        conn.commit()
+    prefix = f"undo_{op_id}" if op_id is not None else f"undo_dry_{conn.info.backend_pid}"
+    r = _Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
+             progress)
+    report = RollbackReport(op_id, "planned", selector.as_dict(), on_conflict, dry_run, [],
+                            undo_tag(op_id) if op_id is not None else None)
+    try:
+        r.begin_tx()
+        infos = [load(conn, schema, tid) for tid, *_ in matching]
+        r.tables = _fk_order(conn, infos)
+        changes = {tid: n for tid, _lo, _hi, n in matching}
+        for t in r.tables:
+            tid, lo, hi, _n = next(m for m in matching if m[0] == t.table_id)
+            r.run(q.build_net(t, schema, r.net(t), where, lo, hi))
+        single = batch_size is None and not dry_run
+        for t in r.tables:
+            r.fill_batch(t, None, None)
+            res = r.status(t, lock=single)
+            res.changes = int(changes[t.table_id])
+            r.results[t.table_id] = res
+        report.tables = [r.results[t.table_id] for t in r.tables]
+        if dry_run:
+            conn.rollback()
+            report.status = "dry-run"
+            report.seconds = time.monotonic() - started
+            return report
+        if report.conflicts and on_conflict == "fail":
+            raise ConflictError(
+                f"{report.conflicts} row(s) changed after the selected changes: nothing was "
+                "undone; see the conflicts, then use --on-conflict skip or overwrite", report)
+        if single:
+            _apply_all(r, report)
+            _finish(r, report, "done", started)
+            conn.commit()
+            return report
+        # Batched: keep the plan, then work through it in committed batches.
+        _set_status(r, "applying", report)
+        conn.commit()
+    except ConflictError:
+        conn.rollback()
+        if op_id is not None:
+            _record_end(conn, schema, op_id, "refused", report, "conflicts")
+        raise
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        if op_id is not None:
+            _record_end(conn, schema, op_id, "failed", report, "lock timeout")
+        raise RecoveryError(
+            f"rows or tables to undo are locked by another transaction beyond lock_timeout "
+            f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout") from None
+    except BaseException as exc:
+        conn.rollback()
+        if op_id is not None:
+            _record_end(conn, schema, op_id, "failed", report, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    return _run_batches(r, report, batch_size or 0, started)
+
+
+def _apply_all(r: _Run, report: RollbackReport) -> None:
+    """Apply every phase in one transaction, status already computed and rows locked."""
+    for phase, order in (("insert", r.tables), ("update", r.tables),
+                         ("delete", list(reversed(r.tables)))):
+        for t in order:
+            res = r.results[t.table_id]
+            if not (res.reinsert or res.restore or res.delete):
+                continue
+            r.suspend_triggers(t)
+            ins, upd, dele = r.apply(t, phase)
+            res.inserted += ins
+            res.updated += upd
+            res.deleted += dele
+    r.restore_triggers()
+
+
+def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float) -> RollbackReport:
+    conn = r.conn
+    try:
+        for phase, order in (("insert", r.tables), ("update", r.tables),
+                             ("delete", list(reversed(r.tables)))):
+            for t in order:
+                res = r.results[t.table_id]
+                while True:
+                    r.begin_tx()
+                    if r.fill_batch(t, phase, batch_size) == 0:
+                        conn.rollback()
+                        break
+                    now = r.status(t, lock=True)
+                    if now.conflicts and r.on_conflict == "fail":
+                        raise ConflictError(
+                            f"{now.conflicts} row(s) of {t.label} changed while the undo ran: "
+                            f"stopped after {report.batches} committed batch(es); resume with "
+                            f"`recovery rollback --resume {r.op_id} --on-conflict skip`", report)
+                    r.suspend_triggers(t)
+                    ins, upd, dele = r.apply(t, phase)
+                    r.restore_triggers()
+                    res.inserted += ins
+                    res.updated += upd
+                    res.deleted += dele
+                    report.batches += 1
+                    _set_status(r, "applying", report)
+                    conn.commit()
+                    if r.progress:
+                        r.progress(t.label, ins + upd + dele)
+        r.begin_tx()
+        _finish(r, report, "done", started)
+        conn.commit()
+    except ConflictError:
+        conn.rollback()
+        _record_end(conn, r.schema, r.op_id, "stopped", report, "conflicts during batches")
+        raise
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        _record_end(conn, r.schema, r.op_id, "stopped", report, "lock timeout")
+        raise RecoveryError(
+            f"a batch waited beyond lock_timeout {r.lock_timeout}: {report.batches} batch(es) "
+            f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
+    except BaseException as exc:
+        conn.rollback()
+        _record_end(conn, r.schema, r.op_id, "stopped", report, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    return report
+
+
+def _set_status(r: _Run, status: str, report: RollbackReport) -> None:
+    report.status = status
+    r.conn.execute(sql.SQL("UPDATE {}.operations SET status = %s, summary = %s WHERE op_id = %s")
+                   .format(sql.Identifier(r.schema)),
+                   [status, Jsonb(report.to_dict()), r.op_id])
+
+
+def _finish(r: _Run, report: RollbackReport, status: str, started: float) -> None:
+    for t in r.tables:
+        r.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier(r.schema, r.net(t))))
+    report.status = status
+    report.seconds = time.monotonic() - started
+    r.conn.execute(sql.SQL(
+        "UPDATE {}.operations SET status = %s, summary = %s, finished_at = clock_timestamp(),"
+        " tag = %s WHERE op_id = %s").format(sql.Identifier(r.schema)),
+        [status, Jsonb(report.to_dict()), report.undo_tag, r.op_id])
+
+
+def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
+                report: RollbackReport, error: str) -> None:
+    if op_id is None:
+        return
+    report.status = status
+    conn.execute(sql.SQL(
+        "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+        " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
+        [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error, op_id])
+    conn.commit()
+
+
+def resume_rollback(
+    conn: psycopg.Connection,
+    op_id: int,
+    *,
+    on_conflict: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Progress | None = None,
+) -> RollbackReport:
+    """Continue a batched undo from its last committed batch."""
+    require_schema(conn, schema)
+    row = conn.execute(sql.SQL(
+        "SELECT status, selector, options, summary FROM {}.operations "
+        "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)), [op_id]).fetchone()
+    conn.rollback()
+    if row is None:
+        raise RecoveryError(f"no undo operation {op_id}: `recovery operations` lists them")
+    status, selector, options, summary = row
+    if status == "done":
+        raise RecoveryError(f"undo operation {op_id} is complete already: nothing to resume")
+    if status not in ("applying", "stopped") or not options.get("batch_size"):
+        raise RecoveryError(
+            f"undo operation {op_id} is {status} and cannot be resumed: only a batched undo "
+            "that started applying can")
+    oc = on_conflict or options["on_conflict"]
+    if oc not in ON_CONFLICT:
+        raise RecoveryError(f"--on-conflict {oc!r}: use one of {', '.join(ON_CONFLICT)}")
+    r = _Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
+             options.get("lock_timeout", "5s"), None, progress)
+    ids = [t["table_id"] for t in (summary or {}).get("tables", [])]
+    infos = [load(conn, schema, tid) for tid in ids]
+    missing = [t.label for t in infos if conn.execute(
+        "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
+    if missing:
+        raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
+    r.tables = _fk_order(conn, infos)
+    results = []
+    for t in r.tables:
+        saved = next(x for x in summary["tables"] if x["table_id"] == t.table_id)
+        res = TableResult(**{k: v for k, v in saved.items()})
+        r.results[t.table_id] = res
+        results.append(res)
+    conn.rollback()
+    report = RollbackReport(op_id, status, selector, oc, False, results, undo_tag(op_id),
+                            batches=int((summary or {}).get("batches", 0)))
+    return _run_batches(r, report, int(options["batch_size"]), time.monotonic())

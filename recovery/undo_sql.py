@@ -1,0 +1,294 @@
+"""SQL of the undo engine, composed per table with psycopg.sql.
+
+The engine works in three set-based steps, all run by the server:
+
+1. `build_net`: the selected journal rows of one table become one row per key
+   ("net" table): the state to restore (the before-image of the first selected
+   change of that key), the state the selected changes left (the after-image of
+   the last one), and, per column, whether a selected UPDATE modified it, with
+   the first before and last after value of that column.  An UPDATE that
+   changed the key counts as leaving the old key and entering the new one.
+2. `build_status`: the net rows of a batch, compared cell by cell with the
+   table's current rows, get an action (insert, update, delete), a status (ok,
+   done, conflict), the conflicting columns, and per column a flag saying
+   whether it is written.
+3. `apply_*`: INSERT ... SELECT, UPDATE ... FROM and DELETE ... USING from
+   those two tables.
+
+Values are compared through their text form so that every type works (json,
+xml, point have no equality operator) and differences equality would hide
+(-0 and 0, 1.0 and 1.00, json whitespace) still count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from .tableinfo import TableInfo
+
+
+def _i(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def _join(parts: Sequence[sql.Composable], sep: str = ", ") -> sql.Composable:
+    return sql.SQL(sep).join(parts)
+
+
+def _kcols(t: TableInfo) -> list[sql.Identifier]:
+    return [_i(f"k{n}") for n in range(len(t.key))]
+
+
+def _txt(expr: sql.Composable) -> sql.Composable:
+    return sql.SQL("({})::text").format(expr)
+
+
+def _distinct(a: sql.Composable, b: sql.Composable) -> sql.Composable:
+    return sql.SQL("{} IS DISTINCT FROM {}").format(_txt(a), _txt(b))
+
+
+def _same(a: sql.Composable, b: sql.Composable) -> sql.Composable:
+    return sql.SQL("{} IS NOT DISTINCT FROM {}").format(_txt(a), _txt(b))
+
+
+def build_net(
+    t: TableInfo, schema: str, net: str, where: sql.Composable, lo: int, hi: int
+) -> sql.Composed:
+    """CREATE TABLE net AS: one row per key touched by the selected changes."""
+    s = _i(schema)
+    cols = t.writable
+    bvals = [c.value("b") for c in cols]
+    avals = [c.value("a") for c in cols]
+    bnames = [_i(f"b{n}") for n in range(len(cols))]
+    anames = [_i(f"a{n}") for n in range(len(cols))]
+    key_idx = [cols.index(k) for k in t.key]
+    bk = [bnames[i] for i in key_idx]
+    ak = [anames[i] for i in key_idx]
+    same_key = sql.SQL("(ROW({}) = ROW({}))").format(_join(ak), _join(bk))
+    fwd = sql.SQL("st, part, ord")
+    back = sql.SQL("st DESC, part DESC, ord DESC")
+    aggs: list[sql.Composable] = []
+    for n, _c in enumerate(cols):
+        b, a = bnames[n], anames[n]
+        changed = sql.SQL("simple AND {}").format(_distinct(b, a))
+        aggs.append(sql.SQL(
+            "(array_agg({b} ORDER BY {fwd}))[1] AS {t},"
+            " (array_agg({a} ORDER BY {back}))[1] AS {e},"
+            " coalesce(bool_or({ch}), false) AS {m},"
+            " (array_agg({b} ORDER BY {fwd}) FILTER (WHERE {ch}))[1] AS {tc},"
+            " (array_agg({a} ORDER BY {back}) FILTER (WHERE {ch}))[1] AS {ec}"
+        ).format(b=b, a=a, fwd=fwd, back=back, ch=changed, t=_i(f"t{n}"), e=_i(f"e{n}"),
+                 m=_i(f"m{n}"), tc=_i(f"tc{n}"), ec=_i(f"ec{n}")))
+    kc = _kcols(t)
+    j = sql.Identifier(schema, t.journal)
+    return sql.SQL(
+        "CREATE TABLE {net} AS "
+        "WITH sel AS (SELECT st.stmt_id, st.op FROM {s}.stmt st"
+        "  WHERE st.table_id = {tid} AND st.stmt_id BETWEEN {lo} AND {hi} AND ({where})),"
+        " b AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'B' AND x.rec_stmt BETWEEN {lo} AND {hi}"
+        "  AND x.rec_stmt IN (SELECT stmt_id FROM sel)),"
+        " a AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'A' AND x.rec_stmt BETWEEN {lo} AND {hi}"
+        "  AND x.rec_stmt IN (SELECT stmt_id FROM sel)),"
+        " ev AS (SELECT coalesce(b.rec_stmt, a.rec_stmt) AS st, coalesce(b.rec_ord, a.rec_ord)"
+        "  AS ord, sel.op, b.rec_stmt IS NOT NULL AS has_b, a.rec_stmt IS NOT NULL AS has_a,"
+        "  {bsel}, {asel}"
+        "  FROM b FULL JOIN a ON a.rec_stmt = b.rec_stmt AND a.rec_ord = b.rec_ord"
+        "  JOIN sel ON sel.stmt_id = coalesce(b.rec_stmt, a.rec_stmt)),"
+        " kev AS ("
+        "  SELECT {bkey_as}, st, 0 AS part, ord, true AS has_before,"
+        "   (has_a AND {same_key}) AS has_after, (op = 'U' AND has_a AND {same_key}) AS simple,"
+        "   {bn}, {a_if_same}"
+        "  FROM ev WHERE has_b"
+        "  UNION ALL"
+        "  SELECT {akey_as}, st, 1, ord, false, true, false, {nulls}, {an}"
+        "  FROM ev WHERE has_a AND (NOT has_b OR NOT {same_key})),"
+        " g AS (SELECT {kc}, count(*) AS n_changes,"
+        "  (array_agg(has_before ORDER BY {fwd}))[1] AS t_present,"
+        "  (array_agg(has_after ORDER BY {back}))[1] AS e_present,"
+        "  bool_and(simple) AS all_simple, {aggs}"
+        "  FROM kev GROUP BY {kc})"
+        " SELECT row_number() OVER (ORDER BY {kc}) AS bn,"
+        "  CASE WHEN t_present AND e_present THEN 'update' WHEN t_present THEN 'insert'"
+        "   WHEN e_present THEN 'delete' ELSE 'none' END AS action,"
+        "  false AS done, g.* FROM g"
+    ).format(
+        net=sql.Identifier(schema, net), s=s, tid=sql.Literal(t.table_id), lo=sql.Literal(lo),
+        hi=sql.Literal(hi), where=where, j=j,
+        bsel=_join([sql.SQL("{} AS {}").format(v, nm) for v, nm in zip(bvals, bnames)]),
+        asel=_join([sql.SQL("{} AS {}").format(v, nm) for v, nm in zip(avals, anames)]),
+        bkey_as=_join([sql.SQL("{} AS {}").format(b, k) for b, k in zip(bk, kc)]),
+        akey_as=_join([sql.SQL("{} AS {}").format(a, k) for a, k in zip(ak, kc)]),
+        same_key=same_key, bn=_join(bnames),
+        a_if_same=_join([sql.SQL("CASE WHEN has_a AND {} THEN {} END AS {}").format(same_key, a, a)
+                         for a in anames]),
+        nulls=_join([sql.SQL("NULL") for _ in bnames]), an=_join(anames), kc=_join(kc),
+        fwd=fwd, back=back, aggs=_join(aggs),
+    )
+
+
+def _target(n: int) -> sql.Composable:
+    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE p.{} END").format(
+        _i(f"tc{n}"), _i(f"t{n}"))
+
+
+def _expected(n: int) -> sql.Composable:
+    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE p.{} END").format(
+        _i(f"ec{n}"), _i(f"e{n}"))
+
+
+def _restores(n: int) -> sql.Composable:
+    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE {} END").format(
+        _i(f"m{n}"), _distinct(sql.SQL("p.{}").format(_i(f"t{n}")),
+                               sql.SQL("p.{}").format(_i(f"e{n}"))))
+
+
+def key_match(t: TableInfo, left: str, right: str = "p") -> sql.Composable:
+    """Join condition between the table (alias left) and a net table (alias right)."""
+    return _join([sql.SQL("{}.{} = {}.{}").format(_i(left), _i(c.name), _i(right), _i(f"k{n}"))
+                  for n, c in enumerate(t.key)], " AND ")
+
+
+def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str) -> sql.Composed:
+    """CREATE TEMP TABLE status: action, status, conflicting columns and write flags per key."""
+    cols = t.writable
+    cur = [sql.SQL("cur.{}").format(_i(c.name)) for c in cols]
+    present = sql.SQL("(cur.{} IS NOT NULL)").format(_i(t.key[0].name))
+    conflict_items: list[sql.Composable] = []
+    flags: list[sql.Composable] = []
+    for n, c in enumerate(cols):
+        tv, ev, r = _target(n), _expected(n), _restores(n)
+        full_t = sql.SQL("p.{}").format(_i(f"t{n}"))
+        full_e = sql.SQL("p.{}").format(_i(f"e{n}"))
+        cond = sql.SQL(
+            "CASE p.action"
+            " WHEN 'update' THEN {r} AND NOT {eq_t} AND NOT {eq_e}"
+            " WHEN 'delete' THEN NOT {eq_full_e}"
+            " WHEN 'insert' THEN NOT {eq_full_t} ELSE false END"
+        ).format(r=r, eq_t=_same(cur[n], tv), eq_e=_same(cur[n], ev),
+                 eq_full_e=_same(cur[n], full_e), eq_full_t=_same(cur[n], full_t))
+        conflict_items.append(sql.SQL("CASE WHEN {} AND {} THEN {} END").format(
+            present, cond, sql.Literal(c.name)))
+        # r: restore (target differs from now, and now is what the bad change left);
+        # o: overwrite (target differs from now, whatever now is).
+        flags.append(sql.SQL(
+            "(p.action = 'update' AND {present} AND {r} AND NOT {eq_t} AND {eq_e}) AS {rf},"
+            " ({present} AND CASE p.action WHEN 'update' THEN {r} AND NOT {eq_t}"
+            "  WHEN 'insert' THEN NOT {eq_full_t} ELSE false END) AS {of}"
+        ).format(present=present, r=r, eq_t=_same(cur[n], tv), eq_e=_same(cur[n], ev),
+                 eq_full_t=_same(cur[n], full_t), rf=_i(f"r{n}"), of=_i(f"o{n}")))
+    return sql.SQL(
+        "CREATE TEMP TABLE {st} ON COMMIT DROP AS"
+        " SELECT q.*, CASE"
+        "  WHEN q.action = 'none' THEN 'done'"
+        "  WHEN q.action = 'delete' THEN CASE WHEN NOT q.cur_present THEN 'done'"
+        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict' ELSE 'ok' END"
+        "  WHEN q.action = 'insert' THEN CASE WHEN NOT q.cur_present THEN 'ok'"
+        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict' ELSE 'done' END"
+        "  ELSE CASE WHEN NOT q.cur_present THEN 'conflict'"
+        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict'"
+        "   WHEN {any_r} THEN 'ok' ELSE 'done' END END AS status"
+        " FROM (SELECT p.bn, p.action, {present} AS cur_present,"
+        "  CASE WHEN p.action = 'update' AND NOT {present} THEN ARRAY['(row deleted since)']"
+        "   ELSE array_remove(ARRAY[{conflicts}]::text[], NULL) END AS conflict_cols, {flags}"
+        "  FROM {net} p JOIN {batch} bt ON bt.bn = p.bn"
+        "  LEFT JOIN {tbl} cur ON {match}) q"
+    ).format(
+        st=_i(status), net=sql.Identifier(schema, net), batch=_i(batch), tbl=t.ident,
+        present=present, conflicts=_join(conflict_items), flags=_join(flags),
+        match=key_match(t, "cur"),
+        any_r=_join([sql.SQL("q.{}").format(_i(f"r{n}")) for n in range(len(cols))], " OR "),
+    )
+
+
+def lock_rows(t: TableInfo, schema: str, net: str, batch: str) -> sql.Composed:
+    """Lock the current rows of a batch so that nothing changes them under the undo."""
+    return sql.SQL(
+        "SELECT count(*) FROM (SELECT 1 FROM {tbl} cur JOIN {net} p ON {match}"
+        " JOIN {batch} bt ON bt.bn = p.bn FOR UPDATE OF cur) x"
+    ).format(tbl=t.ident, net=sql.Identifier(schema, net), match=key_match(t, "cur"),
+             batch=_i(batch))
+
+
+def _acting(overwrite: bool, cells: bool = False) -> sql.Composable:
+    """Rows an apply statement acts on.  Without overwrite, conflicting rows of an
+    UPDATE still get their non-conflicting cells restored (`cells`): the restore
+    flags r<n> never include a conflicting cell."""
+    if overwrite:
+        return sql.SQL("(s.status = 'ok' OR s.status = 'conflict')")
+    if cells:
+        return sql.SQL("(s.status = 'ok' OR (s.status = 'conflict' AND s.action = 'update'))")
+    return sql.SQL("s.status = 'ok'")
+
+
+def apply_insert(t: TableInfo, schema: str, net: str, status: str, overwrite: bool) -> sql.Composed:
+    """Re-insert rows whose restore target is present and that are absent now."""
+    cols = t.writable
+    overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if any(c.identity_always for c in cols) \
+        else sql.SQL("")
+    cond = sql.SQL("s.action = 'insert' AND NOT s.cur_present AND {}").format(_acting(overwrite))
+    if overwrite:
+        cond = sql.SQL("(({}) OR (s.action = 'update' AND NOT s.cur_present))").format(cond)
+    return sql.SQL(
+        "INSERT INTO {tbl} ({names}){ov} SELECT {vals} FROM {net} p JOIN {st} s ON s.bn = p.bn"
+        " WHERE {cond} ORDER BY p.bn"
+    ).format(tbl=t.ident, names=_join([_i(c.name) for c in cols]), ov=overriding,
+             vals=_join([sql.SQL("p.{}").format(_i(f"t{n}")) for n in range(len(cols))]),
+             net=sql.Identifier(schema, net), st=_i(status), cond=cond)
+
+
+def update_masks(t: TableInfo, status: str, overwrite: bool) -> sql.Composed:
+    """SELECT the distinct sets of columns to write, one UPDATE statement per set."""
+    flag = "o" if overwrite else "r"
+    return sql.SQL(
+        "SELECT DISTINCT {flags} FROM {st} s WHERE s.cur_present AND {acting}"
+        " AND s.action IN ('update', 'insert')"
+    ).format(flags=_join([_i(f"{flag}{n}") for n in range(len(t.writable))]),
+             st=_i(status), acting=_acting(overwrite, cells=True))
+
+
+def apply_update(
+    t: TableInfo, schema: str, net: str, status: str, overwrite: bool, mask: Sequence[bool]
+) -> sql.Composed:
+    """Write back exactly the columns of one mask, for the rows that have that mask."""
+    cols = t.writable
+    flag = "o" if overwrite else "r"
+    sets = [sql.SQL("{} = {}").format(_i(c.name), _target(n))
+            for n, c in enumerate(cols) if mask[n] and not c.identity_always]
+    match = _join([sql.SQL("s.{} = {}").format(_i(f"{flag}{n}"), sql.Literal(bool(m)))
+                   for n, m in enumerate(mask)], " AND ")
+    return sql.SQL(
+        "UPDATE {tbl} cur SET {sets} FROM {net} p JOIN {st} s ON s.bn = p.bn"
+        " WHERE {key} AND s.cur_present AND {acting} AND s.action IN ('update', 'insert')"
+        " AND {match}"
+    ).format(tbl=t.ident, sets=_join(sets), net=sql.Identifier(schema, net), st=_i(status),
+             key=key_match(t, "cur"), acting=_acting(overwrite, cells=True), match=match)
+
+
+def apply_delete(t: TableInfo, schema: str, net: str, status: str, overwrite: bool) -> sql.Composed:
+    """Delete rows that the selected changes created and that are still as they left them."""
+    return sql.SQL(
+        "DELETE FROM {tbl} cur USING {net} p JOIN {st} s ON s.bn = p.bn"
+        " WHERE {key} AND s.action = 'delete' AND s.cur_present AND {acting}"
+    ).format(tbl=t.ident, net=sql.Identifier(schema, net), st=_i(status),
+             key=key_match(t, "cur"), acting=_acting(overwrite))
+
+
+def conflict_examples(t: TableInfo, schema: str, net: str, status: str, limit: int) -> sql.Composed:
+    """A few conflicting rows with key, columns, restore target, left value and current value."""
+    cols = t.writable
+    names = [c.name for c in cols]
+    pairs = _join([sql.SQL("{}, jsonb_build_array({}, {}, cur.{})").format(
+        sql.Literal(nm), _txt(_target(n)), _txt(_expected(n)), _i(nm))
+        for n, nm in enumerate(names)])
+    return sql.SQL(
+        "SELECT s.action, s.conflict_cols, jsonb_build_object({keys}), jsonb_build_object({pairs})"
+        " FROM {st} s JOIN {net} p ON p.bn = s.bn LEFT JOIN {tbl} cur ON {match}"
+        " WHERE s.status = 'conflict' ORDER BY p.bn LIMIT {lim}"
+    ).format(
+        keys=_join([sql.SQL("{}, p.{}").format(sql.Literal(c.name), _i(f"k{n}"))
+                    for n, c in enumerate(t.key)]),
+        pairs=pairs, st=_i(status), net=sql.Identifier(schema, net), tbl=t.ident,
+        match=key_match(t, "cur"), lim=sql.Literal(limit),
+    )
