@@ -1,0 +1,36 @@
+"""recovery: undo a bad deploy's data damage on PostgreSQL, selectively and fast.
+
+The CLI is a thin layer over these functions; each takes a psycopg connection first.
+"""
+
+from .capture import disable as disable_capture
+from .capture import enable as enable_capture
+from .capture import enable_all as enable_capture_all
+from .capture import status as capture_status
+from .db import connect
+from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .journal import changes, diff
+from .operations import list_operations
+from .prune import prune
+from .schema import init
+from .selector import Selector
+from .undo import resume_rollback, rollback
+
+__all__ = [
+    "ApprovalRequired",
+    "ConflictError",
+    "RecoveryError",
+    "Selector",
+    "capture_status",
+    "changes",
+    "connect",
+    "diff",
+    "disable_capture",
+    "enable_capture",
+    "enable_capture_all",
+    "init",
+    "list_operations",
+    "prune",
+    "resume_rollback",
+    "rollback",
+]

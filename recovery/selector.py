@@ -40,6 +40,7 @@ class Selector:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("follow_cascades") if self.follow_cascades else None
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
                 if v not in ((), None)}
 

@@ -279,8 +279,9 @@ def conflict_examples(t: TableInfo, schema: str, net: str, status: str, limit: i
     """A few conflicting rows with key, columns, restore target, left value and current value."""
     cols = t.writable
     names = [c.name for c in cols]
-    pairs = _join([sql.SQL("{}, jsonb_build_array({}, {}, cur.{})").format(
-        sql.Literal(nm), _txt(_target(n)), _txt(_expected(n)), _i(nm))
+    pairs = _join([sql.SQL("{}, jsonb_build_array({}, {}, {})").format(
+        sql.Literal(nm), _txt(_target(n)), _txt(_expected(n)),
+        _txt(sql.SQL("cur.{}").format(_i(nm))))
         for n, nm in enumerate(names)])
     return sql.SQL(
         "SELECT s.action, s.conflict_cols, jsonb_build_object({keys}), jsonb_build_object({pairs})"

@@ -1,0 +1,5 @@
+"""`python -m recovery` runs the CLI."""
+
+from .cli import main
+
+main()

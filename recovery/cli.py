@@ -1,0 +1,371 @@
+"""The `recovery` command line: a thin layer over the library functions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from . import capture as capture_mod
+from . import render
+from .db import DEFAULT_SCHEMA, check_schema_name, connect
+from .errors import ConflictError, RecoveryError
+from .journal import changes as changes_fn
+from .journal import diff as diff_fn
+from .operations import list_operations
+from .prune import prune as prune_fn
+from .schema import init as init_fn
+from .selector import Selector
+from .undo import resume_rollback, rollback as rollback_fn
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    """Global options, from the group or the command (the command's win)."""
+
+    def __init__(self) -> None:
+        self.db: str | None = None
+        self.json = False
+        self.quiet = False
+        self.yes = False
+        self.schema = DEFAULT_SCHEMA
+        self.traceback = False
+
+    def out(self, text: str) -> None:
+        if not self.quiet and not self.json:
+            click.echo(text)
+
+    def emit(self, doc: Any) -> None:
+        click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def _global_options(f: F) -> F:
+    options = [
+        click.option("--db", "db", metavar="URL", help="Database URL (else RECOVERY_DB_URL, "
+                     "then DATABASE_URL)."),
+        click.option("--json", "as_json", is_flag=True, default=None,
+                     help="Print one JSON document on stdout."),
+        click.option("--quiet", is_flag=True, default=None, help="Print nothing but errors."),
+        click.option("--yes", is_flag=True, default=None,
+                     help="Do not ask before changing data."),
+        click.option("--schema-name", "schema_name", metavar="NAME",
+                     help=f"Recovery schema (default {DEFAULT_SCHEMA})."),
+        click.option("--traceback", "show_tb", is_flag=True, default=None,
+                     help="Show the full stack on errors."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _merge(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
+    c: Ctx = ctx.find_root().obj or Ctx()
+    for key, attr in (("db", "db"), ("as_json", "json"), ("quiet", "quiet"), ("yes", "yes"),
+                      ("schema_name", "schema"), ("show_tb", "traceback")):
+        value = kw.pop(key, None)
+        if value is not None:
+            setattr(c, attr, value)
+    check_schema_name(c.schema)
+    return c
+
+
+def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
+    """Register a command with the global options; turn known errors into exit codes."""
+
+    def deco(f: F) -> F:
+        @functools.wraps(f)
+        @click.pass_context
+        def wrapper(ctx: click.Context, **kw: Any) -> Any:
+            c = _merge(ctx, kw)
+            try:
+                return f(c, **kw)
+            except ConflictError as exc:
+                if exc.report is not None and hasattr(exc.report, "to_dict"):
+                    if c.json:
+                        c.emit(exc.report.to_dict())
+                    elif not c.quiet:
+                        click.echo(render.rollback(exc.report), err=True)
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except RecoveryError as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                click.echo(f"error: permission denied: {exc.diag.message_primary}; "
+                           "run as a role with the needed privileges", err=True)
+                ctx.exit(1)
+            except psycopg.Error as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                first = (str(exc).strip().splitlines() or ["database error"])[0]
+                click.echo(f"error: database error: {first}", err=True)
+                ctx.exit(1)
+
+        wrapper = _global_options(wrapper)
+        return group.command(name, **attrs)(wrapper)  # type: ignore[return-value]
+
+    return deco
+
+
+def selector_options(f: F) -> F:
+    options = [
+        click.option("--tag", "tags", multiple=True, help="Changes made with this recovery.tag."),
+        click.option("--txid", "txids", multiple=True, type=int,
+                     help="Changes of this transaction id (repeatable)."),
+        click.option("--since", help="Changes made at or after this time."),
+        click.option("--until", help="Changes made before this time."),
+        click.option("--table", "tables", multiple=True, help="Changes to this table (repeatable)."),
+        click.option("--user", "users", multiple=True, help="Changes made by this database user."),
+        click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _selector(kw: dict[str, Any]) -> Selector:
+    return Selector(
+        tags=tuple(kw.pop("tags")), txids=tuple(kw.pop("txids")), since=kw.pop("since"),
+        until=kw.pop("until"), tables=tuple(kw.pop("tables")), users=tuple(kw.pop("users")),
+        apps=tuple(kw.pop("apps")),
+    )
+
+
+@contextmanager
+def _conn(c: Ctx) -> Iterator[psycopg.Connection]:
+    conn = connect(c.db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _confirm(c: Ctx, question: str) -> None:
+    if c.yes:
+        return
+    if not sys.stdin.isatty():
+        raise RecoveryError("refusing to change data without --yes: no terminal to ask")
+    if not click.confirm(question, default=False):
+        raise RecoveryError("cancelled: nothing changed")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recovery")
+@_global_options
+@click.pass_context
+def main(ctx: click.Context, **kw: Any) -> None:
+    """Undo a bad deploy's data damage on PostgreSQL: capture, selective undo, guardrails.
+
+    Exit codes: 0 done; 1 error, nothing changed; 2 refused because of conflicts;
+    3 refused because approval is needed or a cap was hit.
+    """
+    ctx.obj = Ctx()
+    _merge(ctx, kw)
+
+
+@command(main, "init")
+def init_cmd(c: Ctx) -> None:
+    """Install or upgrade the recovery schema (idempotent)."""
+    with _conn(c) as conn:
+        res = init_fn(conn, c.schema)
+    if c.json:
+        c.emit(res.__dict__)
+        return
+    if res.previous_version is None:
+        c.out(f"installed schema {res.schema} version {res.version}")
+    elif res.previous_version < res.version:
+        c.out(f"upgraded schema {res.schema} from {res.previous_version} to {res.version}")
+    else:
+        c.out(f"schema {res.schema} is up to date (version {res.version})")
+    if not res.ddl_follow:
+        c.out("note: not a superuser, so no event trigger: after ALTER TABLE on a captured "
+              "table, capture stops there until `recovery capture enable` is run again")
+
+
+@main.group("capture")
+def capture_group() -> None:
+    """Turn change capture on or off per table, and see its state."""
+
+
+@command(capture_group, "enable")
+@click.argument("tables", nargs=-1)
+@click.option("--all", "all_tables", is_flag=True, help="Every table with a primary key.")
+@click.option("--schema", "in_schema", default="public", show_default=True,
+              help="With --all: the schema whose tables to capture.")
+@click.option("--key", help="Row key for a table without primary key: unique NOT NULL "
+              "columns, comma-separated.")
+def capture_enable(c: Ctx, tables: tuple[str, ...], all_tables: bool, in_schema: str,
+                   key: str | None) -> None:
+    """Start capturing INSERT, UPDATE, DELETE and TRUNCATE on TABLES."""
+    if bool(tables) == all_tables:
+        raise RecoveryError("name the tables to capture, or pass --all")
+    with _conn(c) as conn:
+        if all_tables:
+            done = capture_mod.enable_all(conn, in_schema=in_schema, schema=c.schema)
+        else:
+            keys = [k.strip() for k in key.split(",")] if key else None
+            done = capture_mod.enable(conn, list(tables), key=keys, schema=c.schema)
+    if c.json:
+        c.emit({"enabled": done})
+    else:
+        for t in done:
+            c.out(f"capturing {t}")
+
+
+@command(capture_group, "disable")
+@click.argument("tables", nargs=-1)
+@click.option("--all", "all_tables", is_flag=True, help="Every captured table.")
+def capture_disable(c: Ctx, tables: tuple[str, ...], all_tables: bool) -> None:
+    """Stop capturing on TABLES; what was captured is kept."""
+    if bool(tables) == all_tables:
+        raise RecoveryError("name the tables, or pass --all")
+    with _conn(c) as conn:
+        done = capture_mod.disable(conn, None if all_tables else list(tables), schema=c.schema)
+    if c.json:
+        c.emit({"disabled": done})
+    else:
+        for t in done:
+            c.out(f"stopped capturing {t}")
+
+
+@command(capture_group, "status")
+def capture_status(c: Ctx) -> None:
+    """Show every captured table: on, off or stopped (and why), key, journal size."""
+    with _conn(c) as conn:
+        states = capture_mod.status(conn, schema=c.schema)
+    if c.json:
+        c.emit([dict(s.__dict__, state=s.state) for s in states])
+    else:
+        c.out(render.capture_status(states))
+
+
+@command(main, "changes")
+@selector_options
+def changes_cmd(c: Ctx, **kw: Any) -> None:
+    """Count captured changes a selector covers: per table, operation, tag and transaction."""
+    sel = _selector(kw)
+    with _conn(c) as conn:
+        res = changes_fn(conn, sel, schema=c.schema)
+    if c.json:
+        c.emit(res.to_dict())
+    else:
+        c.out(render.changes(res))
+
+
+@command(main, "diff")
+@selector_options
+@click.option("--limit", default=20, show_default=True, help="Rows shown per table.")
+def diff_cmd(c: Ctx, limit: int, **kw: Any) -> None:
+    """Show changed rows with column-level before/after values."""
+    sel = _selector(kw)
+    with _conn(c) as conn:
+        rows = diff_fn(conn, sel, limit=limit, schema=c.schema)
+    if c.json:
+        c.emit([r.__dict__ for r in rows])
+    else:
+        c.out(render.diff(rows))
+
+
+@command(main, "rollback")
+@selector_options
+@click.option("--on-conflict", type=click.Choice(["fail", "skip", "overwrite"]), default="fail",
+              show_default=True, help="fail: change nothing (exit 2); skip: undo everything "
+              "else; overwrite: undo conflicting rows too.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--sql", "sql_file", type=click.Path(dir_okay=False, writable=True),
+              help="Write the exact SQL to this file.")
+@click.option("--batch-size", type=int, help="Commit every N rows; resumable with --resume.")
+@click.option("--resume", "resume_op", type=int, metavar="OP",
+              help="Continue batched undo operation OP after an interruption.")
+@click.option("--lock-timeout", default="5s", show_default=True,
+              help="Give up (nothing changed) when rows stay locked longer than this.")
+@click.option("--fire-triggers", is_flag=True,
+              help="Let the tables' own triggers fire on restored rows (default: suspended).")
+def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
+                 batch_size: int | None, resume_op: int | None, lock_timeout: str,
+                 fire_triggers: bool, **kw: Any) -> None:
+    """Undo the selected changes, keeping every later legitimate write."""
+    sel = _selector(kw)
+    with _conn(c) as conn:
+        if resume_op is not None:
+            if not sel.is_empty():
+                raise RecoveryError("--resume takes no selector: the operation has its own")
+            _confirm(c, f"Resume undo operation {resume_op}?")
+            report = resume_rollback(conn, resume_op, on_conflict=on_conflict
+                                     if on_conflict != "fail" else None, schema=c.schema)
+        else:
+            sql_out: list[str] | None = [] if sql_file else None
+            if not dry_run and not c.yes:
+                plan = rollback_fn(conn, sel, on_conflict=on_conflict, dry_run=True,
+                                   lock_timeout=lock_timeout, fire_triggers=fire_triggers,
+                                   schema=c.schema)
+                c.out(render.rollback(plan))
+                _confirm(c, "Apply this undo?")
+            report = rollback_fn(
+                conn, sel, on_conflict=on_conflict, dry_run=dry_run, batch_size=batch_size,
+                lock_timeout=lock_timeout, fire_triggers=fire_triggers, sql_out=sql_out,
+                schema=c.schema)
+            if sql_file and sql_out is not None:
+                Path(sql_file).write_text("\n".join(sql_out) + "\n")
+    if c.json:
+        c.emit(report.to_dict())
+    else:
+        c.out(render.rollback(report))
+
+
+@command(main, "operations")
+@click.option("--limit", default=50, show_default=True, help="How many, newest first.")
+def operations_cmd(c: Ctx, limit: int) -> None:
+    """List recorded operations: who, when, what, status."""
+    with _conn(c) as conn:
+        ops = list_operations(conn, limit=limit, schema=c.schema)
+    if c.json:
+        c.emit([o.to_dict() for o in ops])
+    else:
+        c.out(render.operations(ops))
+
+
+@command(main, "prune")
+@click.option("--older-than", required=True, metavar="DURATION",
+              help="Retention period, e.g. 7d, 12h, '30 days'.")
+def prune_cmd(c: Ctx, older_than: str) -> None:
+    """Drop captured changes older than DURATION, whole chunks at a time."""
+    _confirm(c, f"Drop captured changes older than {older_than}?")
+    with _conn(c) as conn:
+        res = prune_fn(conn, older_than, schema=c.schema)
+    if c.json:
+        c.emit(res.to_dict())
+    else:
+        c.out(f"dropped {len(res.dropped_chunks)} chunk(s), {res.dropped_statements} "
+              f"statement(s), {res.dropped_bytes} bytes older than {res.cutoff}")
+
+
+@command(main, "demo")
+@click.option("--rows", default=200_000, show_default=True, help="Order rows in the shop.")
+@click.option("--keep", is_flag=True, help="Keep the scratch database (with --db).")
+def demo_cmd(c: Ctx, rows: int, keep: bool) -> None:
+    """The whole story on an embedded PostgreSQL (or a scratch database with --db)."""
+    from .demo import run_demo
+
+    result = run_demo(c.db, rows=rows, keep=keep, echo=None if c.json else c.out)
+    if c.json:
+        c.emit(result)
+    if not result["ok"]:
+        raise RecoveryError("the demo's final check failed: see the mismatches above")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
