@@ -164,23 +164,29 @@ class _Run:
         res = TableResult(t.label, t.table_id)
         any_r = sql.SQL(" OR ").join(
             sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
-        for action, status, partial, n in self.conn.execute(sql.SQL(
-                "SELECT action, status, {} AND cur_present, count(*) FROM {} GROUP BY 1, 2, 3"
-        ).format(any_r, sql.Identifier(st))):
+        for action, status, partial, present, n in self.conn.execute(sql.SQL(
+                "SELECT action, status, {} AND cur_present, cur_present, count(*) FROM {}"
+                " GROUP BY 1, 2, 3, 4").format(any_r, sql.Identifier(st))):
             if status == "done":
                 res.already += n
-            elif status == "conflict":
+                continue
+            if status == "conflict":
                 res.conflicts += n
-                if partial and not self.overwrite:
-                    # Restorable cells of a conflicting row (unless on_conflict is fail).
-                    res.partial += n
-            if status == "ok" or (status == "conflict" and self.overwrite):
-                if action == "insert":
-                    res.reinsert += n
-                elif action == "update":
-                    res.restore += n
-                elif action == "delete":
-                    res.delete += n
+                if not self.overwrite:
+                    # Unless on_conflict is fail: a conflicting row still gets its
+                    # restorable cells, and a row to re-insert that is still absent is
+                    # re-inserted with the later values of the conflicting cells.
+                    if action == "update" and partial:
+                        res.partial += n
+                    elif action == "insert" and not present:
+                        res.partial += n
+                    continue
+            if action == "insert":
+                res.reinsert += n
+            elif action == "update":
+                res.restore += n
+            elif action == "delete":
+                res.delete += n
         if res.conflicts:
             for action, cols, key, values in self.conn.execute(
                     q.conflict_examples(t, self.schema, self.net(t), st, EXAMPLES)):
@@ -218,7 +224,8 @@ def _fk_order(conn: psycopg.Connection, tables: list[TableInfo]) -> list[TableIn
     """Tables with parents before children (by foreign keys among them); stable otherwise."""
     rel = {t.relid: t for t in tables}
     edges = conn.execute(
-        "SELECT DISTINCT coalesce(pp.relid, c.confrelid), coalesce(pc.relid, c.conrelid) "
+        "SELECT DISTINCT coalesce(pp.relid, c.confrelid)::oid::bigint,"
+        " coalesce(pc.relid, c.conrelid)::oid::bigint "
         "FROM pg_constraint c "
         "LEFT JOIN LATERAL (SELECT relid FROM pg_partition_ancestors(c.confrelid) "
         "  WHERE relid = ANY(%s) LIMIT 1) pp ON true "
@@ -241,6 +248,22 @@ def _fk_order(conn: psycopg.Connection, tables: list[TableInfo]) -> list[TableIn
             placed.add(r)
             pending.remove(r)
     return out
+
+
+def _analyze_journal(conn: psycopg.Connection, schema: str, table_ids: list[int]) -> None:
+    """ANALYZE journal chunks whose statistics are missing or stale.
+
+    A chunk written since autovacuum last looked has no useful statistics, and the
+    planner then picks nested loops that are quadratic in the damaged rows.
+    """
+    names = [f"j_{tid}_%" for tid in table_ids] + ["stmt_%"]
+    stale = conn.execute(
+        "SELECT s.relid::regclass::text FROM pg_stat_user_tables s WHERE s.schemaname = %s"
+        " AND s.relname LIKE ANY(%s) AND (coalesce(s.last_analyze, s.last_autoanalyze) IS NULL"
+        "  OR s.n_mod_since_analyze > 0.1 * greatest(s.n_live_tup, 1000))",
+        [schema, names]).fetchall()
+    for (rel,) in stale:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(rel)))
 
 
 def _matching(conn: psycopg.Connection, schema: str, where: sql.Composable) -> list[tuple[int, int, int, int]]:
@@ -309,9 +332,12 @@ def rollback(
         infos = [load(conn, schema, tid) for tid, *_ in matching]
         r.tables = _fk_order(conn, infos)
         changes = {tid: n for tid, _lo, _hi, n in matching}
+        _analyze_journal(conn, schema, [t.table_id for t in r.tables])
         for t in r.tables:
             tid, lo, hi, _n = next(m for m in matching if m[0] == t.table_id)
             r.run(q.build_net(t, schema, r.net(t), where, lo, hi))
+            # Fresh statistics: without them the planner guesses one row and nests loops.
+            r.run(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, r.net(t))))
         single = batch_size is None and not dry_run
         for t in r.tables:
             r.fill_batch(t, None, None)

@@ -56,7 +56,16 @@ def _same(a: sql.Composable, b: sql.Composable) -> sql.Composable:
 def build_net(
     t: TableInfo, schema: str, net: str, where: sql.Composable, lo: int, hi: int
 ) -> sql.Composed:
-    """CREATE TABLE net AS: one row per key touched by the selected changes."""
+    """CREATE TABLE net AS: one row per key touched by the selected changes.
+
+    Changes of the same keys that the selector does not cover, made between the
+    first and the last selected change (lo..hi), are read too: a legitimate write
+    in the middle of a bad deploy decides what can still be undone.  Per key and
+    column, only the trailing run of selected changes (those after the last
+    non-selected change of that column) is undone; selected changes before a
+    non-selected one are "lost" cells, reported as conflicts.  Row existence
+    (insert, delete, key change) follows the same rule.
+    """
     s = _i(schema)
     cols = t.writable
     bvals = [c.value("b") for c in cols]
@@ -67,48 +76,57 @@ def build_net(
     bk = [bnames[i] for i in key_idx]
     ak = [anames[i] for i in key_idx]
     same_key = sql.SQL("(ROW({}) = ROW({}))").format(_join(ak), _join(bk))
-    fwd = sql.SQL("st, part, ord")
-    back = sql.SQL("st DESC, part DESC, ord DESC")
-    aggs: list[sql.Composable] = []
-    for n, _c in enumerate(cols):
-        b, a = bnames[n], anames[n]
-        changed = sql.SQL("simple AND {}").format(_distinct(b, a))
-        aggs.append(sql.SQL(
-            "(array_agg({b} ORDER BY {fwd}))[1] AS {t},"
-            " (array_agg({a} ORDER BY {back}))[1] AS {e},"
-            " coalesce(bool_or({ch}), false) AS {m},"
-            " (array_agg({b} ORDER BY {fwd}) FILTER (WHERE {ch}))[1] AS {tc},"
-            " (array_agg({a} ORDER BY {back}) FILTER (WHERE {ch}))[1] AS {ec}"
-        ).format(b=b, a=a, fwd=fwd, back=back, ch=changed, t=_i(f"t{n}"), e=_i(f"e{n}"),
-                 m=_i(f"m{n}"), tc=_i(f"tc{n}"), ec=_i(f"ec{n}")))
     kc = _kcols(t)
+    win = sql.SQL("OVER (PARTITION BY {})").format(_join(kc))
+    mods = [sql.SQL("(NOT simple OR {})").format(_distinct(bnames[n], anames[n]))
+            for n in range(len(cols))]
+    lasts: list[sql.Composable] = [sql.SQL(
+        "max(pos) FILTER (WHERE NOT chosen AND NOT simple) {} AS lnx").format(win)]
+    aggs: list[sql.Composable] = []
+    for n in range(len(cols)):
+        b, a, ln = bnames[n], anames[n], _i(f"ln{n}")
+        lasts.append(sql.SQL("max(pos) FILTER (WHERE NOT chosen AND {}) {} AS {}").format(
+            mods[n], win, ln))
+        trailing = sql.SQL("chosen AND {} AND pos > coalesce({}, -1)").format(mods[n], ln)
+        aggs.append(sql.SQL(
+            "coalesce(bool_or({tr}), false) AS {m},"
+            " (array_agg({b} ORDER BY pos) FILTER (WHERE {tr}))[1] AS {tc},"
+            " (array_agg({a} ORDER BY pos DESC) FILTER (WHERE {tr}))[1] AS {ec},"
+            " coalesce(bool_or(chosen AND {mod} AND pos < {ln}), false) AS {lost},"
+            " (array_agg({b} ORDER BY pos) FILTER (WHERE chosen AND NOT simple"
+            "  AND pos > coalesce(lnx, -1)))[1] AS {base},"
+            " (array_agg({a} ORDER BY pos DESC) FILTER (WHERE chosen))[1] AS {e}"
+        ).format(tr=trailing, b=b, a=a, mod=mods[n], ln=ln, m=_i(f"m{n}"), tc=_i(f"tc{n}"),
+                 ec=_i(f"ec{n}"), lost=_i(f"lost{n}"), base=_i(f"base{n}"), e=_i(f"e{n}")))
     j = sql.Identifier(schema, t.journal)
     return sql.SQL(
         "CREATE TABLE {net} AS "
-        "WITH sel AS (SELECT st.stmt_id, st.op FROM {s}.stmt st"
-        "  WHERE st.table_id = {tid} AND st.stmt_id BETWEEN {lo} AND {hi} AND ({where})),"
-        " b AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'B' AND x.rec_stmt BETWEEN {lo} AND {hi}"
-        "  AND x.rec_stmt IN (SELECT stmt_id FROM sel)),"
-        " a AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'A' AND x.rec_stmt BETWEEN {lo} AND {hi}"
-        "  AND x.rec_stmt IN (SELECT stmt_id FROM sel)),"
+        "WITH st AS (SELECT st.stmt_id, st.op, coalesce(({where}), false) AS chosen"
+        "  FROM {s}.stmt st WHERE st.table_id = {tid} AND st.stmt_id BETWEEN {lo} AND {hi}),"
+        " b AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'B' AND x.rec_stmt BETWEEN {lo} AND {hi}),"
+        " a AS (SELECT x.* FROM {j} x WHERE x.rec_img = 'A' AND x.rec_stmt BETWEEN {lo} AND {hi}),"
         " ev AS (SELECT coalesce(b.rec_stmt, a.rec_stmt) AS st, coalesce(b.rec_ord, a.rec_ord)"
-        "  AS ord, sel.op, b.rec_stmt IS NOT NULL AS has_b, a.rec_stmt IS NOT NULL AS has_a,"
-        "  {bsel}, {asel}"
+        "  AS ord, st.op, st.chosen, b.rec_stmt IS NOT NULL AS has_b,"
+        "  a.rec_stmt IS NOT NULL AS has_a, {bsel}, {asel}"
         "  FROM b FULL JOIN a ON a.rec_stmt = b.rec_stmt AND a.rec_ord = b.rec_ord"
-        "  JOIN sel ON sel.stmt_id = coalesce(b.rec_stmt, a.rec_stmt)),"
-        " kev AS ("
-        "  SELECT {bkey_as}, st, 0 AS part, ord, true AS has_before,"
-        "   (has_a AND {same_key}) AS has_after, (op = 'U' AND has_a AND {same_key}) AS simple,"
-        "   {bn}, {a_if_same}"
+        "  JOIN st ON st.stmt_id = coalesce(b.rec_stmt, a.rec_stmt)),"
+        " kev0 AS ("
+        "  SELECT {bkey_as}, (st * 2)::numeric * 2147483648 + ord AS pos, chosen,"
+        "   true AS has_before, (has_a AND {same_key}) AS has_after,"
+        "   (op = 'U' AND has_a AND {same_key}) AS simple, {bn}, {a_if_same}"
         "  FROM ev WHERE has_b"
         "  UNION ALL"
-        "  SELECT {akey_as}, st, 1, ord, false, true, false, {nulls}, {an}"
+        "  SELECT {akey_as}, (st * 2 + 1)::numeric * 2147483648 + ord, chosen, false, true,"
+        "   false, {nulls}, {an}"
         "  FROM ev WHERE has_a AND (NOT has_b OR NOT {same_key})),"
-        " g AS (SELECT {kc}, count(*) AS n_changes,"
-        "  (array_agg(has_before ORDER BY {fwd}))[1] AS t_present,"
-        "  (array_agg(has_after ORDER BY {back}))[1] AS e_present,"
-        "  bool_and(simple) AS all_simple, {aggs}"
-        "  FROM kev GROUP BY {kc})"
+        " kev AS (SELECT kev0.*, {lasts} FROM kev0),"
+        " g AS (SELECT {kc}, count(*) FILTER (WHERE chosen) AS n_changes,"
+        "  coalesce((array_agg(has_before ORDER BY pos) FILTER (WHERE chosen AND NOT simple"
+        "   AND pos > coalesce(lnx, -1)))[1], true) AS t_present,"
+        "  (array_agg(has_after ORDER BY pos DESC) FILTER (WHERE chosen))[1] AS e_present,"
+        "  coalesce(bool_or(chosen AND NOT simple AND pos < lnx), false) AS lost_row,"
+        "  {aggs}"
+        "  FROM kev GROUP BY {kc} HAVING bool_or(chosen))"
         " SELECT row_number() OVER (ORDER BY {kc}) AS bn,"
         "  CASE WHEN t_present AND e_present THEN 'update' WHEN t_present THEN 'insert'"
         "   WHEN e_present THEN 'delete' ELSE 'none' END AS action,"
@@ -124,24 +142,21 @@ def build_net(
         a_if_same=_join([sql.SQL("CASE WHEN has_a AND {} THEN {} END AS {}").format(same_key, a, a)
                          for a in anames]),
         nulls=_join([sql.SQL("NULL") for _ in bnames]), an=_join(anames), kc=_join(kc),
-        fwd=fwd, back=back, aggs=_join(aggs),
+        lasts=_join(lasts), aggs=_join(aggs),
     )
 
 
 def _target(n: int) -> sql.Composable:
-    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE p.{} END").format(
-        _i(f"tc{n}"), _i(f"t{n}"))
+    """Value a column is restored to: the trailing selected run's first before-value,
+    else (for a re-inserted row) the before-image of the change that removed it,
+    else (overwrite of a row deleted since) the last selected after-image."""
+    return sql.SQL(
+        "CASE WHEN p.{m} THEN p.{tc} WHEN p.action = 'insert' THEN p.{base} ELSE p.{e} END"
+    ).format(m=_i(f"m{n}"), tc=_i(f"tc{n}"), base=_i(f"base{n}"), e=_i(f"e{n}"))
 
 
 def _expected(n: int) -> sql.Composable:
-    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE p.{} END").format(
-        _i(f"ec{n}"), _i(f"e{n}"))
-
-
-def _restores(n: int) -> sql.Composable:
-    return sql.SQL("CASE WHEN p.all_simple THEN p.{} ELSE {} END").format(
-        _i(f"m{n}"), _distinct(sql.SQL("p.{}").format(_i(f"t{n}")),
-                               sql.SQL("p.{}").format(_i(f"e{n}"))))
+    return sql.SQL("p.{}").format(_i(f"ec{n}"))
 
 
 def key_match(t: TableInfo, left: str, right: str = "p") -> sql.Composable:
@@ -155,49 +170,57 @@ def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str) -
     cols = t.writable
     cur = [sql.SQL("cur.{}").format(_i(c.name)) for c in cols]
     present = sql.SQL("(cur.{} IS NOT NULL)").format(_i(t.key[0].name))
-    conflict_items: list[sql.Composable] = []
+    now_items: list[sql.Composable] = []
+    lost_items: list[sql.Composable] = [
+        sql.SQL("CASE WHEN p.lost_row THEN '(row removed or re-created by a later change)' END")]
     flags: list[sql.Composable] = []
     for n, c in enumerate(cols):
-        tv, ev, r = _target(n), _expected(n), _restores(n)
-        full_t = sql.SQL("p.{}").format(_i(f"t{n}"))
+        tv, ev, m = _target(n), _expected(n), sql.SQL("p.{}").format(_i(f"m{n}"))
         full_e = sql.SQL("p.{}").format(_i(f"e{n}"))
+        eq_t, eq_e = _same(cur[n], tv), _same(cur[n], ev)
         cond = sql.SQL(
             "CASE p.action"
-            " WHEN 'update' THEN {r} AND NOT {eq_t} AND NOT {eq_e}"
+            " WHEN 'update' THEN {m} AND NOT {eq_t} AND NOT {eq_e}"
             " WHEN 'delete' THEN NOT {eq_full_e}"
-            " WHEN 'insert' THEN NOT {eq_full_t} ELSE false END"
-        ).format(r=r, eq_t=_same(cur[n], tv), eq_e=_same(cur[n], ev),
-                 eq_full_e=_same(cur[n], full_e), eq_full_t=_same(cur[n], full_t))
-        conflict_items.append(sql.SQL("CASE WHEN {} AND {} THEN {} END").format(
+            " WHEN 'insert' THEN NOT {eq_t} ELSE false END"
+        ).format(m=m, eq_t=eq_t, eq_e=eq_e, eq_full_e=_same(cur[n], full_e))
+        now_items.append(sql.SQL("CASE WHEN {} AND {} THEN {} END").format(
             present, cond, sql.Literal(c.name)))
+        lost_items.append(sql.SQL("CASE WHEN p.{} AND p.action <> 'none' THEN {} END").format(
+            _i(f"lost{n}"), sql.Literal(c.name)))
         # r: restore (target differs from now, and now is what the bad change left);
         # o: overwrite (target differs from now, whatever now is).
         flags.append(sql.SQL(
-            "(p.action = 'update' AND {present} AND {r} AND NOT {eq_t} AND {eq_e}) AS {rf},"
-            " ({present} AND CASE p.action WHEN 'update' THEN {r} AND NOT {eq_t}"
-            "  WHEN 'insert' THEN NOT {eq_full_t} ELSE false END) AS {of}"
-        ).format(present=present, r=r, eq_t=_same(cur[n], tv), eq_e=_same(cur[n], ev),
-                 eq_full_t=_same(cur[n], full_t), rf=_i(f"r{n}"), of=_i(f"o{n}")))
+            "(p.action = 'update' AND {present} AND {m} AND NOT {eq_t} AND {eq_e}) AS {rf},"
+            " ({present} AND CASE p.action WHEN 'update' THEN {m} AND NOT {eq_t}"
+            "  WHEN 'insert' THEN NOT {eq_t} ELSE false END) AS {of}"
+        ).format(present=present, m=m, eq_t=eq_t, eq_e=eq_e, rf=_i(f"r{n}"), of=_i(f"o{n}")))
     return sql.SQL(
         "CREATE TEMP TABLE {st} ON COMMIT DROP AS"
-        " SELECT q.*, CASE"
+        " SELECT q.bn, q.action, q.cur_present, q.now_cols || q.lost_cols AS conflict_cols,"
+        "  {flag_names}, CASE"
         "  WHEN q.action = 'none' THEN 'done'"
         "  WHEN q.action = 'delete' THEN CASE WHEN NOT q.cur_present THEN 'done'"
-        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict' ELSE 'ok' END"
-        "  WHEN q.action = 'insert' THEN CASE WHEN NOT q.cur_present THEN 'ok'"
-        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict' ELSE 'done' END"
-        "  ELSE CASE WHEN NOT q.cur_present THEN 'conflict'"
-        "   WHEN cardinality(q.conflict_cols) > 0 THEN 'conflict'"
+        "   WHEN cardinality(q.now_cols) + cardinality(q.lost_cols) > 0 THEN 'conflict'"
+        "   ELSE 'ok' END"
+        "  WHEN q.action = 'insert' THEN CASE WHEN q.cur_present AND cardinality(q.now_cols) = 0"
+        "   THEN 'done' WHEN cardinality(q.now_cols) + cardinality(q.lost_cols) > 0"
+        "   THEN 'conflict' ELSE 'ok' END"
+        "  ELSE CASE WHEN NOT q.cur_present"
+        "   OR cardinality(q.now_cols) + cardinality(q.lost_cols) > 0 THEN 'conflict'"
         "   WHEN {any_r} THEN 'ok' ELSE 'done' END END AS status"
         " FROM (SELECT p.bn, p.action, {present} AS cur_present,"
         "  CASE WHEN p.action = 'update' AND NOT {present} THEN ARRAY['(row deleted since)']"
-        "   ELSE array_remove(ARRAY[{conflicts}]::text[], NULL) END AS conflict_cols, {flags}"
+        "   ELSE array_remove(ARRAY[{now}]::text[], NULL) END AS now_cols,"
+        "  array_remove(ARRAY[{lost}]::text[], NULL) AS lost_cols, {flags}"
         "  FROM {net} p JOIN {batch} bt ON bt.bn = p.bn"
         "  LEFT JOIN {tbl} cur ON {match}) q"
     ).format(
         st=_i(status), net=sql.Identifier(schema, net), batch=_i(batch), tbl=t.ident,
-        present=present, conflicts=_join(conflict_items), flags=_join(flags),
+        present=present, now=_join(now_items), lost=_join(lost_items), flags=_join(flags),
         match=key_match(t, "cur"),
+        flag_names=_join([sql.SQL("q.{}, q.{}").format(_i(f"r{n}"), _i(f"o{n}"))
+                          for n in range(len(cols))]),
         any_r=_join([sql.SQL("q.{}").format(_i(f"r{n}")) for n in range(len(cols))], " OR "),
     )
 
@@ -212,14 +235,17 @@ def lock_rows(t: TableInfo, schema: str, net: str, batch: str) -> sql.Composed:
 
 
 def _acting(overwrite: bool, cells: bool = False) -> sql.Composable:
-    """Rows an apply statement acts on.  Without overwrite, conflicting rows of an
-    UPDATE still get their non-conflicting cells restored (`cells`): the restore
-    flags r<n> never include a conflicting cell."""
+    """Rows an apply statement acts on.  Without overwrite, a conflicting UPDATE row
+    still gets its non-conflicting cells restored (`cells`: the restore flags r<n>
+    never include a conflicting cell), and a row to re-insert that is still absent
+    is re-inserted even when some of its cells were overwritten by later changes
+    (those cells take the later values)."""
     if overwrite:
         return sql.SQL("(s.status = 'ok' OR s.status = 'conflict')")
     if cells:
         return sql.SQL("(s.status = 'ok' OR (s.status = 'conflict' AND s.action = 'update'))")
-    return sql.SQL("s.status = 'ok'")
+    return sql.SQL("(s.status = 'ok' OR (s.status = 'conflict' AND s.action = 'insert'"
+                   " AND NOT s.cur_present))")
 
 
 def apply_insert(t: TableInfo, schema: str, net: str, status: str, overwrite: bool) -> sql.Composed:
@@ -234,7 +260,7 @@ def apply_insert(t: TableInfo, schema: str, net: str, status: str, overwrite: bo
         "INSERT INTO {tbl} ({names}){ov} SELECT {vals} FROM {net} p JOIN {st} s ON s.bn = p.bn"
         " WHERE {cond} ORDER BY p.bn"
     ).format(tbl=t.ident, names=_join([_i(c.name) for c in cols]), ov=overriding,
-             vals=_join([sql.SQL("p.{}").format(_i(f"t{n}")) for n in range(len(cols))]),
+             vals=_join([_target(n) for n in range(len(cols))]),
              net=sql.Identifier(schema, net), st=_i(status), cond=cond)
 
 
