@@ -1,0 +1,332 @@
+"""Benchmarks: every figure as a ratio against a baseline measured in the same run.
+
+    python -m bench                 # default scale: 1M-row table, 3 runs each
+    python -m bench --scale 0.01    # smoke (seconds)
+    python -m bench --scale 10      # 10M rows
+
+Starts its own PostgreSQL (the machine's binaries, durable default settings),
+prints a Markdown report, writes it to docs/BENCHMARKS.md (with --write) and the
+raw figures to bench/results.json.  Each figure is the median of --runs runs,
+with the spread (min..max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from recovery import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE_SQL = (
+    "CREATE TABLE {t} (id int PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL,"
+    " d timestamptz NOT NULL)"
+)
+FILL_SQL = (
+    "INSERT INTO {t} SELECT g, g, md5(g::text), g * 1.5, timestamptz '2026-01-01' + g * interval"
+    " '1 second' FROM generate_series(1, {n}) g"
+)
+CLASSIC_TRIGGER = """
+CREATE TABLE IF NOT EXISTS audit_log (id bigserial PRIMARY KEY, tbl text, op text,
+    old_row jsonb, new_row jsonb, at timestamptz DEFAULT now(), txid bigint DEFAULT txid_current());
+CREATE OR REPLACE FUNCTION classic_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit_log (tbl, op, old_row, new_row) VALUES (TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+        CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;
+"""
+
+
+def _median(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+class Bench:
+    def __init__(self, url: str, scale: float, runs: int) -> None:
+        self.url = url
+        self.scale = scale
+        self.runs = runs
+        self.rows = max(int(1_000_000 * scale), 1000)
+        self.results: dict[str, Any] = {}
+
+    def conn(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def timed(self, c: psycopg.Connection, query: str) -> float:
+        c.execute("CHECKPOINT")
+        t0 = time.perf_counter()
+        c.execute(query)
+        return time.perf_counter() - t0
+
+    def fresh(self, c: psycopg.Connection, name: str) -> None:
+        c.execute(f"DROP TABLE IF EXISTS {name}")
+        c.execute(TABLE_SQL.format(t=name))
+        c.execute(FILL_SQL.format(t=name, n=self.rows))
+        c.execute(f"VACUUM ANALYZE {name}")
+
+    def cli(self, *args: str) -> tuple[float, int]:
+        """Run the recovery CLI in a child; return (seconds, peak RSS in MB of that child)."""
+        probe = (
+            "import resource, subprocess, sys, time;"
+            "t = time.perf_counter();"
+            "r = subprocess.run(sys.argv[1:]);"
+            "d = time.perf_counter() - t;"
+            "print(d, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+            "sys.exit(r.returncode)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe, sys.executable, "-m", "recovery", *args,
+             "--db", self.url, "--yes", "--quiet"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        return float(out[0]), int(out[1]) // 1024
+
+    # -- sections --------------------------------------------------------------
+    def capture_and_undo(self) -> None:
+        """Bulk UPDATE, DELETE, INSERT with and without capture; undo of the UPDATE by the CLI."""
+        c = self.conn()
+        self.cli("init")
+        figures: dict[str, list[float]] = {k: [] for k in (
+            "update_plain", "update_capture", "update_classic", "undo_update",
+            "delete_plain", "delete_capture", "insert_plain", "insert_capture")}
+        rss: list[int] = []
+        n = self.rows
+        for _ in range(self.runs):
+            self.fresh(c, "plain_t")
+            figures["update_plain"].append(self.timed(c, "UPDATE plain_t SET a = a + 1"))
+            self.fresh(c, "cap_t")
+            self.cli("capture", "enable", "cap_t")
+            c.execute("SET recovery.tag = 'bench-update'")
+            figures["update_capture"].append(self.timed(c, "UPDATE cap_t SET a = a + 1"))
+            c.execute("RESET recovery.tag")
+            secs, mb = self.cli("rollback", "--tag", "bench-update")
+            figures["undo_update"].append(secs)
+            rss.append(mb)
+            figures["delete_plain"].append(
+                self.timed(c, f"DELETE FROM plain_t WHERE id <= {n // 10}"))
+            figures["delete_capture"].append(
+                self.timed(c, f"DELETE FROM cap_t WHERE id <= {n // 10}"))
+            figures["insert_plain"].append(self.timed(
+                c, FILL_SQL.format(t="plain_t", n=n // 10)))
+            figures["insert_capture"].append(self.timed(
+                c, FILL_SQL.format(t="cap_t", n=n // 10)))
+            self.cli("capture", "disable", "cap_t")
+            c.execute("DROP TABLE cap_t")
+            self.fresh(c, "classic_t")
+            c.execute(CLASSIC_TRIGGER)
+            c.execute("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON classic_t "
+                      "FOR EACH ROW EXECUTE FUNCTION classic_audit()")
+            figures["update_classic"].append(self.timed(c, "UPDATE classic_t SET a = a + 1"))
+            c.execute("DROP TABLE classic_t; TRUNCATE audit_log")
+        ratio = {
+            "capture_update": [a / b for a, b in zip(figures["update_capture"],
+                                                     figures["update_plain"])],
+            "classic_update": [a / b for a, b in zip(figures["update_classic"],
+                                                     figures["update_plain"])],
+            "undo_update": [a / b for a, b in zip(figures["undo_update"],
+                                                  figures["update_plain"])],
+            "capture_delete": [a / b for a, b in zip(figures["delete_capture"],
+                                                     figures["delete_plain"])],
+            "capture_insert": [a / b for a, b in zip(figures["insert_capture"],
+                                                     figures["insert_plain"])],
+        }
+        self.results["capture"] = {
+            "rows": n, "seconds": {k: _median(v) for k, v in figures.items()},
+            "ratios": {k: _median(v) for k, v in ratio.items()},
+            "undo_rows_per_second": n / statistics.median(figures["undo_update"]),
+            "cli_peak_rss_mb": max(rss),
+        }
+        c.close()
+
+    def memory_scales(self) -> None:
+        """Peak RSS of the CLI undo at a tenth of the scale, to show it does not grow."""
+        c = self.conn()
+        small = max(self.rows // 10, 1000)
+        c.execute("DROP TABLE IF EXISTS mem_t")
+        c.execute(TABLE_SQL.format(t="mem_t"))
+        c.execute(FILL_SQL.format(t="mem_t", n=small))
+        self.cli("capture", "enable", "mem_t")
+        c.execute("SET recovery.tag = 'bench-mem'; UPDATE mem_t SET a = a + 1; RESET recovery.tag")
+        _secs, mb = self.cli("rollback", "--tag", "bench-mem")
+        self.results["memory"] = {"rows_small": small, "rss_small_mb": mb,
+                                  "rows_large": self.rows,
+                                  "rss_large_mb": self.results["capture"]["cli_peak_rss_mb"]}
+        self.cli("capture", "disable", "mem_t")
+        c.close()
+
+    def pgbench(self, seconds: int) -> None:
+        """TPC-B TPS (2 clients) without capture, with capture on all four tables, classic."""
+        pgbench = embedded.find_bindir()
+        if pgbench is None or not (pgbench / "pgbench").exists():
+            self.results["pgbench"] = {"skipped": "pgbench not found"}
+            return
+        exe = str(pgbench / "pgbench")
+        scale = max(int(10 * self.scale), 1)
+        tps: dict[str, list[float]] = {"none": [], "capture": [], "classic": []}
+        wal: dict[str, list[float]] = {"none": [], "capture": [], "classic": []}
+        tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+        c = self.conn()
+        for _ in range(self.runs):
+            for mode in ("none", "capture", "classic"):
+                subprocess.run([exe, "-i", "-q", "-s", str(scale), self.url], check=True,
+                               capture_output=True)
+                # pgbench_history has no key; give it one (for every mode alike).
+                c.execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+                c.execute("VACUUM ANALYZE")
+                if mode == "capture":
+                    self.cli("capture", "enable", *tables)
+                elif mode == "classic":
+                    c.execute(CLASSIC_TRIGGER)
+                    for t in tables:
+                        c.execute(f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {t}"
+                                  " FOR EACH ROW EXECUTE FUNCTION classic_audit()")
+                c.execute("CHECKPOINT")
+                lsn0 = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+                out = subprocess.run([exe, "-c", "2", "-j", "2", "-T", str(seconds), "-n",
+                                      self.url], check=True, capture_output=True, text=True).stdout
+                w = c.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn0]).fetchone()[0]  # type: ignore[index]
+                m = re.search(r"tps = ([0-9.]+)", out)
+                assert m, out
+                tps[mode].append(float(m.group(1)))
+                wal[mode].append(float(w))
+                if mode == "capture":
+                    self.cli("capture", "disable", *tables)
+                c.execute("DROP TABLE IF EXISTS audit_log")
+        self.results["pgbench"] = {
+            "scale": scale, "clients": 2, "seconds": seconds,
+            "tps": {k: _median(v) for k, v in tps.items()},
+            "ratios": {
+                "capture_tps": _median([a / b for a, b in zip(tps["capture"], tps["none"])]),
+                "classic_tps": _median([a / b for a, b in zip(tps["classic"], tps["none"])]),
+                "capture_wal": _median([a / b for a, b in zip(wal["capture"], wal["none"])]),
+                "classic_wal": _median([a / b for a, b in zip(wal["classic"], wal["none"])]),
+            },
+        }
+        c.close()
+
+
+def _fmt(d: dict[str, float], unit: str = "x") -> str:
+    return f"{d['median']:.2f}{unit} ({d['min']:.2f}..{d['max']:.2f})"
+
+
+def report(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    cap = results["capture"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `python -m bench --scale {meta['scale']} --runs {meta['runs']} --write` on "
+        f"{meta['date']}: {meta['machine']}, {meta['server']}.  Every figure is a ratio to a "
+        "baseline measured in the same run: median of the runs, (min..max) in brackets.",
+        "",
+        f"## Capture overhead and undo ({cap['rows']:,}-row table)",
+        "",
+        "| what | ratio | target |",
+        "|---|---|---|",
+        f"| UPDATE of every row, capture on / off | {_fmt(cap['ratios']['capture_update'])} "
+        "| <= 1.15x |",
+        f"| same, classic per-row jsonb audit trigger / off | "
+        f"{_fmt(cap['ratios']['classic_update'])} | |",
+        f"| undo of that UPDATE (`recovery rollback`, CLI end to end) / the UPDATE | "
+        f"{_fmt(cap['ratios']['undo_update'])} | <= 1.25x |",
+        f"| DELETE of 10% of rows, capture on / off | {_fmt(cap['ratios']['capture_delete'])} | |",
+        f"| INSERT of 10% more rows, capture on / off | {_fmt(cap['ratios']['capture_insert'])} "
+        "| |",
+        "",
+        f"Plain UPDATE: {_fmt(cap['seconds']['update_plain'], ' s')}; undo: "
+        f"{_fmt(cap['seconds']['undo_update'], ' s')}, "
+        f"{cap['undo_rows_per_second']:,.0f} rows/s.",
+        "",
+    ]
+    if "memory" in results:
+        m = results["memory"]
+        lines += [
+            "## CLI peak memory (undo)",
+            "",
+            "| rows undone | peak RSS | target |",
+            "|---|---|---|",
+            f"| {m['rows_small']:,} | {m['rss_small_mb']} MB | < 150 MB |",
+            f"| {m['rows_large']:,} | {m['rss_large_mb']} MB | < 150 MB |",
+            "",
+        ]
+    pg = results.get("pgbench", {})
+    if "tps" in pg:
+        lines += [
+            f"## pgbench TPC-B (scale {pg['scale']}, {pg['clients']} clients, "
+            f"{pg['seconds']} s per run)",
+            "",
+            "| what | ratio | target |",
+            "|---|---|---|",
+            f"| TPS, capture on all four tables / none | {_fmt(pg['ratios']['capture_tps'])} "
+            "| >= 0.90x |",
+            f"| TPS, classic per-row jsonb trigger / none | {_fmt(pg['ratios']['classic_tps'])} "
+            "| |",
+            f"| WAL bytes, capture / none | {_fmt(pg['ratios']['capture_wal'])} | |",
+            f"| WAL bytes, classic / none | {_fmt(pg['ratios']['classic_wal'])} | |",
+            "",
+            f"TPS without capture: {_fmt(pg['tps']['none'], '')}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="1 = a 1M-row table")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pgbench-seconds", type=int, default=20)
+    ap.add_argument("--db", help="Use this server (its user must create tables) instead of "
+                    "starting one.")
+    ap.add_argument("--write", action="store_true",
+                    help="Write docs/BENCHMARKS.md and bench/results.json.")
+    args = ap.parse_args(argv)
+    cluster = None
+    if args.db:
+        url = args.db
+    else:
+        cluster = embedded.start("auto", fast=False)
+        url = cluster.url
+    try:
+        b = Bench(url, args.scale, args.runs)
+        with psycopg.connect(url) as c:
+            server = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        b.results["meta"] = {
+            "scale": args.scale, "runs": args.runs,
+            "date": datetime.date.today().isoformat(),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()}",
+            "server": f"PostgreSQL {server}",
+        }
+        b.capture_and_undo()
+        b.memory_scales()
+        b.pgbench(args.pgbench_seconds)
+        text = report(b.results)
+        print(text)
+        if args.write:
+            (ROOT / "docs").mkdir(exist_ok=True)
+            (ROOT / "docs" / "BENCHMARKS.md").write_text(text + "\n")
+            (ROOT / "bench" / "results.json").write_text(
+                json.dumps(b.results, indent=2, default=str) + "\n")
+        return 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(ROOT / "bench" / "__pycache__", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
