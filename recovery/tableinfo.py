@@ -19,6 +19,8 @@ class Column:
     versions: tuple[tuple[str, int, str], ...]
     generated: bool
     identity_always: bool
+    # An array (or a domain over one): array_agg() cannot carry its values.
+    array: bool = False
 
     def value(self, alias: str) -> sql.Composable:
         """Expression giving this column's value, in its current type, from a journal row."""
@@ -105,7 +107,8 @@ def load(conn: psycopg.Connection, schema: str, table_id: int) -> TableInfo:
         # Values stored in the current storage type need no cast; a domain's
         # value is assigned back to the domain column implicitly.
         vers = tuple((j, int(since), t if t != storage[0] else typ) for j, since, t in versions)
-        cols.append(Column(attnum, name, typ, vers, bool(generated), bool(ident)))
+        cols.append(Column(attnum, name, typ, vers, bool(generated), bool(ident),
+                           storage[0].endswith("]")))
     by_num = {c.attnum: c for c in cols}
     try:
         key = tuple(by_num[k] for k in key_attnums)

@@ -71,6 +71,10 @@ class RollbackReport:
         return d
 
 
+class _NotRun:
+    rowcount = 0
+
+
 class _Run:
     """State of one undo operation while it runs."""
 
@@ -90,10 +94,14 @@ class _Run:
         self.tables: list[TableInfo] = []
         self.results: dict[int, TableResult] = {}
         self._suspended: list[tuple[TableInfo, list[tuple[str, str, str]]]] = []
+        # Dry run with sql_out: record the statements that change data, run none.
+        self.record_only = False
 
-    def run(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> psycopg.Cursor:
+    def run(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> Any:
         if self.sql_out is not None:
             self.sql_out.append(stmt.as_string(self.conn) + ";")
+        if self.record_only:
+            return _NotRun()
         return self.conn.execute(stmt, params)
 
     def net(self, t: TableInfo) -> str:
@@ -154,13 +162,31 @@ class _Run:
         ).format(sql.Identifier(b), sql.Identifier(self.schema, self.net(t)), cond, lim))
         return cur.rowcount
 
+    def references(self, t: TableInfo) -> list[q.Reference]:
+        """Foreign keys into t (a row to delete must not be referenced by a kept row)."""
+        mine = {x.relid: x for x in self.tables}
+        out = []
+        for child, relid, cols, refd in self.conn.execute(
+                "SELECT c.conrelid::regclass::text, c.conrelid::oid::bigint,"
+                " array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)"
+                "  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),"
+                " array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)"
+                "  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)"
+                " FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = %s"
+                " AND c.conparentid = 0 ORDER BY c.conname", [t.relid]):
+            ct = mine.get(relid)
+            out.append(q.Reference(child, tuple(cols), tuple(refd),
+                                   self.net(ct) if ct else None,
+                                   tuple(k.name for k in ct.key) if ct else ()))
+        return out
+
     def status(self, t: TableInfo, lock: bool) -> TableResult:
         """Compare the batch's net rows with the table now; count and keep examples."""
         st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
         if lock:
             self.run(q.lock_rows(t, self.schema, self.net(t), b))
         self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(st)))
-        self.run(q.build_status(t, self.schema, self.net(t), st, b))
+        self.run(q.build_status(t, self.schema, self.net(t), st, b, self.references(t)))
         res = TableResult(t.label, t.table_id)
         any_r = sql.SQL(" OR ").join(
             sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
@@ -197,18 +223,24 @@ class _Run:
                 })
         return res
 
-    def apply(self, t: TableInfo, phase: str) -> tuple[int, int, int]:
+    def apply(self, t: TableInfo, phases: Sequence[str]) -> tuple[int, int, int]:
+        """Run the statements of these phases on the current batch (or plan).
+
+        A batch holds rows of one action, but with overwrite a row to re-insert may
+        need an UPDATE (re-created since) and a row to restore an INSERT (deleted
+        since): a batch runs every phase, each acting only on the rows it concerns.
+        """
         st = f"_rs_{t.table_id}"
         ins = upd = dele = 0
-        if phase == "insert":
+        if "insert" in phases:
             ins = self.run(q.apply_insert(t, self.schema, self.net(t), st, self.overwrite)).rowcount
-        elif phase == "update":
+        if "update" in phases:
             masks = self.conn.execute(q.update_masks(t, st, self.overwrite)).fetchall()
             for mask in masks:
                 if any(mask):
                     upd += self.run(q.apply_update(
                         t, self.schema, self.net(t), st, self.overwrite, mask)).rowcount
-        else:
+        if "delete" in phases:
             dele = self.run(q.apply_delete(t, self.schema, self.net(t), st, self.overwrite)).rowcount
         self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
             sql.Identifier(self.schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
@@ -346,6 +378,10 @@ def rollback(
             r.results[t.table_id] = res
         report.tables = [r.results[t.table_id] for t in r.tables]
         if dry_run:
+            if sql_out is not None:
+                # --dry-run --sql: also write the statements the undo would apply.
+                r.record_only = True
+                _apply_all(r, report)
             conn.rollback()
             report.status = "dry-run"
             report.seconds = time.monotonic() - started
@@ -388,10 +424,10 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
                          ("delete", list(reversed(r.tables)))):
         for t in order:
             res = r.results[t.table_id]
-            if not (res.reinsert or res.restore or res.delete):
+            if not (res.reinsert or res.restore or res.delete or res.partial):
                 continue
             r.suspend_triggers(t)
-            ins, upd, dele = r.apply(t, phase)
+            ins, upd, dele = r.apply(t, (phase,))
             res.inserted += ins
             res.updated += upd
             res.deleted += dele
@@ -417,7 +453,7 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
                             f"stopped after {report.batches} committed batch(es); resume with "
                             f"`recovery rollback --resume {r.op_id} --on-conflict skip`", report)
                     r.suspend_triggers(t)
-                    ins, upd, dele = r.apply(t, phase)
+                    ins, upd, dele = r.apply(t, ("insert", "update", "delete"))
                     r.restore_triggers()
                     res.inserted += ins
                     res.updated += upd

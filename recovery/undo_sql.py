@@ -23,10 +23,11 @@ xml, point have no equality operator) and differences equality would hide
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from psycopg import sql
 
-from .tableinfo import TableInfo
+from .tableinfo import Column, TableInfo
 
 
 def _i(name: str) -> sql.Identifier:
@@ -51,6 +52,17 @@ def _distinct(a: sql.Composable, b: sql.Composable) -> sql.Composable:
 
 def _same(a: sql.Composable, b: sql.Composable) -> sql.Composable:
     return sql.SQL("{} IS NOT DISTINCT FROM {}").format(_txt(a), _txt(b))
+
+
+def _first(c: Column, value: sql.Composable, order: str, cond: sql.Composable) -> sql.Composable:
+    """The first value in `order` among the rows where cond holds (aggregate)."""
+    if not c.array:
+        return sql.SQL("(array_agg({} ORDER BY {}) FILTER (WHERE {}))[1]").format(
+            value, sql.SQL(order), cond)
+    # array_agg() of arrays builds a multi-dimensional array (whose [1] is NULL, and
+    # arrays of different lengths fail): carry array values as text.
+    return sql.SQL("((array_agg(({})::text ORDER BY {}) FILTER (WHERE {}))[1])::{}").format(
+        value, sql.SQL(order), cond, sql.SQL(c.type_name))
 
 
 def build_net(
@@ -83,21 +95,21 @@ def build_net(
     lasts: list[sql.Composable] = [sql.SQL(
         "max(pos) FILTER (WHERE NOT chosen AND NOT simple) {} AS lnx").format(win)]
     aggs: list[sql.Composable] = []
-    for n in range(len(cols)):
+    for n, c in enumerate(cols):
         b, a, ln = bnames[n], anames[n], _i(f"ln{n}")
         lasts.append(sql.SQL("max(pos) FILTER (WHERE NOT chosen AND {}) {} AS {}").format(
             mods[n], win, ln))
         trailing = sql.SQL("chosen AND {} AND pos > coalesce({}, -1)").format(mods[n], ln)
         aggs.append(sql.SQL(
-            "coalesce(bool_or({tr}), false) AS {m},"
-            " (array_agg({b} ORDER BY pos) FILTER (WHERE {tr}))[1] AS {tc},"
-            " (array_agg({a} ORDER BY pos DESC) FILTER (WHERE {tr}))[1] AS {ec},"
+            "coalesce(bool_or({tr}), false) AS {m}, {tcv} AS {tc}, {ecv} AS {ec},"
             " coalesce(bool_or(chosen AND {mod} AND pos < {ln}), false) AS {lost},"
-            " (array_agg({b} ORDER BY pos) FILTER (WHERE chosen AND NOT simple"
-            "  AND pos > coalesce(lnx, -1)))[1] AS {base},"
-            " (array_agg({a} ORDER BY pos DESC) FILTER (WHERE chosen))[1] AS {e}"
-        ).format(tr=trailing, b=b, a=a, mod=mods[n], ln=ln, m=_i(f"m{n}"), tc=_i(f"tc{n}"),
-                 ec=_i(f"ec{n}"), lost=_i(f"lost{n}"), base=_i(f"base{n}"), e=_i(f"e{n}")))
+            " {basev} AS {base}, {ev} AS {e}"
+        ).format(tr=trailing, mod=mods[n], ln=ln, m=_i(f"m{n}"), tc=_i(f"tc{n}"),
+                 ec=_i(f"ec{n}"), lost=_i(f"lost{n}"), base=_i(f"base{n}"), e=_i(f"e{n}"),
+                 tcv=_first(c, b, "pos", trailing), ecv=_first(c, a, "pos DESC", trailing),
+                 basev=_first(c, b, "pos", sql.SQL(
+                     "chosen AND NOT simple AND pos > coalesce(lnx, -1)")),
+                 ev=_first(c, a, "pos DESC", sql.SQL("chosen"))))
     j = sql.Identifier(schema, t.journal)
     return sql.SQL(
         "CREATE TABLE {net} AS "
@@ -165,17 +177,52 @@ def key_match(t: TableInfo, left: str, right: str = "p") -> sql.Composable:
                   for n, c in enumerate(t.key)], " AND ")
 
 
-def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str) -> sql.Composed:
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key into the table: referencing table, its columns, the referenced
+    columns, and (when that table is part of the undo) its net table and key."""
+
+    table: str
+    columns: tuple[str, ...]
+    referenced: tuple[str, ...]
+    net: str | None = None
+    key: tuple[str, ...] = ()
+
+
+def _referenced(schema: str, ref: Reference) -> sql.Composable:
+    """Whether the current row is referenced by a row the selected changes never touched
+    (a later write made it): deleting the row would break it, or cascade to it."""
+    match = _join([sql.SQL("x.{} = cur.{}").format(_i(c), _i(r))
+                   for c, r in zip(ref.columns, ref.referenced)], " AND ")
+    if ref.net is not None:
+        match = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
+            match, sql.Identifier(schema, ref.net),
+            _join([sql.SQL("n.{} = x.{}").format(_i(f"k{i}"), _i(k))
+                   for i, k in enumerate(ref.key)], " AND "))
+    return sql.SQL("EXISTS (SELECT 1 FROM {} x WHERE {})").format(sql.SQL(ref.table), match)
+
+
+def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str,
+                 refs: Sequence[Reference] = ()) -> sql.Composed:
     """CREATE TEMP TABLE status: action, status, conflicting columns and write flags per key."""
     cols = t.writable
     cur = [sql.SQL("cur.{}").format(_i(c.name)) for c in cols]
     present = sql.SQL("(cur.{} IS NOT NULL)").format(_i(t.key[0].name))
-    now_items: list[sql.Composable] = []
+    now_items: list[sql.Composable] = [
+        sql.SQL("CASE WHEN {} AND p.action = 'delete' AND {} THEN {} END").format(
+            present, _referenced(schema, ref), sql.Literal(f"(referenced by {ref.table})"))
+        for ref in refs]
     lost_items: list[sql.Composable] = [
         sql.SQL("CASE WHEN p.lost_row THEN '(row removed or re-created by a later change)' END")]
     flags: list[sql.Composable] = []
     for n, c in enumerate(cols):
-        tv, ev, m = _target(n), _expected(n), sql.SQL("p.{}").format(_i(f"m{n}"))
+        tv, ev = _target(n), _expected(n)
+        # An UPDATE restores a column only if the selected changes left it different
+        # from what they found (net effect): deleting and re-inserting a row, or
+        # a -> b -> a, leaves the column to later writes, with no conflict.
+        m = sql.SQL("(p.{} AND {})").format(
+            _i(f"m{n}"), _distinct(sql.SQL("p.{}").format(_i(f"tc{n}")),
+                                   sql.SQL("p.{}").format(_i(f"ec{n}"))))
         full_e = sql.SQL("p.{}").format(_i(f"e{n}"))
         eq_t, eq_e = _same(cur[n], tv), _same(cur[n], ev)
         cond = sql.SQL(
