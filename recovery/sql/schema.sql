@@ -125,6 +125,7 @@ DECLARE
     tgt        text;
     body       text;
     hwm        bigint;
+    missing    text;
 BEGIN
     SELECT * INTO c FROM {s}.captured WHERE table_id = tid;
     IF NOT FOUND OR NOT c.enabled THEN
@@ -139,9 +140,15 @@ BEGIN
     END IF;
     UPDATE {s}.captured SET schema_name = c.schema_name, table_name = c.table_name, stopped = NULL
     WHERE table_id = tid;
+    -- The DDL below (journal tables, ENABLE ALWAYS TRIGGER) fires the event
+    -- trigger again; on_ddl skips while this is set, or it would recurse once per
+    -- trigger created (and exhaust the stack on a table with many partitions).
+    PERFORM set_config('recovery.building', 'on', true);
     gen := (SELECT value::int FROM {s}.meta WHERE key = 'gen');
     jleaf := jparent || '_' || gen;
-    hwm := (SELECT last_value FROM {s}.stmt_seq);
+    -- Highest statement id issued so far: a journal column added now holds the
+    -- values of statements from hwm + 1 on.
+    hwm := (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}.stmt_seq);
 
     IF to_regclass(format('%I.%I', {s_lit}, jparent)) IS NULL THEN
         EXECUTE format('CREATE TABLE %I.%I (rec_gen int NOT NULL, rec_stmt bigint NOT NULL, '
@@ -169,16 +176,35 @@ BEGIN
         SELECT * INTO cur FROM {s}.columns
         WHERE table_id = tid AND attnum = a.attnum ORDER BY since_stmt DESC LIMIT 1;
         IF NOT FOUND THEN
-            EXECUTE format('ALTER TABLE %I.%I ADD COLUMN IF NOT EXISTS %I %s',
-                           {s_lit}, jparent, 'c' || a.attnum, a.typ);
+            -- A column added to a captured table with a non-volatile default: the
+            -- table's existing rows read that value (attmissingval), so journal rows
+            -- from before the column existed must read it too, or undoing a DELETE
+            -- made before it was added would re-insert NULL.  ADD COLUMN with that
+            -- default (then dropped) sets exactly that, without rewriting the journal.
+            missing := (SELECT attmissingval::text FROM pg_attribute
+                        WHERE attrelid = c.relid AND attnum = a.attnum AND atthasmissing);
+            EXECUTE format('ALTER TABLE %I.%I ADD COLUMN IF NOT EXISTS %I %s %s',
+                           {s_lit}, jparent, 'c' || a.attnum, a.typ,
+                           CASE WHEN missing IS NOT NULL
+                                THEN format('DEFAULT ((%L::text[])[1])::%s', missing, a.typ) END);
+            IF missing IS NOT NULL THEN
+                EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I DROP DEFAULT',
+                               {s_lit}, jparent, 'c' || a.attnum);
+            END IF;
             INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
             VALUES (tid, a.attnum, 'c' || a.attnum, a.typ, 0);
         ELSIF cur.type_name <> a.typ THEN
             -- Retyped column: keep the old values in their old type, add a new one.
+            IF cur.since_stmt > hwm THEN
+                -- Retyped again before any statement was captured: that version
+                -- holds no value, replace it.
+                EXECUTE format('ALTER TABLE %I.%I DROP COLUMN %I', {s_lit}, jparent, cur.jcol);
+                DELETE FROM {s}.columns WHERE table_id = tid AND jcol = cur.jcol;
+            END IF;
             EXECUTE format('ALTER TABLE %I.%I ADD COLUMN %I %s',
-                           {s_lit}, jparent, 'c' || a.attnum || '_' || hwm, a.typ);
+                           {s_lit}, jparent, 'c' || a.attnum || '_' || (hwm + 1), a.typ);
             INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
-            VALUES (tid, a.attnum, 'c' || a.attnum || '_' || hwm, a.typ, hwm);
+            VALUES (tid, a.attnum, 'c' || a.attnum || '_' || (hwm + 1), a.typ, hwm + 1);
         END IF;
     END LOOP;
 
@@ -270,6 +296,28 @@ $b$,
                 'BEFORE TRUNCATE', '', fname);
         END IF;
     END LOOP;
+
+    -- A partition detached since the last build keeps its triggers: remove them,
+    -- or its writes would go on being journaled (and undone) as the table's.
+    FOR rel IN
+        SELECT tg.tgrelid, tg.tgname, p.proname
+        FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+          AND tg.tgrelid <> c.relid
+          AND tg.tgrelid NOT IN (SELECT t.relid FROM pg_partition_tree(c.relid) t)
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', rel.tgname, rel.tgrelid::regclass);
+    END LOOP;
+    -- Functions left without a trigger (detached or dropped partitions).
+    FOR rel IN
+        SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = p.oid)
+    LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS %I.%I()', {s_lit}, rel.proname);
+    END LOOP;
+    PERFORM set_config('recovery.building', '', true);
 END
 $fn$;
 
@@ -316,6 +364,9 @@ DECLARE
     r record;
     t record;
 BEGIN
+    IF current_setting('recovery.building', true) = 'on' THEN
+        RETURN;  -- DDL that build_capture itself runs
+    END IF;
     FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
              WHERE classid = 'pg_class'::regclass AND objid IS NOT NULL
     LOOP
