@@ -437,13 +437,20 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
 def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float) -> RollbackReport:
     conn = r.conn
     try:
+        # A table whose rows reference each other re-inserts (and deletes) its rows in
+        # one statement: split by key, a child could come before its parent.
+        self_ref = {t.table_id for t in r.tables if conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
+            " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()[0]}
+        conn.rollback()
         for phase, order in (("insert", r.tables), ("update", r.tables),
                              ("delete", list(reversed(r.tables)))):
             for t in order:
                 res = r.results[t.table_id]
+                limit = None if phase != "update" and t.table_id in self_ref else batch_size
                 while True:
                     r.begin_tx()
-                    if r.fill_batch(t, phase, batch_size) == 0:
+                    if r.fill_batch(t, phase, limit) == 0:
                         conn.rollback()
                         break
                     now = r.status(t, lock=True)

@@ -221,6 +221,49 @@ def test_generated_identity_composite_and_partitioned(conn, sql_exec):
     assert [snap(conn, x) for x in ("g", "k", "pt")] == before
 
 
+def test_quoted_names_and_other_schema(conn, sql_exec):
+    sql_exec('CREATE SCHEMA "My Schema";'
+             ' CREATE TABLE "My Schema"."Order Items" ("Id" int PRIMARY KEY, "select" text,'
+             ' "Value" int);'
+             ' CREATE TABLE "My Schema"."Kid" (k int PRIMARY KEY,'
+             ' "Parent Id" int REFERENCES "My Schema"."Order Items" ON DELETE CASCADE)')
+    sql_exec('INSERT INTO "My Schema"."Order Items" VALUES (1, \'a\', 1), (2, \'b\', 2);'
+             ' INSERT INTO "My Schema"."Kid" VALUES (1, 1)')
+    tables = ['"My Schema"."Order Items"', '"My Schema"."Kid"']
+    enable_capture(conn, tables)
+    before = [snap(conn, x) for x in tables]
+    bad(sql_exec, 'UPDATE "My Schema"."Order Items" SET "select" = \'x\' WHERE "Id" = 2',
+        'DELETE FROM "My Schema"."Order Items" WHERE "Id" = 1',
+        'INSERT INTO "My Schema"."Order Items" VALUES (3, \'c\', 3)')
+    rollback(conn, BAD)
+    assert [snap(conn, x) for x in tables] == before
+
+
+def test_table_with_chosen_key(conn, sql_exec):
+    sql_exec("CREATE TABLE nk (code text NOT NULL UNIQUE, v text)")
+    sql_exec("INSERT INTO nk VALUES ('a', '1'), ('b', '2')")
+    enable_capture(conn, ["nk"], key=["code"])
+    before = snap(conn, "nk")
+    bad(sql_exec, "UPDATE nk SET v = 'x'", "DELETE FROM nk WHERE code = 'a'",
+        "INSERT INTO nk VALUES ('c', '3')")
+    rollback(conn, BAD)
+    assert snap(conn, "nk") == before
+
+
+def test_columns_retyped_renamed_dropped_after_the_bad_change(conn, sql_exec, t):
+    bad(sql_exec, "UPDATE t SET v = 'bad', n = 0 WHERE id = 1", "DELETE FROM t WHERE id = 2")
+    sql_exec("ALTER TABLE t ALTER COLUMN n TYPE numeric(6,1)")
+    sql_exec("ALTER TABLE t RENAME COLUMN v TO label")
+    rollback(conn, BAD)
+    assert snap(conn, "t") == ["(1,v1,10.0)", "(2,v2,20.0)", "(3,v3,30.0)", "(4,v4,40.0)",
+                               "(5,v5,50.0)"]
+    bad(sql_exec, "UPDATE t SET label = 'bad', n = 0 WHERE id = 1", "DELETE FROM t WHERE id = 2",
+        tag="bad2")
+    sql_exec("ALTER TABLE t DROP COLUMN n")
+    rollback(conn, Selector(tags=("bad2",)))
+    assert snap(conn, "t") == ["(1,v1)", "(2,v2)", "(3,v3)", "(4,v4)", "(5,v5)"]
+
+
 # -- 2. column level ---------------------------------------------------------------
 
 def test_later_edit_of_other_column_is_kept(conn, sql_exec, t):
@@ -431,6 +474,27 @@ def test_self_referencing_tree(conn, sql_exec):
     assert report.conflicts == 1
     assert snap(conn, "tree") == ["(1,,root)", "(2,1,kid)", "(20,1,bad2)",
                                   "(21,20,\"legit kid of bad2\")"]
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_tree_rows_come_back_and_go_in_dependency_order(conn, sql_exec, batch_size):
+    sql_exec("CREATE TABLE tree (id int PRIMARY KEY, parent int REFERENCES tree, name text)")
+    sql_exec("INSERT INTO tree VALUES (1, NULL, 'root'), (5, 1, 'kid'), (3, 5, 'grandkid')")
+    enable_capture(conn, ["tree"])
+    before = snap(conn, "tree")
+    bad(sql_exec, "INSERT INTO tree VALUES (10, 1, 'bad'), (11, 10, 'bad kid')",
+        "DELETE FROM tree WHERE id IN (3, 5)")
+    rollback(conn, BAD, batch_size=batch_size)
+    assert snap(conn, "tree") == before
+
+
+def test_foreign_keys_batched(conn, sql_exec, fk):
+    before = (snap(conn, "p"), snap(conn, "c"))
+    bad(sql_exec, "DELETE FROM p WHERE id = 1", "INSERT INTO p VALUES (3, 'three')",
+        "INSERT INTO c VALUES (31, 3, 'x'), (32, 3, 'y')")
+    report = rollback(conn, BAD, batch_size=1)
+    assert (snap(conn, "p"), snap(conn, "c")) == before
+    assert report.batches == 6
 
 
 def test_unique_values_moved_by_the_bad_change(conn, sql_exec):
@@ -648,6 +712,35 @@ def test_batched_equals_single_transaction(conn, sql_exec, on_conflict):
         [(t.inserted, t.updated, t.deleted) for t in many.tables]
 
 
+def test_batched_interrupted_conflict_then_resume_with_skip(conn, sql_exec):
+    sql_exec("CREATE TABLE b (id int PRIMARY KEY, v text)")
+    sql_exec("INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 10) g")
+    enable_capture(conn, ["b"])
+    orig = snap(conn, "b")
+    bad(sql_exec, "UPDATE b SET v = 'bad'")
+    done: list[int] = []
+
+    def progress(_table: str, n: int) -> None:
+        done.append(n)
+        if len(done) == 2:
+            raise KeyboardInterrupt  # after the second committed batch
+
+    with pytest.raises(KeyboardInterrupt):
+        rollback(conn, BAD, batch_size=3, progress=progress)
+    (op_id,) = [r[0] for r in sql_exec("SELECT op_id FROM _recovery.operations")]
+    assert op_row(conn, op_id)[0] == "stopped"
+    assert snap(conn, "b") == [*orig[:6], "(7,bad)", "(8,bad)", "(9,bad)", "(10,bad)"]
+    sql_exec("UPDATE b SET v = 'legit' WHERE id = 9")  # while the undo was stopped
+    with pytest.raises(ConflictError):
+        resume_rollback(conn, op_id)
+    assert op_row(conn, op_id)[0] == "stopped"
+    assert snap(conn, "b") == [*orig[:6], "(7,bad)", "(8,bad)", "(9,legit)", "(10,bad)"]
+    report = resume_rollback(conn, op_id, on_conflict="skip")
+    assert snap(conn, "b") == [*orig[:8], "(9,legit)", orig[9]]
+    assert op_row(conn, op_id)[0] == "done"
+    assert report.tables[0].updated == 9
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     return subprocess.run([sys.executable, "-m", "recovery", *args], capture_output=True,
                           text=True, timeout=60)
@@ -717,6 +810,9 @@ def test_dry_run_changes_nothing(conn, sql_exec, t):
     assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = '_recovery'"
                         " AND tablename LIKE 'undo%'").fetchone() == (0,)
     conn.rollback()
+    real = rollback(conn, BAD)  # the plan was exact
+    assert counts(real) == counts(report)
+    assert snap(conn, "t") == ORIG
 
 
 def test_cli_dry_run_json_sql_and_operations(conn, sql_exec, t, cli, tmp_path):
