@@ -124,6 +124,7 @@ DECLARE
     fname      text;
     tgt        text;
     body       text;
+    guard      text;
     hwm        bigint;
     missing    text;
 BEGIN
@@ -231,42 +232,66 @@ BEGIN
                       ORDER BY since_stmt DESC LIMIT 1) col ON true
         WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped;
 
+        -- The function checks the table's shape first and skips capture (the write
+        -- still succeeds) when it changed and capture was not rebuilt; `capture
+        -- status` reports that.  Needed even where the event trigger exists now: it
+        -- can be dropped or disabled later, and does not fire in replica mode.  The
+        -- query is shape()'s, inlined so that PL/pgSQL caches its plan.
+        guard := format('IF (SELECT md5(coalesce(string_agg(attnum || '':'' || atttypid || '':'' '
+                        '|| atttypmod, '','' ORDER BY attnum), '''')) FROM pg_attribute '
+                        'WHERE attrelid = TG_RELID AND attnum > 0 AND NOT attisdropped) '
+                        'IS DISTINCT FROM %L THEN RETURN NULL; END IF;', {s}.shape(rel.oid));
         body := format($b$
 DECLARE
     s bigint;
     n bigint := 0;
 BEGIN
-    IF %1$s.shape(TG_RELID) IS DISTINCT FROM %2$L THEN
-        RETURN NULL;  -- shape changed and capture was not rebuilt: status reports it
-    END IF;
+    -- built for shape %2$s
+    %9$s
     s := nextval(%3$L);
+    -- One statement per captured statement: the journal rows and the statement
+    -- row are written by a single executor run (cheap for one-row OLTP writes).
     IF TG_OP = 'UPDATE' THEN
-        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-        SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 THEN
+        WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r;
-        END IF;
+            SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r
+            UNION ALL
+            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
+        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
+        SELECT %6$s, s, %8$s, 'U', txid_current(), clock_timestamp(), session_user,
+               current_setting('application_name', true),
+               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+        FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-        SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        WITH j AS (
+            INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
+        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
+        SELECT %6$s, s, %8$s, 'I', txid_current(), clock_timestamp(), session_user,
+               current_setting('application_name', true),
+               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+        FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-        SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        WITH j AS (
+            INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
+            SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r)
+        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
+        SELECT %6$s, s, %8$s, 'D', txid_current(), clock_timestamp(), session_user,
+               current_setting('application_name', true),
+               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+        FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSE
         EXECUTE format('INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s) '
                        'SELECT %6$s, $1, row_number() OVER (), ''B'', r.* FROM ONLY %%I.%%I r',
                        TG_TABLE_SCHEMA, TG_TABLE_NAME) USING s;
         GET DIAGNOSTICS n = ROW_COUNT;
-    END IF;
-    IF n > 0 THEN
-        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
-        VALUES (%6$s, s, %8$s, left(TG_OP, 1), txid_current(), clock_timestamp(), session_user,
-                current_setting('application_name', true),
-                nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
+        IF n > 0 THEN
+            INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth,
+                              nrows)
+            VALUES (%6$s, s, %8$s, 'T', txid_current(), clock_timestamp(), session_user,
+                    current_setting('application_name', true),
+                    nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -278,7 +303,8 @@ $b$,
             replace(tgt, '%', '%%'),
             gen,
             format('%I.%I', {s_lit}, 'stmt_' || gen),
-            tid);
+            tid,
+            guard);
         EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
                        {s_lit}, fname, body);
@@ -328,6 +354,10 @@ BEGIN
         EXECUTE format('CREATE TRIGGER %I %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()',
                        tname, timing, rel::regclass, referencing, {s_lit}, fname);
         -- ALWAYS: capture also what a session in replica mode writes.
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', rel::regclass, tname);
+    ELSIF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = tname
+                  AND tgenabled <> 'A') THEN
+        -- Disabled (e.g. by DISABLE TRIGGER ALL) or left at ENABLE: capture again.
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', rel::regclass, tname);
     END IF;
 END
@@ -387,3 +417,6 @@ $fn$;
 REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
+-- Read-only helpers that the viewing commands (diff, capture status) call: harmless,
+-- and unreachable without USAGE on the schema, which only granted roles have.
+GRANT EXECUTE ON FUNCTION {s}.shape(oid), {s}.storage_type(oid, int) TO PUBLIC;
