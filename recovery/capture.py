@@ -292,8 +292,10 @@ def _problems(conn: psycopg.Connection, schema: str, tid: int, relid: int) -> li
         "JOIN pg_class c ON c.oid = r.relid WHERE c.relkind IN ('r', 'p')",
         [relid, relid],
     ).fetchall()
-    for rid, rname, _kind in rels:
+    for rid, rname, kind in rels:
         fn = f"cap_{tid}_{rid}"
+        # insert, update, delete; and truncate on a table that holds rows.
+        expected = 4 if kind == "r" else 3
         row = conn.execute(
             sql.SQL(
                 "SELECT p.prosrc LIKE '%%' || {s}.shape(%s) || '%%', "
@@ -304,9 +306,9 @@ def _problems(conn: psycopg.Connection, schema: str, tid: int, relid: int) -> li
             ).format(s=sql.Identifier(schema)),
             [rid, rid, schema, fn],
         ).fetchone()
-        if row is None or row[1] == 0:
+        if row is None or row[1] < expected:
             problems.append(
-                f"{rname} has no capture trigger: capture stopped there; "
+                f"{rname} has a capture trigger missing or disabled: capture stopped there; "
                 "run `recovery capture enable` again"
             )
         elif not row[0]:

@@ -21,12 +21,51 @@ from .errors import ConflictError, RecoveryError
 from .journal import changes as changes_fn
 from .journal import diff as diff_fn
 from .operations import list_operations
+from .prune import parse_duration
 from .prune import prune as prune_fn
 from .schema import init as init_fn
 from .selector import Selector
 from .undo import resume_rollback, rollback as rollback_fn
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _BadInput(click.ClickException):
+    """A usage error (unknown option, value of the wrong type): bad input, so exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _bad_input(exc: click.UsageError) -> _BadInput:
+    where = exc.ctx.command_path if exc.ctx is not None else "recovery"
+    return _BadInput(f"{' '.join(exc.format_message().split())} (see `{where} --help`)")
+
+
+class _Group(click.Group):
+    """A group whose usage errors follow the contract: `error: ...` on one line, exit 1.
+
+    (click's own are several lines and exit 2, which here means "refused: conflicts".)
+    """
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `recovery`: show the help
+                raise
+            raise _bad_input(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _bad_input(exc) from None
 
 
 class Ctx:
@@ -74,7 +113,10 @@ def _merge(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
         value = kw.pop(key, None)
         if value is not None:
             setattr(c, attr, value)
-    check_schema_name(c.schema)
+    try:
+        check_schema_name(c.schema)
+    except RecoveryError as exc:
+        raise _BadInput(str(exc)) from None
     return c
 
 
@@ -162,7 +204,7 @@ def _confirm(c: Ctx, question: str) -> None:
         raise RecoveryError("cancelled: nothing changed")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="recovery")
 @_global_options
 @click.pass_context
@@ -343,6 +385,7 @@ def operations_cmd(c: Ctx, limit: int) -> None:
               help="Retention period, e.g. 7d, 12h, '30 days'.")
 def prune_cmd(c: Ctx, older_than: str) -> None:
     """Drop captured changes older than DURATION, whole chunks at a time."""
+    parse_duration(older_than)  # bad input is reported as such, before any question
     _confirm(c, f"Drop captured changes older than {older_than}?")
     with _conn(c) as conn:
         res = prune_fn(conn, older_than, schema=c.schema)

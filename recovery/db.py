@@ -27,9 +27,27 @@ def resolve_url(url: str | None) -> str:
     return re.sub(r"^postgres(ql)?\+[a-z0-9_]+://", "postgresql://", url)
 
 
-def redact(url: str) -> str:
-    """Return the URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+# user:password@ in a URL, up to the last @ of the authority (a password may hold an @).
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^/?#\s]*@")
+# password=... in key=value connection strings and URL query strings, quoted or not.
+_KW_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Return a URL, connection string or message with any password replaced by ***."""
+    return _KW_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def _redact_all(text: str, url: str) -> str:
+    """Redact text, and also the password libpq finds in url wherever it appears."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    text = redact(text)
+    if password and len(str(password)) > 1:
+        text = text.replace(str(password), "***")
+    return text
 
 
 def check_schema_name(name: str) -> str:
@@ -49,10 +67,11 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
         raise RecoveryError(
-            f"cannot reach the database at {redact(real)}: {redact(first)}"
+            _redact_all(f"cannot reach the database at {real}: {first}", real)
         ) from None
     except psycopg.ProgrammingError as exc:
-        raise RecoveryError(f"invalid database URL {redact(real)}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise RecoveryError(_redact_all(f"invalid database URL {real}: {first}", real)) from None
     # Exact text forms for value comparison, whatever the server defaults are.
     conn.execute("SET extra_float_digits = 3")
     conn.execute("SET bytea_output = 'hex'")

@@ -123,7 +123,10 @@ def start_local(bindir: Path, *, fast: bool = True) -> Cluster:
 def start_pgserver() -> Cluster:
     """Start the PostgreSQL shipped by the pgserver package (the embedded default)."""
     try:
-        import pgserver  # type: ignore[import-untyped]
+        with warnings.catch_warnings():
+            # platformdirs warns, at import, when XDG_RUNTIME_DIR is unset: harmless.
+            warnings.simplefilter("ignore")
+            import pgserver  # type: ignore[import-untyped]
     except ImportError:
         raise RecoveryError(
             "no PostgreSQL binaries found and pgserver is not installed: "
