@@ -32,9 +32,11 @@ BAD = Selector(tags=("bad",))
 # -- helpers ---------------------------------------------------------------------
 
 def snap(conn: psycopg.Connection, table: str) -> list[str]:
-    """Every row of a table as text, ordered by its first column, in a fresh transaction."""
+    """Every row of a table as text, ordered by its first column (then the whole row),
+    read in a fresh transaction."""
     conn.rollback()
-    out = [r[0] for r in conn.execute(f"SELECT row_::text, row_.* FROM {table} row_ ORDER BY 2")]
+    out = [r[0] for r in conn.execute(
+        f"SELECT row_::text, row_.* FROM {table} row_ ORDER BY 2, 1")]
     conn.rollback()
     return out
 
@@ -672,7 +674,7 @@ def test_selector_errors(conn, sql_exec, t):
 
 # -- 9. batches, interruption, resume -------------------------------------------------------
 
-def _twenty(sql_exec, name: str, tag: str) -> None:  # type: ignore[no-untyped-def]
+def _twenty(sql_exec, name: str) -> None:  # type: ignore[no-untyped-def]
     sql_exec(f"CREATE TABLE {name} (id int PRIMARY KEY, v text, n int)")
     sql_exec(f"INSERT INTO {name} SELECT g, 'v' || g, g FROM generate_series(1, 20) g")
 
@@ -691,7 +693,7 @@ def _damage(sql_exec, name: str, tag: str) -> None:  # type: ignore[no-untyped-d
 @pytest.mark.parametrize("on_conflict", ["skip", "overwrite"])
 def test_batched_equals_single_transaction(conn, sql_exec, on_conflict):
     for name in ("single", "batched"):
-        _twenty(sql_exec, name, name)
+        _twenty(sql_exec, name)
     enable_capture(conn, ["single", "batched"])
     for name in ("single", "batched"):
         _damage(sql_exec, name, name)
