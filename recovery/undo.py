@@ -94,6 +94,9 @@ class _Run:
         self.tables: list[TableInfo] = []
         self.results: dict[int, TableResult] = {}
         self._suspended: list[tuple[TableInfo, list[tuple[str, str, str]]]] = []
+        self._activity: dict[int, tuple[list[bool], bool]] = {}
+        # Batched runs mark finished net rows (to resume); one transaction need not.
+        self.batched = False
         # Dry run with sql_out: record the statements that change data, run none.
         self.record_only = False
 
@@ -180,13 +183,40 @@ class _Run:
                                    tuple(k.name for k in ct.key) if ct else ()))
         return out
 
+    def activity(self, t: TableInfo) -> tuple[list[bool], bool]:
+        """Which columns any net row writes or lost, and whether all rows are UPDATEs."""
+        if t.table_id not in self._activity:
+            row = self.conn.execute(q.net_activity(t, self.schema, self.net(t))).fetchone()
+            assert row is not None
+            self._activity[t.table_id] = ([bool(x) for x in row[:-1]], not row[-1])
+        return self._activity[t.table_id]
+
+    def build_net(self, t: TableInfo, where: sql.Composable, lo: int, hi: int) -> None:
+        """Create the net table of t; the cheap projection when one statement is all."""
+        net = sql.Identifier(self.schema, self.net(t))
+        in_range = self.conn.execute(sql.SQL(
+            "SELECT count(*), min(op::text) FROM {}.stmt WHERE table_id = %s"
+            " AND stmt_id BETWEEN %s AND %s").format(sql.Identifier(self.schema)),
+            [t.table_id, lo, hi]).fetchone()
+        assert in_range is not None
+        if in_range[0] == 1:
+            self.run(q.build_net_single(t, self.schema, self.net(t), lo, in_range[1]))
+            kchg = self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE kchg)")
+                                     .format(net)).fetchone()
+            if kchg is not None and not kchg[0]:
+                return
+            self.run(sql.SQL("DROP TABLE {}").format(net))
+        self.run(q.build_net(t, self.schema, self.net(t), where, lo, hi))
+
     def status(self, t: TableInfo, lock: bool) -> TableResult:
         """Compare the batch's net rows with the table now; count and keep examples."""
         st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
         if lock:
             self.run(q.lock_rows(t, self.schema, self.net(t), b))
         self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(st)))
-        self.run(q.build_status(t, self.schema, self.net(t), st, b, self.references(t)))
+        active, only_updates = self.activity(t)
+        self.run(q.build_status(t, self.schema, self.net(t), st, b, self.references(t),
+                                active, only_updates))
         res = TableResult(t.label, t.table_id)
         any_r = sql.SQL(" OR ").join(
             sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
@@ -242,8 +272,9 @@ class _Run:
                         t, self.schema, self.net(t), st, self.overwrite, mask)).rowcount
         if "delete" in phases:
             dele = self.run(q.apply_delete(t, self.schema, self.net(t), st, self.overwrite)).rowcount
-        self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
-            sql.Identifier(self.schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
+        if self.batched:
+            self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
+                sql.Identifier(self.schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
         return ins, upd, dele
 
 
@@ -367,7 +398,7 @@ def rollback(
         _analyze_journal(conn, schema, [t.table_id for t in r.tables])
         for t in r.tables:
             tid, lo, hi, _n = next(m for m in matching if m[0] == t.table_id)
-            r.run(q.build_net(t, schema, r.net(t), where, lo, hi))
+            r.build_net(t, where, lo, hi)
             # Fresh statistics: without them the planner guesses one row and nests loops.
             r.run(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, r.net(t))))
         single = batch_size is None and not dry_run
@@ -436,6 +467,7 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
 
 def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float) -> RollbackReport:
     conn = r.conn
+    r.batched = True
     try:
         # A table whose rows reference each other re-inserts (and deletes) its rows in
         # one statement: split by key, a child could come before its parent.

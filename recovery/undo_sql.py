@@ -158,6 +158,75 @@ def build_net(
     )
 
 
+def build_net_single(
+    t: TableInfo, schema: str, net: str, stmt_id: int, op: str
+) -> sql.Composed:
+    """The net table when the range holds one statement of the table, and it is selected.
+
+    A statement touches a row once, so each key has one change and no other change
+    interleaves: the net row is a projection of that change's journal rows, with no
+    window or aggregate (the common case of a bulk backfill, and the cheap one).
+    Same columns as build_net, plus `kchg`: an UPDATE that changed a key needs the
+    general build (a key may then be left and entered by two rows).
+    """
+    cols = t.writable
+    j = sql.Identifier(schema, t.journal)
+    kc = _kcols(t)
+
+    def img(alias: str) -> list[sql.Composable]:
+        return [c.value(alias) for c in cols]
+
+    b, a = img("b"), img("a")
+    nulls = [sql.SQL("NULL::{}").format(sql.SQL(c.type_name)) for c in cols]
+    key_idx = [cols.index(k) for k in t.key]
+    if op == "U":
+        src = sql.SQL(
+            "{j} b JOIN {j} a ON a.rec_stmt = b.rec_stmt AND a.rec_ord = b.rec_ord"
+            " AND a.rec_img = 'A' WHERE b.rec_stmt = {st} AND b.rec_img = 'B'"
+        ).format(j=j, st=sql.Literal(stmt_id))
+        keys, action, tp, ep = [b[i] for i in key_idx], "update", True, True
+        m = [_distinct(b[n], a[n]) for n in range(len(cols))]
+        tc, ec, base, e = b, a, nulls, a
+        kchg = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
+            _join([b[i] for i in key_idx]), _join([a[i] for i in key_idx]))
+    elif op in ("D", "T"):
+        src = sql.SQL("{j} b WHERE b.rec_stmt = {st} AND b.rec_img = 'B'").format(
+            j=j, st=sql.Literal(stmt_id))
+        keys, action, tp, ep = [b[i] for i in key_idx], "insert", True, False
+        m = [sql.SQL("true")] * len(cols)
+        tc, ec, base, e = b, nulls, nulls, nulls
+        kchg = sql.SQL("false")
+    else:
+        src = sql.SQL("{j} a WHERE a.rec_stmt = {st} AND a.rec_img = 'A'").format(
+            j=j, st=sql.Literal(stmt_id))
+        keys, action, tp, ep = [a[i] for i in key_idx], "delete", False, True
+        m = [sql.SQL("true")] * len(cols)
+        tc, ec, base, e = nulls, a, nulls, a
+        kchg = sql.SQL("false")
+    per_col = _join([sql.SQL(
+        "{m} AS {mn}, {tc} AS {tcn}, {ec} AS {ecn}, false AS {lostn}, {base} AS {basen},"
+        " {e} AS {en}").format(
+            m=m[n], tc=tc[n], ec=ec[n], base=base[n], e=e[n], mn=_i(f"m{n}"),
+            tcn=_i(f"tc{n}"), ecn=_i(f"ec{n}"), lostn=_i(f"lost{n}"), basen=_i(f"base{n}"),
+            en=_i(f"e{n}")) for n in range(len(cols))])
+    return sql.SQL(
+        "CREATE TABLE {net} AS SELECT row_number() OVER (ORDER BY {kc}) AS bn, {action} AS action,"
+        " false AS done, g.* FROM (SELECT {keys}, 1::bigint AS n_changes, {tp} AS t_present,"
+        " {ep} AS e_present, false AS lost_row, {per_col}, {kchg} AS kchg FROM {src}) g"
+    ).format(net=sql.Identifier(schema, net), kc=_join(kc), action=sql.Literal(action),
+             keys=_join([sql.SQL("{} AS {}").format(k, n) for k, n in zip(keys, kc)]),
+             tp=sql.Literal(tp), ep=sql.Literal(ep), per_col=per_col, kchg=kchg, src=src)
+
+
+def net_activity(t: TableInfo, schema: str, net: str) -> sql.Composed:
+    """One row: per column, whether any net row may write it or lost it; and whether
+    any row is not a plain UPDATE.  Columns no row touches need no comparison."""
+    return sql.SQL("SELECT {}, coalesce(bool_or(action <> 'update'), false) FROM {}").format(
+        _join([sql.SQL("coalesce(bool_or({} OR {}), false)").format(
+            _i(f"m{n}"), _i(f"lost{n}")) for n in range(len(t.writable))]),
+        sql.Identifier(schema, net))
+
+
 def _target(n: int) -> sql.Composable:
     """Value a column is restored to: the trailing selected run's first before-value,
     else (for a re-inserted row) the before-image of the change that removed it,
@@ -203,45 +272,67 @@ def _referenced(schema: str, ref: Reference) -> sql.Composable:
 
 
 def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str,
-                 refs: Sequence[Reference] = ()) -> sql.Composed:
-    """CREATE TEMP TABLE status: action, status, conflicting columns and write flags per key."""
+                 refs: Sequence[Reference] = (),
+                 active: Sequence[bool] | None = None, only_updates: bool = False
+                 ) -> sql.Composed:
+    """CREATE TEMP TABLE status: action, status, conflicting columns and write flags per key.
+
+    Each comparison of a current cell with a target or expected value is computed
+    once per row (inner query, fenced with OFFSET 0 so the planner does not copy
+    the expressions into every use).  With `active` (from net_activity), columns
+    that no row writes or lost are skipped, and with `only_updates` the
+    comparisons only an INSERT or DELETE needs are too.
+    """
     cols = t.writable
-    cur = [sql.SQL("cur.{}").format(_i(c.name)) for c in cols]
+    act = list(active) if active is not None else [True] * len(cols)
     present = sql.SQL("(cur.{} IS NOT NULL)").format(_i(t.key[0].name))
+    inner: list[sql.Composable] = []
     now_items: list[sql.Composable] = [
-        sql.SQL("CASE WHEN {} AND p.action = 'delete' AND {} THEN {} END").format(
-            present, _referenced(schema, ref), sql.Literal(f"(referenced by {ref.table})"))
-        for ref in refs]
+        sql.SQL("CASE WHEN c.cur_present AND c.action = 'delete' AND c.{} THEN {} END").format(
+            _i(f"ref{i}"), sql.Literal(f"(referenced by {ref.table})"))
+        for i, ref in enumerate(refs)]
+    inner += [sql.SQL("{} AND p.action = 'delete' AND {} AS {}").format(
+        present, _referenced(schema, ref), _i(f"ref{i}")) for i, ref in enumerate(refs)]
     lost_items: list[sql.Composable] = [
-        sql.SQL("CASE WHEN p.lost_row THEN '(row removed or re-created by a later change)' END")]
+        sql.SQL("CASE WHEN c.lost_row THEN '(row removed or re-created by a later change)' END")]
     flags: list[sql.Composable] = []
-    for n, c in enumerate(cols):
-        tv, ev = _target(n), _expected(n)
+    false = sql.SQL("false")
+    for n, col in enumerate(cols):
+        if not act[n]:
+            flags.append(sql.SQL("false AS {}, false AS {}").format(
+                _i(f"r{n}"), _i(f"o{n}")))
+            continue
+        cur = sql.SQL("cur.{}").format(_i(col.name))
+        mn, tn, en, fe = (_i(f"m_{n}"), _i(f"eqt_{n}"), _i(f"eqe_{n}"), _i(f"eqf_{n}"))
         # An UPDATE restores a column only if the selected changes left it different
         # from what they found (net effect): deleting and re-inserting a row, or
         # a -> b -> a, leaves the column to later writes, with no conflict.
-        m = sql.SQL("(p.{} AND {})").format(
+        inner.append(sql.SQL("(p.{} AND {}) AS {}").format(
             _i(f"m{n}"), _distinct(sql.SQL("p.{}").format(_i(f"tc{n}")),
-                                   sql.SQL("p.{}").format(_i(f"ec{n}"))))
-        full_e = sql.SQL("p.{}").format(_i(f"e{n}"))
-        eq_t, eq_e = _same(cur[n], tv), _same(cur[n], ev)
+                                   sql.SQL("p.{}").format(_i(f"ec{n}"))), mn))
+        inner.append(sql.SQL("{} AS {}").format(_same(cur, _target(n)), tn))
+        inner.append(sql.SQL("{} AS {}").format(_same(cur, _expected(n)), en))
+        inner.append(sql.SQL("{} AS {}").format(
+            false if only_updates else _same(cur, sql.SQL("p.{}").format(_i(f"e{n}"))), fe))
+        inner.append(sql.SQL("p.{} AS {}").format(_i(f"lost{n}"), _i(f"lost_{n}")))
         cond = sql.SQL(
-            "CASE p.action"
-            " WHEN 'update' THEN {m} AND NOT {eq_t} AND NOT {eq_e}"
-            " WHEN 'delete' THEN NOT {eq_full_e}"
-            " WHEN 'insert' THEN NOT {eq_t} ELSE false END"
-        ).format(m=m, eq_t=eq_t, eq_e=eq_e, eq_full_e=_same(cur[n], full_e))
-        now_items.append(sql.SQL("CASE WHEN {} AND {} THEN {} END").format(
-            present, cond, sql.Literal(c.name)))
-        lost_items.append(sql.SQL("CASE WHEN p.{} AND p.action <> 'none' THEN {} END").format(
-            _i(f"lost{n}"), sql.Literal(c.name)))
+            "CASE c.action"
+            " WHEN 'update' THEN c.{m} AND NOT c.{t} AND NOT c.{e}"
+            " WHEN 'delete' THEN NOT c.{f}"
+            " WHEN 'insert' THEN NOT c.{t} ELSE false END"
+        ).format(m=mn, t=tn, e=en, f=fe)
+        now_items.append(sql.SQL("CASE WHEN c.cur_present AND {} THEN {} END").format(
+            cond, sql.Literal(col.name)))
+        lost_items.append(sql.SQL("CASE WHEN c.{} AND c.action <> 'none' THEN {} END").format(
+            _i(f"lost_{n}"), sql.Literal(col.name)))
         # r: restore (target differs from now, and now is what the bad change left);
         # o: overwrite (target differs from now, whatever now is).
         flags.append(sql.SQL(
-            "(p.action = 'update' AND {present} AND {m} AND NOT {eq_t} AND {eq_e}) AS {rf},"
-            " ({present} AND CASE p.action WHEN 'update' THEN {m} AND NOT {eq_t}"
-            "  WHEN 'insert' THEN NOT {eq_t} ELSE false END) AS {of}"
-        ).format(present=present, m=m, eq_t=eq_t, eq_e=eq_e, rf=_i(f"r{n}"), of=_i(f"o{n}")))
+            "(c.action = 'update' AND c.cur_present AND c.{m} AND NOT c.{t} AND c.{e}) AS {rf},"
+            " (c.cur_present AND CASE c.action WHEN 'update' THEN c.{m} AND NOT c.{t}"
+            "  WHEN 'insert' THEN NOT c.{t} ELSE false END) AS {of}"
+        ).format(m=mn, t=tn, e=en, rf=_i(f"r{n}"), of=_i(f"o{n}")))
+    inner_sql = _join(inner) if inner else sql.SQL("true AS _none")
     return sql.SQL(
         "CREATE TEMP TABLE {st} ON COMMIT DROP AS"
         " SELECT q.bn, q.action, q.cur_present, q.now_cols || q.lost_cols AS conflict_cols,"
@@ -256,16 +347,17 @@ def build_status(t: TableInfo, schema: str, net: str, status: str, batch: str,
         "  ELSE CASE WHEN NOT q.cur_present"
         "   OR cardinality(q.now_cols) + cardinality(q.lost_cols) > 0 THEN 'conflict'"
         "   WHEN {any_r} THEN 'ok' ELSE 'done' END END AS status"
-        " FROM (SELECT p.bn, p.action, {present} AS cur_present,"
-        "  CASE WHEN p.action = 'update' AND NOT {present} THEN ARRAY['(row deleted since)']"
+        " FROM (SELECT c.bn, c.action, c.cur_present,"
+        "  CASE WHEN c.action = 'update' AND NOT c.cur_present THEN ARRAY['(row deleted since)']"
         "   ELSE array_remove(ARRAY[{now}]::text[], NULL) END AS now_cols,"
         "  array_remove(ARRAY[{lost}]::text[], NULL) AS lost_cols, {flags}"
-        "  FROM {net} p JOIN {batch} bt ON bt.bn = p.bn"
-        "  LEFT JOIN {tbl} cur ON {match}) q"
+        "  FROM (SELECT p.bn, p.action, p.lost_row, {present} AS cur_present, {inner}"
+        "   FROM {net} p JOIN {batch} bt ON bt.bn = p.bn"
+        "   LEFT JOIN {tbl} cur ON {match} OFFSET 0) c) q"
     ).format(
         st=_i(status), net=sql.Identifier(schema, net), batch=_i(batch), tbl=t.ident,
-        present=present, now=_join(now_items), lost=_join(lost_items), flags=_join(flags),
-        match=key_match(t, "cur"),
+        present=present, inner=inner_sql, now=_join(now_items), lost=_join(lost_items),
+        flags=_join(flags), match=key_match(t, "cur"),
         flag_names=_join([sql.SQL("q.{}, q.{}").format(_i(f"r{n}"), _i(f"o{n}"))
                           for n in range(len(cols))]),
         any_r=_join([sql.SQL("q.{}").format(_i(f"r{n}")) for n in range(len(cols))], " OR "),
