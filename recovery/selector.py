@@ -132,10 +132,10 @@ def where_clause(
     direct = sql.SQL("{}.table_id = ANY({})").format(a, sql.Literal(ids))
     if not sel.follow_cascades:
         return sql.SQL("({}) AND {}").format(base, direct)
-    # Cascaded changes: made by a trigger (depth > 0), in a transaction that has a
+    # Cascaded changes: made by a trigger (depth > 1), in a transaction that has a
     # selected change, on a captured table that references a selected one.
     cascade = sql.SQL(
-        "({a}.depth > 0 AND {a}.table_id IN ("
+        "({a}.depth > 1 AND {a}.table_id IN ("
         " WITH RECURSIVE r(relid) AS ("
         "  SELECT relid FROM {s}.captured WHERE table_id = ANY({ids})"
         "  UNION SELECT con.conrelid FROM pg_constraint con JOIN r ON con.confrelid = r.relid"

@@ -547,11 +547,6 @@ def test_changes_counts_are_exact(cli, conn, db_url, shop):  # type: ignore[no-u
     assert re.search(rf"^{t2}\s+b\s+{user}\s+other-app\s+1\s+1\s", res.stdout, re.M)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a cascaded statement is captured with the same depth (pg_trigger_depth() = 1:"
-    " RI triggers fire the cascade's AFTER triggers at the outer level) as the application's"
-    " own statement, so --table also takes direct writes to referencing tables made in the"
-    " same transaction; remove this mark when selector.py tells them apart"))
 def test_table_selector_follows_cascades_only(cli, conn, db_url, sql_exec, shop):  # type: ignore[no-untyped-def]
     sql_exec("CREATE TABLE lines (id int PRIMARY KEY,"
              " item_id int REFERENCES items ON DELETE CASCADE, n int)")

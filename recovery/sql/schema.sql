@@ -246,6 +246,14 @@ DECLARE
     s bigint;
     n bigint := 0;
 BEGIN
+    IF TG_WHEN = 'BEFORE' AND TG_OP <> 'TRUNCATE' THEN
+        -- Before the statement, pg_trigger_depth() tells a statement the application
+        -- ran (1) from one a trigger ran, such as a foreign-key cascade (2 or more);
+        -- the AFTER trigger cannot tell them apart, as cascades fire it at the
+        -- outer level.  Kept per relation for the rest of the transaction.
+        PERFORM set_config(%10$L, pg_trigger_depth()::text, true);
+        RETURN NULL;
+    END IF;
     -- built for shape %2$s
     %9$s
     s := nextval(%3$L);
@@ -260,7 +268,8 @@ BEGIN
         INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
         SELECT %6$s, s, %8$s, 'U', txid_current(), clock_timestamp(), session_user,
                current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+               nullif(current_setting('recovery.tag', true), ''),
+               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
         FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSIF TG_OP = 'INSERT' THEN
         WITH j AS (
@@ -269,7 +278,8 @@ BEGIN
         INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
         SELECT %6$s, s, %8$s, 'I', txid_current(), clock_timestamp(), session_user,
                current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+               nullif(current_setting('recovery.tag', true), ''),
+               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
         FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0;
     ELSIF TG_OP = 'DELETE' THEN
         WITH j AS (
@@ -278,7 +288,8 @@ BEGIN
         INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
         SELECT %6$s, s, %8$s, 'D', txid_current(), clock_timestamp(), session_user,
                current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), c.n
+               nullif(current_setting('recovery.tag', true), ''),
+               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
         FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSE
         EXECUTE format('INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s) '
@@ -304,12 +315,15 @@ $b$,
             gen,
             format('%I.%I', {s_lit}, 'stmt_' || gen),
             tid,
-            guard);
+            guard,
+            'recovery.depth_' || rel.oid);
         EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
                        {s_lit}, fname, body);
         EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname);
 
+        PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_b',
+            'BEFORE INSERT OR UPDATE OR DELETE', '', fname);
         PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_i',
             'AFTER INSERT', 'REFERENCING NEW TABLE AS rec_new', fname);
         PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_u',
