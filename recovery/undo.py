@@ -25,6 +25,7 @@ from .tableinfo import TableInfo, load
 
 ON_CONFLICT = ("fail", "skip", "overwrite")
 EXAMPLES = 5
+WORK_MEM = "256MB"
 Progress = Callable[[str, int], None]
 
 
@@ -112,6 +113,9 @@ class _Run:
 
     def begin_tx(self) -> None:
         self.conn.execute("SELECT set_config('lock_timeout', %s, true)", [self.lock_timeout])
+        # The plan's joins are hash joins over the damaged rows: give them memory, so
+        # they do not spill to disk (only this transaction's work_mem changes).
+        self.conn.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
         # Deferrable foreign keys are checked once, at commit.
         self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
         if self.op_id is not None:
@@ -163,6 +167,9 @@ class _Run:
         cur = self.run(sql.SQL(
             "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT bn FROM {} WHERE {} ORDER BY bn{}"
         ).format(sql.Identifier(b), sql.Identifier(self.schema, self.net(t)), cond, lim))
+        # Temporary tables get no statistics from autovacuum: without them the planner
+        # assumes one row and picks a nested loop over the whole batch.
+        self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(b)))
         return cur.rowcount
 
     def references(self, t: TableInfo) -> list[q.Reference]:
@@ -217,6 +224,7 @@ class _Run:
         active, only_updates = self.activity(t)
         self.run(q.build_status(t, self.schema, self.net(t), st, b, self.references(t),
                                 active, only_updates))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(st)))
         res = TableResult(t.label, t.table_id)
         any_r = sql.SQL(" OR ").join(
             sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
