@@ -99,21 +99,27 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
 
 
 def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
-    """Install the DDL-following event trigger when this role may; report whether it exists."""
+    """Install the DDL-following event trigger when this role may; report whether it exists.
+
+    It is enabled ALWAYS, so that DDL run by a session in replica mode is followed too.
+    """
     name = f"{schema}_follow_ddl"
-    exists = conn.execute("SELECT 1 FROM pg_event_trigger WHERE evtname = %s", [name]).fetchone()
-    if exists:
-        return True
+    row = conn.execute("SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s",
+                       [name]).fetchone()
     is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if not is_super or not is_super[0]:
         # Event triggers need a superuser.  Without one, a capture function that
         # sees a changed table shape skips capture (the write still succeeds) and
         # `capture status` reports the table as stopped until `capture enable`.
-        return False
-    conn.execute(
-        sql.SQL(
-            "CREATE EVENT TRIGGER {} ON ddl_command_end "
-            "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE') EXECUTE FUNCTION {}.on_ddl()"
-        ).format(sql.Identifier(name), sql.Identifier(schema))
-    )
+        return row is not None
+    if row is None:
+        conn.execute(
+            sql.SQL(
+                "CREATE EVENT TRIGGER {} ON ddl_command_end "
+                "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE') EXECUTE FUNCTION {}.on_ddl()"
+            ).format(sql.Identifier(name), sql.Identifier(schema))
+        )
+    if row is None or row[0] != "A":
+        conn.execute(sql.SQL("ALTER EVENT TRIGGER {} ENABLE ALWAYS").format(
+            sql.Identifier(name)))
     return True

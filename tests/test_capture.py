@@ -814,3 +814,18 @@ def test_enable_again_and_disable_keep_history(conn, sql_exec):
     assert sql_exec("SELECT count(*) FROM _recovery.captured") == [(1,)]
     undo(conn, "bad")
     assert texts(conn, "t") == before
+
+
+def test_ddl_in_replica_mode_is_followed(conn, sql_exec):
+    # The event trigger is enabled ALWAYS: a session in replica mode (logical
+    # replication apply, some restore tools) that alters a captured table does not
+    # leave capture stopped.
+    sql_exec("CREATE TABLE rep (id int PRIMARY KEY, v text)")
+    sql_exec("INSERT INTO rep VALUES (1, 'a'), (2, 'b')")
+    enable_capture(conn, ["rep"])
+    sql_exec("SET session_replication_role = replica; ALTER TABLE rep ADD COLUMN w int")
+    assert state(conn, "public.rep") == ("on", [])
+    before = texts(conn, "rep")
+    tagged(sql_exec, "bad", "UPDATE rep SET v = 'x', w = 7 WHERE id = 1")
+    undo(conn, "bad")
+    assert texts(conn, "rep") == before

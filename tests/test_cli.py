@@ -470,9 +470,10 @@ def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-u
     conn.rollback()
     assert items["journal_bytes"] == journal_bytes > 0
 
-    # Capture that no longer works is reported as stopped, with the fix.  (In replica
-    # mode no event trigger fires, so nothing puts the capture trigger back.)
-    sql_exec("SET session_replication_role = replica;"
+    # Capture that no longer works is reported as stopped, with the fix.  (The event
+    # trigger, enabled ALWAYS, would put a disabled capture trigger back: without it,
+    # nothing does.)
+    sql_exec("DROP EVENT TRIGGER _recovery_follow_ddl;"
              " ALTER TABLE items DISABLE TRIGGER _recovery_capture_u")
     doc = json.loads(cli("capture", "status", "--json").stdout)
     items = next(s for s in doc if s["table"] == "public.items")

@@ -259,38 +259,26 @@ BEGIN
     s := nextval(%3$L);
     -- One statement per captured statement: the journal rows and the statement
     -- row are written by a single executor run (cheap for one-row OLTP writes).
+    -- For an UPDATE, PostgreSQL appends each row's old and new version to the two
+    -- transition tables together, so their scan order pairs them: row_number()
+    -- gives a before-image and its after-image the same rec_ord.
     IF TG_OP = 'UPDATE' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
             SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r
             UNION ALL
             SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
-        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
-        SELECT %6$s, s, %8$s, 'U', txid_current(), clock_timestamp(), session_user,
-               current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''),
-               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
-        FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSIF TG_OP = 'INSERT' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
             SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
-        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
-        SELECT %6$s, s, %8$s, 'I', txid_current(), clock_timestamp(), session_user,
-               current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''),
-               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
-        FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0;
     ELSIF TG_OP = 'DELETE' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
             SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r)
-        INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)
-        SELECT %6$s, s, %8$s, 'D', txid_current(), clock_timestamp(), session_user,
-               current_setting('application_name', true),
-               nullif(current_setting('recovery.tag', true), ''),
-               coalesce(nullif(current_setting(%10$L, true), '')::int, 1), c.n
-        FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
     ELSE
         EXECUTE format('INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s) '
                        'SELECT %6$s, $1, row_number() OVER (), ''B'', r.* FROM ONLY %%I.%%I r',
@@ -316,7 +304,14 @@ $b$,
             format('%I.%I', {s_lit}, 'stmt_' || gen),
             tid,
             guard,
-            'recovery.depth_' || rel.oid);
+            'recovery.depth_' || rel.oid,
+            -- The statement row, the same for INSERT, UPDATE and DELETE.
+            format('INSERT INTO %I.%I (gen, stmt_id, table_id, op, txid, at, db_user, app, tag,'
+                   ' depth, nrows) SELECT %s, s, %s, left(TG_OP, 1), txid_current(),'
+                   ' clock_timestamp(), session_user, current_setting(''application_name'', true),'
+                   ' nullif(current_setting(''recovery.tag'', true), ''''),'
+                   ' coalesce(nullif(current_setting(%L, true), '''')::int, 1), c.n',
+                   {s_lit}, 'stmt_' || gen, gen, tid, 'recovery.depth_' || rel.oid));
         EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
                        {s_lit}, fname, body);
