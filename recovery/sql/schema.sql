@@ -246,14 +246,6 @@ DECLARE
     s bigint;
     n bigint := 0;
 BEGIN
-    IF TG_WHEN = 'BEFORE' AND TG_OP <> 'TRUNCATE' THEN
-        -- Before the statement, pg_trigger_depth() tells a statement the application
-        -- ran (1) from one a trigger ran, such as a foreign-key cascade (2 or more);
-        -- the AFTER trigger cannot tell them apart, as cascades fire it at the
-        -- outer level.  Kept per relation for the rest of the transaction.
-        PERFORM set_config(%10$L, pg_trigger_depth()::text, true);
-        RETURN NULL;
-    END IF;
     -- built for shape %2$s
     %9$s
     s := nextval(%3$L);
@@ -317,8 +309,22 @@ $b$,
                        {s_lit}, fname, body);
         EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname);
 
+        -- Before the statement, pg_trigger_depth() tells a statement the application
+        -- ran (1) from one a trigger ran, such as a foreign-key cascade (2 or more);
+        -- the AFTER trigger cannot tell them apart, as cascades fire it at the outer
+        -- level.  The depth is kept per relation for the rest of the transaction.
+        -- This runs on every statement, so it is as light as a function can be: no
+        -- SECURITY DEFINER, no SET clause (both cost a GUC switch per call); every
+        -- name in it is schema-qualified, so no search_path can redirect it, and it
+        -- only sets a setting of the session's own.
+        EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql AS %L',
+                       {s_lit}, fname || '_b',
+                       format('BEGIN PERFORM pg_catalog.set_config(%L, '
+                              'pg_catalog.pg_trigger_depth()::pg_catalog.text, true); '
+                              'RETURN NULL; END', 'recovery.depth_' || rel.oid));
+        EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname || '_b');
         PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_b',
-            'BEFORE INSERT OR UPDATE OR DELETE', '', fname);
+            'BEFORE INSERT OR UPDATE OR DELETE', '', fname || '_b');
         PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_i',
             'AFTER INSERT', 'REFERENCING NEW TABLE AS rec_new', fname);
         PERFORM {s}._ensure_trigger(rel.oid, {s_lit} || '_capture_u',
