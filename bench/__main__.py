@@ -134,19 +134,16 @@ class Bench:
                       "FOR EACH ROW EXECUTE FUNCTION classic_audit()")
             figures["update_classic"].append(self.timed(c, "UPDATE classic_t SET a = a + 1"))
             c.execute("DROP TABLE classic_t; TRUNCATE audit_log")
+        def per_run(num: str, den: str) -> list[float]:
+            return [a / b for a, b in zip(figures[num], figures[den])]
+
         ratio = {
-            "capture_update": [a / b for a, b in zip(figures["update_capture"],
-                                                     figures["update_plain"])],
-            "classic_update": [a / b for a, b in zip(figures["update_classic"],
-                                                     figures["update_plain"])],
-            "undo_update": [a / b for a, b in zip(figures["undo_update"],
-                                                  figures["update_plain"])],
-            "undo_vs_captured_update": [a / b for a, b in zip(figures["undo_update"],
-                                                              figures["update_capture"])],
-            "capture_delete": [a / b for a, b in zip(figures["delete_capture"],
-                                                     figures["delete_plain"])],
-            "capture_insert": [a / b for a, b in zip(figures["insert_capture"],
-                                                     figures["insert_plain"])],
+            "capture_update": per_run("update_capture", "update_plain"),
+            "classic_update": per_run("update_classic", "update_plain"),
+            "undo_update": per_run("undo_update", "update_plain"),
+            "undo_vs_captured_update": per_run("undo_update", "update_capture"),
+            "capture_delete": per_run("delete_capture", "delete_plain"),
+            "capture_insert": per_run("insert_capture", "insert_plain"),
         }
         self.results["capture"] = {
             "rows": n, "seconds": {k: _median(v) for k, v in figures.items()},

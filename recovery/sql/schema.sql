@@ -340,24 +340,7 @@ $b$,
 
     -- A partition detached since the last build keeps its triggers: remove them,
     -- or its writes would go on being journaled (and undone) as the table's.
-    FOR rel IN
-        SELECT tg.tgrelid, tg.tgname, p.proname
-        FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
-        JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
-          AND tg.tgrelid <> c.relid
-          AND tg.tgrelid NOT IN (SELECT t.relid FROM pg_partition_tree(c.relid) t)
-    LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', rel.tgname, rel.tgrelid::regclass);
-    END LOOP;
-    -- Functions left without a trigger (detached or dropped partitions).
-    FOR rel IN
-        SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
-          AND NOT EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = p.oid)
-    LOOP
-        EXECUTE format('DROP FUNCTION IF EXISTS %I.%I()', {s_lit}, rel.proname);
-    END LOOP;
+    PERFORM {s}._drop_capture_objects(tid, c.relid);
     PERFORM set_config('recovery.building', '', true);
 END
 $fn$;
@@ -378,26 +361,39 @@ BEGIN
 END
 $fn$;
 
--- Removes capture triggers and functions from a table and its partitions.
-CREATE OR REPLACE FUNCTION {s}.drop_capture(tid int) RETURNS void
+-- Removes the capture triggers of capture id tid from every relation outside the
+-- partition tree of `keep` (from all of them when keep is NULL), then the capture
+-- functions no trigger uses any more.
+CREATE OR REPLACE FUNCTION {s}._drop_capture_objects(tid int, keep oid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     t record;
 BEGIN
     FOR t IN
-        SELECT tg.tgrelid, tg.tgname, p.proname
+        SELECT tg.tgrelid, tg.tgname
         FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
         JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+          AND (keep IS NULL OR (tg.tgrelid <> keep
+               AND tg.tgrelid NOT IN (SELECT x.relid FROM pg_partition_tree(keep) x)))
     LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tgrelid::regclass);
     END LOOP;
     FOR t IN
         SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = {s_lit} AND p.proname LIKE 'cap\_' || tid || '\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = p.oid)
     LOOP
         EXECUTE format('DROP FUNCTION IF EXISTS %I.%I()', {s_lit}, t.proname);
     END LOOP;
+END
+$fn$;
+
+-- Removes capture triggers and functions from a table and its partitions.
+CREATE OR REPLACE FUNCTION {s}.drop_capture(tid int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM {s}._drop_capture_objects(tid, NULL);
 END
 $fn$;
 
