@@ -10,6 +10,7 @@ from .capture import status as capture_status
 from .db import connect
 from .errors import ApprovalRequired, ConflictError, RecoveryError
 from .journal import changes, diff
+from .marks import create_mark, list_marks
 from .operations import list_operations
 from .prune import prune
 from .schema import init
@@ -24,11 +25,13 @@ __all__ = [
     "capture_status",
     "changes",
     "connect",
+    "create_mark",
     "diff",
     "disable_capture",
     "enable_capture",
     "enable_capture_all",
     "init",
+    "list_marks",
     "list_operations",
     "prune",
     "resume_rollback",

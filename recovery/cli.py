@@ -20,6 +20,7 @@ from .db import DEFAULT_SCHEMA, check_schema_name, connect
 from .errors import ConflictError, RecoveryError
 from .journal import changes as changes_fn
 from .journal import diff as diff_fn
+from .marks import create_mark, list_marks
 from .operations import list_operations
 from .prune import parse_duration
 from .prune import prune as prune_fn
@@ -167,8 +168,8 @@ def selector_options(f: F) -> F:
         click.option("--tag", "tags", multiple=True, help="Changes made with this recovery.tag."),
         click.option("--txid", "txids", multiple=True, type=int,
                      help="Changes of this transaction id (repeatable)."),
-        click.option("--since", help="Changes made at or after this time."),
-        click.option("--until", help="Changes made before this time."),
+        click.option("--since", help="Changes made at or after this time or mark."),
+        click.option("--until", help="Changes made before this time or mark."),
         click.option("--table", "tables", multiple=True, help="Changes to this table (repeatable)."),
         click.option("--user", "users", multiple=True, help="Changes made by this database user."),
         click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
@@ -366,6 +367,30 @@ def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
         c.emit(report.to_dict())
     else:
         c.out(render.rollback(report))
+
+
+@command(main, "mark")
+@click.argument("name", required=False)
+@click.option("--note", help="What the mark is for (kept with it).")
+@click.option("--list", "list_all", is_flag=True, help="List the marks instead.")
+def mark_cmd(c: Ctx, name: str | None, note: str | None, list_all: bool) -> None:
+    """Record a named point in time, usable as --since NAME or --until NAME."""
+    if bool(name) == list_all:
+        raise RecoveryError("give a mark NAME, or --list")
+    with _conn(c) as conn:
+        if list_all:
+            marks = list_marks(conn, schema=c.schema)
+            if c.json:
+                c.emit([m.to_dict() for m in marks])
+            else:
+                c.out(render.marks(marks))
+            return
+        assert name is not None
+        m = create_mark(conn, name, note=note, schema=c.schema)
+    if c.json:
+        c.emit(m.to_dict())
+    else:
+        c.out(f"mark {m.name} at {m.at}: use --since {m.name} or --until {m.name}")
 
 
 @command(main, "operations")

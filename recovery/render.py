@@ -7,6 +7,7 @@ from typing import Any
 
 from .capture import CaptureState
 from .journal import ChangesSummary, RowChange
+from .marks import Mark
 from .operations import Operation
 from .undo import RollbackReport
 
@@ -120,3 +121,9 @@ def operations(ops: Sequence[Operation]) -> str:
     return table(["op", "kind", "status", "by", "started", "finished", "tag", "error"],
                  [[o.op_id, o.kind, o.status, o.requested_by, o.started_at[:19],
                    (o.finished_at or "")[:19], o.tag, o.error] for o in ops])
+
+
+def marks(ms: Sequence[Mark]) -> str:
+    if not ms:
+        return "no mark yet: `recovery mark NAME`"
+    return table(["mark", "at", "by", "note"], [[m.name, m.at, m.created_by, m.note] for m in ms])

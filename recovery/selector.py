@@ -11,6 +11,7 @@ from psycopg import sql
 
 from .db import DEFAULT_SCHEMA, resolve_table
 from .errors import RecoveryError
+from .marks import resolve_time
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,9 @@ class Selector:
     """Criteria on captured statements; every given criterion must hold (AND).
 
     Several values of one criterion (tags, txids, tables, users, apps) are
-    alternatives (OR).  `since` and `until` are timestamps PostgreSQL can parse,
-    compared with the time each change was made (since inclusive, until exclusive).
+    alternatives (OR).  `since` and `until` are mark names (`recovery mark`) or
+    timestamps PostgreSQL can parse, compared with the time each change was made
+    (since inclusive, until exclusive).
     """
 
     tags: tuple[str, ...] = ()
@@ -54,18 +56,6 @@ class Selector:
         if self.until:
             parts.append(f"--until {self.until!r}")
         return " ".join(parts) or "(all captured changes)"
-
-
-def _parse_time(conn: psycopg.Connection, value: str, what: str) -> Any:
-    try:
-        row = conn.execute("SELECT %s::timestamptz", [value]).fetchone()
-    except psycopg.errors.DataError:
-        conn.rollback()
-        raise RecoveryError(
-            f"--{what} {value!r} is not a time: use e.g. '2026-11-28 10:00:00+00'"
-        ) from None
-    assert row is not None
-    return row[0]
 
 
 def table_ids(
@@ -118,9 +108,11 @@ def where_clause(
     if sel.txids:
         conds.append(sql.SQL("{}.txid = ANY({})").format(a, sql.Literal([int(x) for x in sel.txids])))
     if sel.since:
-        conds.append(sql.SQL("{}.at >= {}").format(a, sql.Literal(_parse_time(conn, sel.since, "since"))))
+        since = resolve_time(conn, sel.since, "since", schema)
+        conds.append(sql.SQL("{}.at >= {}").format(a, sql.Literal(since)))
     if sel.until:
-        conds.append(sql.SQL("{}.at < {}").format(a, sql.Literal(_parse_time(conn, sel.until, "until"))))
+        until = resolve_time(conn, sel.until, "until", schema)
+        conds.append(sql.SQL("{}.at < {}").format(a, sql.Literal(until)))
     if sel.users:
         conds.append(sql.SQL("{}.db_user = ANY({})").format(a, sql.Literal(list(sel.users))))
     if sel.apps:

@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     stmt_hwm  bigint
 );
 
+-- Named points in time (`recovery mark`), accepted wherever a time is.
+CREATE TABLE IF NOT EXISTS {s}.marks (
+    name        text PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    stmt_hwm    bigint,
+    created_by  text NOT NULL DEFAULT session_user,
+    note        text
+);
+
 CREATE TABLE IF NOT EXISTS {s}.operations (
     op_id         bigserial PRIMARY KEY,
     kind          text NOT NULL,
