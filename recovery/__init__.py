@@ -8,7 +8,8 @@ from .capture import enable as enable_capture
 from .capture import enable_all as enable_capture_all
 from .capture import status as capture_status
 from .db import connect
-from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .errors import ApprovalRequired, CapExceeded, ConflictError, RecoveryError
+from .guard import guard, run_guarded
 from .journal import changes, diff
 from .marks import create_mark, list_marks
 from .operations import list_operations
@@ -19,6 +20,7 @@ from .undo import resume_rollback, rollback
 
 __all__ = [
     "ApprovalRequired",
+    "CapExceeded",
     "ConflictError",
     "RecoveryError",
     "Selector",
@@ -30,10 +32,12 @@ __all__ = [
     "disable_capture",
     "enable_capture",
     "enable_capture_all",
+    "guard",
     "init",
     "list_marks",
     "list_operations",
     "prune",
     "resume_rollback",
     "rollback",
+    "run_guarded",
 ]

@@ -17,7 +17,8 @@ import psycopg
 from . import capture as capture_mod
 from . import render
 from .db import DEFAULT_SCHEMA, check_schema_name, connect
-from .errors import ConflictError, RecoveryError
+from .errors import CapExceeded, ConflictError, RecoveryError
+from .guard import parse_per_table, run_guarded
 from .journal import changes as changes_fn
 from .journal import diff as diff_fn
 from .marks import create_mark, list_marks
@@ -391,6 +392,45 @@ def mark_cmd(c: Ctx, name: str | None, note: str | None, list_all: bool) -> None
         c.emit(m.to_dict())
     else:
         c.out(f"mark {m.name} at {m.at}: use --since {m.name} or --until {m.name}")
+
+
+@command(main, "guard", context_settings={"ignore_unknown_options": True,
+                                          "allow_interspersed_args": False})
+@click.option("--tag", required=True, help="Tag for every write COMMAND makes.")
+@click.option("--max-rows", type=int, help="Abort any transaction of COMMAND that writes "
+              "more rows than this (all captured tables together).")
+@click.option("--max-rows-per-table", "per_table", multiple=True, metavar="TABLE=N",
+              help="Abort any transaction that writes more than N rows to TABLE.")
+@click.option("--table", "tables", multiple=True,
+              help="Make sure these tables are captured (else: every captured table).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def guard_cmd(c: Ctx, tag: str, max_rows: int | None, per_table: tuple[str, ...],
+              tables: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND with its writes tagged and capped; show what it changed.
+
+    Every libpq client COMMAND starts gets the tag and caps through PGOPTIONS
+    (others: SET recovery.tag = '...' and SET recovery.max_rows = N).  Exit code:
+    COMMAND's own, or 3 when a cap aborted one of its transactions.
+    """
+    caps = parse_per_table(per_table)
+    with _conn(c) as conn:
+        res = run_guarded(conn, list(command), tag=tag, max_rows=max_rows,
+                          max_rows_per_table=caps, tables=list(tables), schema=c.schema)
+    if c.json:
+        c.emit(res.to_dict())
+    else:
+        if res.changes is not None and res.changes.statements:
+            c.out(render.changes(res.changes))
+        else:
+            c.out(f"nothing was captured under tag {tag} during the command")
+        c.out(f"\nto undo it: {res.undo_command}")
+    if res.cap_hit:
+        raise CapExceeded(
+            f"a blast-radius cap aborted a transaction of the command (exit code "
+            f"{res.exit_code}): nothing that transaction wrote was kept; raise the cap with "
+            "--max-rows or --max-rows-per-table if the change really must touch more rows")
+    if res.exit_code != 0:
+        click.get_current_context().exit(res.exit_code)
 
 
 @command(main, "operations")

@@ -23,3 +23,9 @@ class ApprovalRequired(RecoveryError):
     """Refused because approval is needed or a blast-radius cap was hit: exit 3."""
 
     exit_code = 3
+
+
+class CapExceeded(RecoveryError):
+    """A blast-radius cap was hit: the writing transaction aborted, exit 3."""
+
+    exit_code = 3

@@ -269,17 +269,20 @@ BEGIN
             SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r
             UNION ALL
             SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
-        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0
+        RETURNING nrows INTO n;
     ELSIF TG_OP = 'INSERT' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
             SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
-        %11$s FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0
+        RETURNING nrows INTO n;
     ELSIF TG_OP = 'DELETE' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
             SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r)
-        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0;
+        %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0
+        RETURNING nrows INTO n;
     ELSE
         EXECUTE format('INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s) '
                        'SELECT %6$s, $1, row_number() OVER (), ''B'', r.* FROM ONLY %%I.%%I r',
@@ -292,6 +295,12 @@ BEGIN
                     current_setting('application_name', true),
                     nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
         END IF;
+    END IF;
+    -- Blast-radius caps (recovery guard --max-rows, or SET recovery.max_rows): only
+    -- a session that set one pays for the check.
+    IF coalesce(n, 0) > 0 AND (coalesce(current_setting('recovery.max_rows', true), '') <> ''
+            OR coalesce(current_setting('recovery.max_rows_per_table', true), '') <> '') THEN
+        PERFORM %1$s.check_cap(%8$s, n);
     END IF;
     RETURN NULL;
 END
@@ -367,6 +376,65 @@ BEGIN
         -- Disabled (e.g. by DISABLE TRIGGER ALL) or left at ENABLE: capture again.
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', rel::regclass, tname);
     END IF;
+END
+$fn$;
+
+-- Counts the rows this transaction wrote (in all, and to table tid) and raises when
+-- a cap set by the session (recovery.max_rows, recovery.max_rows_per_table =
+-- 'schema.table=N,table=N') is exceeded: the error aborts the writing transaction,
+-- so nothing it wrote stays.  The counts live in session settings keyed by the
+-- transaction id (a setting made LOCAL inside a function with a SET clause would
+-- not outlive the call), so each transaction starts from zero.
+CREATE OR REPLACE FUNCTION {s}.check_cap(tid int, n bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cap     text := nullif(current_setting('recovery.max_rows', true), '');
+    per     text := nullif(current_setting('recovery.max_rows_per_table', true), '');
+    xid     text := txid_current()::text;
+    total   bigint;
+    item    text;
+    tname   text;
+    bare    text;
+    tcap    bigint;
+BEGIN
+    IF cap IS NOT NULL THEN
+        total := {s}._count_rows('recovery.rows_written', xid, n);
+        IF total > cap::bigint THEN
+            RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows, more than recovery.max_rows = %; it is rolled back and nothing it wrote is kept', total, cap
+                USING ERRCODE = 'RC001',
+                      HINT = 'if the change really must touch more rows, raise the cap (recovery guard --max-rows N)';
+        END IF;
+    END IF;
+    IF per IS NOT NULL THEN
+        SELECT schema_name || '.' || table_name, table_name INTO tname, bare
+        FROM {s}.captured WHERE table_id = tid;
+        FOREACH item IN ARRAY string_to_array(per, ',') LOOP
+            IF btrim(split_part(item, '=', 1)) IN (tname, bare) THEN
+                tcap := btrim(split_part(item, '=', 2))::bigint;
+                total := {s}._count_rows('recovery.rows_written_' || tid, xid, n);
+                IF total > tcap THEN
+                    RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows to %, more than its cap of % (recovery.max_rows_per_table); it is rolled back and nothing it wrote is kept', total, tname, tcap
+                        USING ERRCODE = 'RC001',
+                              HINT = 'if the change really must touch more rows, raise the cap (recovery guard --max-rows-per-table TABLE=N)';
+                END IF;
+                EXIT;
+            END IF;
+        END LOOP;
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}._count_rows(setting text, xid text, n bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    prev  text := coalesce(current_setting(setting, true), '');
+    total bigint := n;
+BEGIN
+    IF split_part(prev, ':', 1) = xid THEN
+        total := total + split_part(prev, ':', 2)::bigint;
+    END IF;
+    PERFORM set_config(setting, xid || ':' || total, false);
+    RETURN total;
 END
 $fn$;
 

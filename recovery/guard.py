@@ -1,0 +1,296 @@
+"""Guardrails for risky writes: tag every write of a command, cap its blast radius.
+
+`run_guarded()` is `recovery guard -- COMMAND`: every libpq connection the command
+opens carries the tag and the caps through PGOPTIONS, and the capture hooks enforce
+the caps inside PostgreSQL (the writing transaction aborts; nothing it wrote stays).
+`guard()` does the same for a block of Python code using psycopg or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import psycopg
+
+from .capture import enable, status
+from .db import DEFAULT_SCHEMA, connect
+from .errors import RecoveryError
+from .journal import ChangesSummary, changes
+from .selector import Selector
+
+# Safe inside PGOPTIONS without quoting: no space, quote or backslash.
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,99}$")
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+CAP_MESSAGE = "blast-radius cap hit"
+
+
+def check_tag(tag: str) -> str:
+    """Validate a tag for use in PGOPTIONS; return it."""
+    if not _TAG.match(tag):
+        raise RecoveryError(
+            f"tag {tag!r} cannot be passed safely to clients: use letters, digits and "
+            ". _ : / @ + - (no spaces or quotes, at most 100 characters)")
+    return tag
+
+
+def check_caps(max_rows: int | None, per_table: Mapping[str, int]) -> str:
+    """Validate caps; return the recovery.max_rows_per_table value ('' when none)."""
+    if max_rows is not None and max_rows < 0:
+        raise RecoveryError(f"--max-rows {max_rows}: a cap is a number of rows, 0 or more")
+    for table, n in per_table.items():
+        if not _TABLE.match(table):
+            raise RecoveryError(
+                f"--max-rows-per-table {table!r}: name a table as TABLE or SCHEMA.TABLE "
+                "(plain lower-case names)")
+        if n < 0:
+            raise RecoveryError(f"--max-rows-per-table {table}={n}: a cap is 0 or more rows")
+    return ",".join(f"{t}={n}" for t, n in per_table.items())
+
+
+def parse_per_table(items: Sequence[str]) -> dict[str, int]:
+    """Parse `TABLE=N` items (from --max-rows-per-table)."""
+    out: dict[str, int] = {}
+    for item in items:
+        table, sep, n = item.partition("=")
+        if not sep or not re.fullmatch(r"-?\d+", n.strip()):
+            raise RecoveryError(f"--max-rows-per-table {item!r}: write it as TABLE=N")
+        out[table.strip()] = int(n)
+    check_caps(None, out)
+    return out
+
+
+def settings(tag: str, max_rows: int | None, per_table: Mapping[str, int]) -> dict[str, str]:
+    """The session settings that tag and cap a connection."""
+    out = {"recovery.tag": check_tag(tag)}
+    per = check_caps(max_rows, per_table)
+    if max_rows is not None:
+        out["recovery.max_rows"] = str(max_rows)
+    if per:
+        out["recovery.max_rows_per_table"] = per
+    return out
+
+
+@dataclass
+class GuardResult:
+    tag: str
+    started_at: str
+    exit_code: int
+    cap_hit: bool
+    changes: ChangesSummary | None
+    undo_command: str
+    command: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "started_at": self.started_at, "exit_code": self.exit_code,
+                "cap_hit": self.cap_hit, "command": self.command,
+                "changes": self.changes.to_dict() if self.changes else None,
+                "undo_command": self.undo_command}
+
+
+def _prepare(conn: psycopg.Connection, tables: Sequence[str], schema: str) -> str:
+    """Make sure capture is on (for `tables`, or some table at all); return the start time."""
+    if tables:
+        enable(conn, list(tables), schema=schema)
+    elif not any(s.enabled for s in status(conn, schema=schema)):
+        conn.rollback()
+        raise RecoveryError(
+            "no table is captured: name the tables with --table, or run `recovery capture "
+            "enable` first")
+    started = conn.execute("SELECT clock_timestamp()::text").fetchone()
+    conn.rollback()
+    assert started is not None
+    return str(started[0])
+
+
+def _report(conn: psycopg.Connection, tag: str, started: str,
+            schema: str) -> ChangesSummary | None:
+    try:
+        return changes(conn, Selector(tags=(tag,), since=started), schema=schema)
+    except RecoveryError:  # nothing was captured under the tag
+        return None
+
+
+def undo_command(tag: str, started: str) -> str:
+    return f"recovery rollback --tag {tag} --since '{started}'"
+
+
+def run_guarded(
+    conn: psycopg.Connection,
+    command: Sequence[str],
+    *,
+    tag: str,
+    max_rows: int | None = None,
+    max_rows_per_table: Mapping[str, int] | None = None,
+    tables: Sequence[str] = (),
+    schema: str = DEFAULT_SCHEMA,
+    stderr: IO[str] | None = None,
+) -> GuardResult:
+    """Run COMMAND with its libpq connections tagged and capped; report what it changed.
+
+    The command's stdout goes straight through; its stderr is passed on line by line
+    (to `stderr`, default sys.stderr) and watched for the cap's error message.
+    """
+    values = settings(tag, max_rows, max_rows_per_table or {})
+    if not command:
+        raise RecoveryError("no command given: recovery guard --tag T -- COMMAND [ARGS...]")
+    if shutil.which(command[0]) is None:
+        raise RecoveryError(f"command {command[0]!r} not found: check the name and PATH")
+    started = _prepare(conn, tables, schema)
+    opts = " ".join(f"-c {k}={v}" for k, v in values.items())
+    env = dict(os.environ, PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {opts}".strip())
+    sink = stderr or sys.stderr
+    cap_hit = False
+    with subprocess.Popen(list(command), env=env, stderr=subprocess.PIPE, text=True,
+                          errors="replace") as proc:
+
+        def pump() -> None:
+            nonlocal cap_hit
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if CAP_MESSAGE in line:
+                    cap_hit = True
+                sink.write(line)
+                sink.flush()
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        rc = proc.wait()
+        t.join()
+    report = _report(conn, tag, started, schema)
+    return GuardResult(tag, started, rc, cap_hit, report, undo_command(tag, started),
+                       list(command))
+
+
+@dataclass
+class GuardReport:
+    """What a guard() block changed; filled when the block ends."""
+
+    tag: str
+    started_at: str = ""
+    changes: ChangesSummary | None = None
+    undo_command: str = ""
+
+
+@contextmanager
+def guard(
+    target: Any,
+    *,
+    tag: str,
+    max_rows: int | None = None,
+    max_rows_per_table: Mapping[str, int] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> Iterator[GuardReport]:
+    """Tag (and cap) every write made through `target` inside the block.
+
+    `target` is a psycopg connection, or a SQLAlchemy Engine, Connection or Session.
+    Settings are session-level, so they hold across the block's transactions; they
+    are put back as they were when the block ends.  The yielded report is filled
+    then with what the tag changed during the block.
+    """
+    values = settings(tag, max_rows, max_rows_per_table or {})
+    report = GuardReport(tag)
+    with _applied(target, values) as url:
+        with connect(url) as probe:
+            report.started_at = str(probe.execute("SELECT clock_timestamp()::text")
+                                    .fetchone()[0])  # type: ignore[index]
+        yield report
+    with connect(url) as probe:
+        report.changes = _report(probe, tag, report.started_at, schema)
+    report.undo_command = undo_command(tag, report.started_at)
+
+
+def _set_all(execute: Any, values: Mapping[str, str]) -> None:
+    for k, v in values.items():
+        execute(k, v)
+
+
+@contextmanager
+def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
+    """Apply the settings to the target's connections; yield a URL for reporting."""
+    if isinstance(target, psycopg.Connection):
+        idle = target.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        prev = {k: target.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
+                for k in values}
+        _set_all(lambda k, v: target.execute("SELECT set_config(%s, %s, false)", [k, v]), values)
+        if idle and not target.autocommit:
+            # Commit the settings alone: a later rollback in the block must not undo them.
+            target.commit()
+        try:
+            yield _psycopg_url(target)
+        finally:
+            if not target.closed:
+                _set_all(lambda k, v: target.execute(
+                    "SELECT set_config(%s, %s, false)", [k, v or ""]), prev)
+        return
+    try:
+        from sqlalchemy import event, text
+        from sqlalchemy.engine import Connection, Engine
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        raise RecoveryError("guard() takes a psycopg connection or a SQLAlchemy engine, "
+                            "connection or session") from None
+    if isinstance(target, Session):
+        bind = target.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        with _applied(engine, values) as url:
+            # The session may hold a connection already: tag it too.
+            conn = target.connection()
+            _set_all(lambda k, v: conn.execute(text("SELECT set_config(:k, :v, false)"),
+                                               {"k": k, "v": v}), values)
+            yield url
+        return
+    if isinstance(target, Connection):
+        _set_all(lambda k, v: target.execute(text("SELECT set_config(:k, :v, false)"),
+                                             {"k": k, "v": v}), values)
+        try:
+            yield target.engine.url.render_as_string(hide_password=False)
+        finally:
+            if not target.closed:
+                _set_all(lambda k, v: target.execute(
+                    text("SELECT set_config(:k, '', false)"), {"k": k}), values)
+        return
+    if isinstance(target, Engine):
+        def on_checkout(dbapi_conn: Any, _rec: Any, _proxy: Any) -> None:
+            cur = dbapi_conn.cursor()
+            for k, v in values.items():
+                cur.execute("SELECT set_config(%s, %s, false)", (k, v))
+            cur.close()
+
+        def on_checkin(dbapi_conn: Any, _rec: Any) -> None:
+            try:
+                cur = dbapi_conn.cursor()
+                for k in values:
+                    cur.execute("SELECT set_config(%s, '', false)", (k,))
+                cur.close()
+                dbapi_conn.commit()
+            except Exception:  # noqa: BLE001 - a broken connection is discarded anyway
+                pass
+
+        event.listen(target, "checkout", on_checkout)
+        event.listen(target, "checkin", on_checkin)
+        try:
+            yield target.url.render_as_string(hide_password=False)
+        finally:
+            event.remove(target, "checkout", on_checkout)
+            event.remove(target, "checkin", on_checkin)
+        return
+    raise RecoveryError("guard() takes a psycopg connection or a SQLAlchemy engine, "
+                        "connection or session")
+
+
+def _psycopg_url(conn: psycopg.Connection) -> str:
+    params = {k: v for k, v in conn.info.get_parameters().items() if v}
+    password = conn.info.password
+    if password:
+        params["password"] = password
+    return psycopg.conninfo.make_conninfo(**params)
+
