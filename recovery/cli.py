@@ -347,6 +347,10 @@ def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
         if resume_op is not None:
             if not sel.is_empty():
                 raise RecoveryError("--resume takes no selector: the operation has its own")
+            if dry_run or sql_file or batch_size is not None:
+                raise RecoveryError(
+                    "--resume continues the saved plan with its own batch size: it takes no "
+                    "--dry-run, --sql or --batch-size")
             _confirm(c, f"Resume undo operation {resume_op}?")
             report = resume_rollback(conn, resume_op, on_conflict=on_conflict
                                      if on_conflict != "fail" else None, schema=c.schema)
@@ -413,9 +417,8 @@ def guard_cmd(c: Ctx, tag: str, max_rows: int | None, per_table: tuple[str, ...]
     COMMAND's own, or 3 when a cap aborted one of its transactions.
     """
     caps = parse_per_table(per_table)
-    with _conn(c) as conn:
-        res = run_guarded(conn, list(command), tag=tag, max_rows=max_rows,
-                          max_rows_per_table=caps, tables=list(tables), schema=c.schema)
+    res = run_guarded(c.db, list(command), tag=tag, max_rows=max_rows,
+                      max_rows_per_table=caps, tables=list(tables), schema=c.schema)
     if c.json:
         c.emit(res.to_dict())
     else:

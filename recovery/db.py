@@ -75,6 +75,8 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     # Exact text forms for value comparison, whatever the server defaults are.
     conn.execute("SET extra_float_digits = 3")
     conn.execute("SET bytea_output = 'hex'")
+    # Times printed for reuse (--since '...') must read back the same in any session.
+    conn.execute("SET DateStyle = 'ISO, YMD'")
     if not autocommit:
         conn.commit()
     return conn

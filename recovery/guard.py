@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import IO, Any
 import psycopg
 
 from .capture import enable, status
-from .db import DEFAULT_SCHEMA, connect
+from .db import DEFAULT_SCHEMA, connect, resolve_table, resolve_url
 from .errors import RecoveryError
 from .journal import ChangesSummary, changes
 from .selector import Selector
@@ -96,7 +97,21 @@ class GuardResult:
                 "undo_command": self.undo_command}
 
 
-def _prepare(conn: psycopg.Connection, tables: Sequence[str], schema: str) -> str:
+def _check_cap_tables(conn: psycopg.Connection, per_table: Mapping[str, int],
+                      schema: str) -> None:
+    """A per-table cap must name a captured table, or it would silently cap nothing."""
+    captured = {s.table for s in status(conn, schema=schema) if s.enabled}
+    for name in per_table:
+        _relid, nsp, rel = resolve_table(conn, name)
+        if f"{nsp}.{rel}" not in captured:
+            raise RecoveryError(
+                f"--max-rows-per-table {name}: {nsp}.{rel} is not a captured table (a "
+                "partition counts under its captured parent): name the captured table, or "
+                "capture it with --table")
+
+
+def _prepare(conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping[str, int],
+             schema: str) -> str:
     """Make sure capture is on (for `tables`, or some table at all); return the start time."""
     if tables:
         enable(conn, list(tables), schema=schema)
@@ -105,17 +120,20 @@ def _prepare(conn: psycopg.Connection, tables: Sequence[str], schema: str) -> st
         raise RecoveryError(
             "no table is captured: name the tables with --table, or run `recovery capture "
             "enable` first")
+    _check_cap_tables(conn, per_table, schema)
     started = conn.execute("SELECT clock_timestamp()::text").fetchone()
     conn.rollback()
     assert started is not None
     return str(started[0])
 
 
-def _report(conn: psycopg.Connection, tag: str, started: str,
-            schema: str) -> ChangesSummary | None:
+def _report(url: str, tag: str, started: str, schema: str) -> ChangesSummary | None:
+    """What the tag changed since `started`, over a new connection (the command may have
+    run for hours: a connection opened before it may be gone)."""
     try:
-        return changes(conn, Selector(tags=(tag,), since=started), schema=schema)
-    except RecoveryError:  # nothing was captured under the tag
+        with connect(url) as conn:
+            return changes(conn, Selector(tags=(tag,), since=started), schema=schema)
+    except RecoveryError:  # nothing captured under the tag, or the database unreachable
         return None
 
 
@@ -124,7 +142,7 @@ def undo_command(tag: str, started: str) -> str:
 
 
 def run_guarded(
-    conn: psycopg.Connection,
+    url: str | None,
     command: Sequence[str],
     *,
     tag: str,
@@ -137,14 +155,17 @@ def run_guarded(
     """Run COMMAND with its libpq connections tagged and capped; report what it changed.
 
     The command's stdout goes straight through; its stderr is passed on line by line
-    (to `stderr`, default sys.stderr) and watched for the cap's error message.
+    (to `stderr`, default sys.stderr) and watched for the cap's error message.  The
+    exit code is the command's (128 + N when a signal N ended it).
     """
-    values = settings(tag, max_rows, max_rows_per_table or {})
+    per_table = dict(max_rows_per_table or {})
+    values = settings(tag, max_rows, per_table)
     if not command:
         raise RecoveryError("no command given: recovery guard --tag T -- COMMAND [ARGS...]")
     if shutil.which(command[0]) is None:
         raise RecoveryError(f"command {command[0]!r} not found: check the name and PATH")
-    started = _prepare(conn, tables, schema)
+    with connect(url) as conn:
+        started = _prepare(conn, tables, per_table, schema)
     opts = " ".join(f"-c {k}={v}" for k, v in values.items())
     env = dict(os.environ, PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {opts}".strip())
     sink = stderr or sys.stderr
@@ -163,9 +184,16 @@ def run_guarded(
 
         t = threading.Thread(target=pump, daemon=True)
         t.start()
-        rc = proc.wait()
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the command too (same process group): let it finish.
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait()
         t.join()
-    report = _report(conn, tag, started, schema)
+    if rc < 0:
+        rc = 128 - rc
+    report = _report(resolve_url(url), tag, started, schema)
     return GuardResult(tag, started, rc, cap_hit, report, undo_command(tag, started),
                        list(command))
 
@@ -191,72 +219,73 @@ def guard(
 ) -> Iterator[GuardReport]:
     """Tag (and cap) every write made through `target` inside the block.
 
-    `target` is a psycopg connection, or a SQLAlchemy Engine, Connection or Session.
-    Settings are session-level, so they hold across the block's transactions; they
-    are put back as they were when the block ends.  The yielded report is filled
-    then with what the tag changed during the block.
+    `target` is a psycopg connection, or a SQLAlchemy Engine, Connection or Session,
+    with no transaction open.  The settings are session-level and committed on their
+    own, so a rollback inside the block does not drop them; they are put back (and
+    committed) when the block ends: end the block with its work committed or rolled
+    back.  The yielded report is filled then with what the tag changed.
     """
-    values = settings(tag, max_rows, max_rows_per_table or {})
+    per_table = dict(max_rows_per_table or {})
+    values = settings(tag, max_rows, per_table)
     report = GuardReport(tag)
     with _applied(target, values) as url:
         with connect(url) as probe:
+            _check_cap_tables(probe, per_table, schema)
             report.started_at = str(probe.execute("SELECT clock_timestamp()::text")
                                     .fetchone()[0])  # type: ignore[index]
         yield report
-    with connect(url) as probe:
-        report.changes = _report(probe, tag, report.started_at, schema)
+    report.changes = _report(url, tag, report.started_at, schema)
     report.undo_command = undo_command(tag, report.started_at)
 
 
-def _set_all(execute: Any, values: Mapping[str, str]) -> None:
-    for k, v in values.items():
-        execute(k, v)
+def _busy() -> RecoveryError:
+    return RecoveryError("guard() needs a connection with no transaction open: commit or "
+                         "roll back before the block")
 
 
 @contextmanager
 def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
     """Apply the settings to the target's connections; yield a URL for reporting."""
     if isinstance(target, psycopg.Connection):
-        idle = target.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        prev = {k: target.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
-                for k in values}
-        _set_all(lambda k, v: target.execute("SELECT set_config(%s, %s, false)", [k, v]), values)
-        if idle and not target.autocommit:
-            # Commit the settings alone: a later rollback in the block must not undo them.
-            target.commit()
-        try:
-            yield _psycopg_url(target)
-        finally:
-            if not target.closed:
-                _set_all(lambda k, v: target.execute(
-                    "SELECT set_config(%s, %s, false)", [k, v or ""]), prev)
+        yield from _applied_psycopg(target, values)
         return
-    try:
-        from sqlalchemy import event, text
-        from sqlalchemy.engine import Connection, Engine
-        from sqlalchemy.orm import Session
-    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
-        raise RecoveryError("guard() takes a psycopg connection or a SQLAlchemy engine, "
-                            "connection or session") from None
+    from sqlalchemy import event, text
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session
+
     if isinstance(target, Session):
+        if target.in_transaction():
+            raise _busy()
         bind = target.get_bind()
         engine = bind if isinstance(bind, Engine) else bind.engine
+        # Every connection the session checks out during the block gets the settings.
         with _applied(engine, values) as url:
-            # The session may hold a connection already: tag it too.
-            conn = target.connection()
-            _set_all(lambda k, v: conn.execute(text("SELECT set_config(:k, :v, false)"),
-                                               {"k": k, "v": v}), values)
             yield url
         return
     if isinstance(target, Connection):
-        _set_all(lambda k, v: target.execute(text("SELECT set_config(:k, :v, false)"),
-                                             {"k": k, "v": v}), values)
+        if target.in_transaction():
+            raise _busy()
+
+        def put(vals: Mapping[str, str]) -> None:
+            for k, v in vals.items():
+                target.execute(text("SELECT set_config(:k, :v, false)"), {"k": k, "v": v})
+
+        put(values)
+        target.commit()
+        failed = False
         try:
             yield target.engine.url.render_as_string(hide_password=False)
+        except BaseException:
+            failed = True
+            raise
         finally:
             if not target.closed:
-                _set_all(lambda k, v: target.execute(
-                    text("SELECT set_config(:k, '', false)"), {"k": k}), values)
+                if failed and target.in_transaction():
+                    target.rollback()  # the block failed; its exception goes on
+                left_open = target.in_transaction()
+                put({k: "" for k in values})
+                if not left_open:
+                    target.commit()  # else the block's own commit takes it along
         return
     if isinstance(target, Engine):
         def on_checkout(dbapi_conn: Any, _rec: Any, _proxy: Any) -> None:
@@ -264,9 +293,11 @@ def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
             for k, v in values.items():
                 cur.execute("SELECT set_config(%s, %s, false)", (k, v))
             cur.close()
+            dbapi_conn.commit()  # on their own: a rollback in the block keeps them
 
         def on_checkin(dbapi_conn: Any, _rec: Any) -> None:
             try:
+                dbapi_conn.rollback()
                 cur = dbapi_conn.cursor()
                 for k in values:
                     cur.execute("SELECT set_config(%s, '', false)", (k,))
@@ -285,6 +316,34 @@ def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
         return
     raise RecoveryError("guard() takes a psycopg connection or a SQLAlchemy engine, "
                         "connection or session")
+
+
+def _applied_psycopg(conn: psycopg.Connection, values: Mapping[str, str]) -> Iterator[str]:
+    idle = psycopg.pq.TransactionStatus.IDLE
+    if conn.info.transaction_status != idle:
+        raise _busy()
+    prev = {k: conn.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
+            for k in values}
+    for k, v in values.items():
+        conn.execute("SELECT set_config(%s, %s, false)", [k, v])
+    if not conn.autocommit:
+        conn.commit()  # on their own: a rollback in the block keeps them
+    failed = False
+    try:
+        yield _psycopg_url(conn)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if not conn.closed:
+            status = conn.info.transaction_status
+            if status == psycopg.pq.TransactionStatus.INERROR or (failed and status != idle):
+                conn.rollback()  # the block failed; its exception goes on
+            left_open = conn.info.transaction_status != idle
+            for k, v in prev.items():
+                conn.execute("SELECT set_config(%s, %s, false)", [k, v or ""])
+            if not conn.autocommit and not left_open:
+                conn.commit()  # else the block's own commit takes it along
 
 
 def _psycopg_url(conn: psycopg.Connection) -> str:

@@ -199,3 +199,61 @@ def test_python_api_sqlalchemy_orm_backfill(db_url, conn, accounts):
     recovery.rollback(conn, recovery.Selector(tags=("orm-1",)))
     expected = [r if r[0] != 150 else (150, 1500, "untagged") for r in accounts]
     assert rows(conn, "accounts") == expected
+
+
+def test_guard_exit_code_of_a_signal(db_url, accounts):
+    res = run(db_url, "guard", "--tag", "x", "--", sys.executable, "-c",
+              "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert res.exit_code == 128 + 15
+
+
+def test_per_table_cap_must_name_a_captured_table(db_url, sql_exec, accounts, tmp_path):
+    sql_exec("CREATE TABLE other (id int PRIMARY KEY)")
+    marker = tmp_path / "ran"
+    for name in ("other", "no_such_table"):
+        res = run(db_url, "guard", "--tag", "x", "--max-rows-per-table", f"{name}=1", "--",
+                  sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+        assert res.exit_code == 1, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_api_settings_survive_a_rollback_and_go_away_after(db_url, conn, accounts):
+    app = psycopg.connect(db_url)
+
+    def current() -> tuple[str | None, str | None]:
+        row = app.execute("SELECT current_setting('recovery.tag', true),"
+                          " current_setting('recovery.max_rows', true)").fetchone()
+        app.rollback()
+        return (row[0] or None, row[1] or None)  # type: ignore[index]
+
+    app.execute("SELECT 1")                      # a transaction is open: refused
+    with pytest.raises(recovery.RecoveryError, match="no transaction open"):
+        with recovery.guard(app, tag="g1", max_rows=5):
+            pass
+    app.rollback()
+    with recovery.guard(app, tag="g1", max_rows=5):
+        app.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        app.rollback()                           # the block's own rollback keeps the tag
+        assert current() == ("g1", "5")
+    assert current() == (None, None)
+    app.rollback()
+    assert current() == (None, None)
+
+    with pytest.raises(psycopg.Error) as err:    # a cap hit inside the block propagates
+        with recovery.guard(app, tag="g2", max_rows=2):
+            app.execute("UPDATE accounts SET balance = 1 WHERE id <= 3")
+    assert err.value.sqlstate == "RC001"
+    assert current() == (None, None)
+    app.execute("UPDATE accounts SET note = 'after' WHERE id = 5")
+    app.commit()
+    assert conn.execute("SELECT tag FROM _recovery.stmt ORDER BY stmt_id DESC LIMIT 1"
+                        ).fetchone() == (None,)
+    conn.rollback()
+    app.close()
+
+
+def test_resume_takes_no_dry_run(db_url, accounts):
+    res = run(db_url, "rollback", "--resume", "1", "--dry-run", "--yes")
+    assert res.exit_code == 1
+    assert "--resume" in res.stderr

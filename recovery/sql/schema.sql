@@ -381,8 +381,8 @@ $fn$;
 
 -- Counts the rows this transaction wrote (in all, and to table tid) and raises when
 -- a cap set by the session (recovery.max_rows, recovery.max_rows_per_table =
--- 'schema.table=N,table=N') is exceeded: the error aborts the writing transaction,
--- so nothing it wrote stays.  The counts live in session settings keyed by the
+-- 'schema.table=N,table=N') is exceeded: the statement fails, which aborts the
+-- writing transaction unless it catches the error with a savepoint.  The counts live in session settings keyed by the
 -- transaction id (a setting made LOCAL inside a function with a SET clause would
 -- not outlive the call), so each transaction starts from zero.
 CREATE OR REPLACE FUNCTION {s}.check_cap(tid int, n bigint) RETURNS void
@@ -400,7 +400,7 @@ BEGIN
     IF cap IS NOT NULL THEN
         total := {s}._count_rows('recovery.rows_written', xid, n);
         IF total > cap::bigint THEN
-            RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows, more than recovery.max_rows = %; it is rolled back and nothing it wrote is kept', total, cap
+            RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows, more than recovery.max_rows = %; the statement fails, and its transaction is rolled back unless it catches the error (a savepoint keeps what came before it)', total, cap
                 USING ERRCODE = 'RC001',
                       HINT = 'if the change really must touch more rows, raise the cap (recovery guard --max-rows N)';
         END IF;
@@ -413,7 +413,7 @@ BEGIN
                 tcap := btrim(split_part(item, '=', 2))::bigint;
                 total := {s}._count_rows('recovery.rows_written_' || tid, xid, n);
                 IF total > tcap THEN
-                    RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows to %, more than its cap of % (recovery.max_rows_per_table); it is rolled back and nothing it wrote is kept', total, tname, tcap
+                    RAISE EXCEPTION 'recovery: blast-radius cap hit: this transaction wrote % rows to %, more than its cap of % (recovery.max_rows_per_table); the statement fails, and its transaction is rolled back unless it catches the error (a savepoint keeps what came before it)', total, tname, tcap
                         USING ERRCODE = 'RC001',
                               HINT = 'if the change really must touch more rows, raise the cap (recovery guard --max-rows-per-table TABLE=N)';
                 END IF;
