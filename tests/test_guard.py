@@ -35,12 +35,23 @@ def accounts(db_url, sql_exec, conn):  # type: ignore[no-untyped-def]
 
 
 def _legit_traffic(db_url: str, stop: threading.Event) -> None:
-    """Untagged writes from another client while the guarded command runs."""
+    """Untagged writes from another client while the guarded command runs (the first
+    round is written before the thread starts, so the expected state does not depend
+    on which of the two clients reaches a row first)."""
     with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("INSERT INTO accounts VALUES (2000, 1, 'legit insert')")
         while not stop.is_set():
             c.execute("UPDATE accounts SET note = 'legit' WHERE id % 10 = 0 AND id <= 200")
             time.sleep(0.05)
+
+
+def _start_legit(db_url: str) -> tuple[threading.Event, threading.Thread]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("INSERT INTO accounts VALUES (2000, 1, 'legit insert')")
+        c.execute("UPDATE accounts SET note = 'legit' WHERE id % 10 = 0 AND id <= 200")
+    stop = threading.Event()
+    t = threading.Thread(target=_legit_traffic, args=(db_url, stop))
+    t.start()
+    return stop, t
 
 
 @pytest.mark.skipif(PSQL is None, reason="psql is not installed")
@@ -51,9 +62,7 @@ def test_guard_psql_migration_then_undo_keeps_untagged_writes(db_url, conn, acco
         "SELECT pg_sleep(0.3);\n"
         "DELETE FROM accounts WHERE id BETWEEN 191 AND 200;\n"
         "INSERT INTO accounts VALUES (1000, 1, 'migration');\n")
-    stop = threading.Event()
-    t = threading.Thread(target=_legit_traffic, args=(db_url, stop))
-    t.start()
+    stop, t = _start_legit(db_url)
     try:
         res = run(db_url, "guard", "--tag", "mig-7", "--", PSQL, "-X", "-q",
                   "-v", "ON_ERROR_STOP=1", "-f", str(migration), db_url)
@@ -257,3 +266,59 @@ def test_resume_takes_no_dry_run(db_url, accounts):
     res = run(db_url, "rollback", "--resume", "1", "--dry-run", "--yes")
     assert res.exit_code == 1
     assert "--resume" in res.stderr
+
+
+ORM_SCRIPT = '''
+import sys
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+class Base(DeclarativeBase):
+    pass
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    balance: Mapped[int]
+    note: Mapped[str | None]
+
+engine = sa.create_engine(sys.argv[1])
+with Session(engine) as session:
+    for acc in session.scalars(sa.select(Account).where(Account.id <= 60).order_by(Account.id)):
+        acc.balance = acc.balance * 3
+        if acc.id % 20 == 0:
+            session.commit()
+    session.commit()
+'''
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "sqlalchemy-orm"])
+def test_guard_backfill_scripts_with_concurrent_untagged_writes(
+        db_url, conn, accounts, tmp_path, kind):
+    script = tmp_path / "backfill.py"
+    if kind == "psycopg":
+        script.write_text(
+            "import sys, time, psycopg\n"
+            "with psycopg.connect(sys.argv[1]) as c:\n"
+            "    for lo in range(1, 61, 20):\n"
+            "        c.execute('UPDATE accounts SET balance = balance * 3'\n"
+            "                  ' WHERE id BETWEEN %s AND %s', [lo, lo + 19])\n"
+            "        c.commit()\n"
+            "        time.sleep(0.1)\n")
+        target = db_url
+    else:
+        script.write_text(ORM_SCRIPT)
+        target = _engine(db_url).url.render_as_string(hide_password=False)
+    stop, t = _start_legit(db_url)
+    try:
+        res = run(db_url, "guard", "--tag", f"bf-{kind}", "--max-rows", "100", "--",
+                  sys.executable, str(script), target)
+    finally:
+        stop.set()
+        t.join()
+    assert res.exit_code == 0, res.output
+    assert recovery.changes(conn, recovery.Selector(tags=(f"bf-{kind}",))).rows == 60
+    assert run(db_url, "rollback", "--tag", f"bf-{kind}", "--yes").exit_code == 0
+    expected = {r[0]: (r[0], r[1], "legit" if r[0] % 10 == 0 else r[2]) for r in accounts}
+    expected[2000] = (2000, 1, "legit insert")
+    assert rows(conn, "accounts") == [expected[k] for k in sorted(expected)]
