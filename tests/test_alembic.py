@@ -93,9 +93,18 @@ def test_alembic_upgrade_under_guard_then_undo_one_revision(db_url, conn, sql_ex
     stop = threading.Event()
 
     def legit() -> None:
+        # Like a well-behaved application beside a migration: one row per statement,
+        # and a short lock_timeout, retried later, so that neither a row lock nor the
+        # migration's ALTER TABLE (which waits for this session's table lock) can
+        # deadlock with it.
         with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute("SET lock_timeout = '50ms'")
             while not stop.is_set():
-                c.execute("UPDATE accounts SET note = 'legit' WHERE id IN (5, 195)")
+                for id_ in (5, 195):
+                    try:
+                        c.execute("UPDATE accounts SET note = 'legit' WHERE id = %s", [id_])
+                    except psycopg.errors.LockNotAvailable:
+                        pass
                 time.sleep(0.05)
 
     # The first legitimate write lands before the migration starts, so the expected
