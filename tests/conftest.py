@@ -108,3 +108,16 @@ def rows(conn: psycopg.Connection, table: str, order: str = "1") -> list[tuple]:
     out = conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()  # noqa: S608
     conn.rollback()
     return out
+
+
+def sqlalchemy_url(db_url: str) -> str:
+    """The test database as a SQLAlchemy URL (psycopg driver), password included."""
+    import sqlalchemy as sa
+
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    return sa.engine.URL.create(
+        "postgresql+psycopg", username=str(info.get("user") or "") or None,
+        password=str(info["password"]) if info.get("password") else None,
+        database=str(info["dbname"]),
+        query={"host": str(info.get("host", "")), "port": str(info.get("port", "5432"))},
+    ).render_as_string(hide_password=False)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import recovery
 from recovery.cli import main
-from tests.conftest import rows
+from tests.conftest import rows, sqlalchemy_url
 
 pytest.importorskip("alembic")
 
@@ -52,18 +52,6 @@ def downgrade():
 '''
 
 
-def _sqlalchemy_url(db_url: str) -> str:
-    import sqlalchemy as sa
-
-    info = psycopg.conninfo.conninfo_to_dict(db_url)
-    return sa.engine.URL.create(
-        "postgresql+psycopg", username=str(info.get("user") or "") or None,
-        password=str(info["password"]) if info.get("password") else None,
-        database=str(info["dbname"]),
-        query={"host": str(info.get("host", "")), "port": str(info.get("port", "5432"))},
-    ).render_as_string(hide_password=False)
-
-
 def _project(tmp_path: Path) -> Path:
     (tmp_path / "versions").mkdir()
     (tmp_path / "env.py").write_text(ENV_PY)
@@ -88,7 +76,7 @@ def test_alembic_upgrade_under_guard_then_undo_one_revision(db_url, conn, sql_ex
     sql_exec("INSERT INTO accounts SELECT g, g * 10, 'n' || g FROM generate_series(1, 200) g")
     before = rows(conn, "accounts")
     ini = _project(tmp_path)
-    env = dict(os.environ, TEST_SQLALCHEMY_URL=_sqlalchemy_url(db_url),
+    env = dict(os.environ, TEST_SQLALCHEMY_URL=sqlalchemy_url(db_url),
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     stop = threading.Event()
 

@@ -6,7 +6,6 @@ import shutil
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import recovery
 from recovery.cli import main
-from tests.conftest import rows
+from tests.conftest import rows, sqlalchemy_url
 
 PSQL = shutil.which("psql")
 
@@ -189,13 +188,7 @@ class Account(_Base):
 
 
 def _engine(db_url: str) -> sa.Engine:
-    info = psycopg.conninfo.conninfo_to_dict(db_url)
-    url = sa.engine.URL.create(
-        "postgresql+psycopg", username=str(info.get("user") or "") or None,
-        password=str(info["password"]) if info.get("password") else None,
-        host=None, database=str(info["dbname"]),
-        query={"host": str(info.get("host", "")), "port": str(info.get("port", "5432"))})
-    return sa.create_engine(url)
+    return sa.create_engine(sqlalchemy_url(db_url))
 
 
 def test_python_api_sqlalchemy_orm_backfill(db_url, conn, accounts):
@@ -316,7 +309,7 @@ def test_guard_backfill_scripts_with_concurrent_untagged_writes(
         target = db_url
     else:
         script.write_text(ORM_SCRIPT)
-        target = _engine(db_url).url.render_as_string(hide_password=False)
+        target = sqlalchemy_url(db_url)
     stop, t = _start_legit(db_url)
     try:
         res = run(db_url, "guard", "--tag", f"bf-{kind}", "--max-rows", "100", "--",
