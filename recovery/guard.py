@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import psycopg
+from psycopg import sql
 
-from .capture import enable, status
+from .capture import enable
 from .db import DEFAULT_SCHEMA, connect, resolve_table, resolve_url
 from .errors import RecoveryError
 from .journal import ChangesSummary, changes
+from .schema import require_schema
 from .selector import Selector
 
 # Safe inside PGOPTIONS without quoting: no space, quote or backslash.
@@ -97,10 +99,18 @@ class GuardResult:
                 "undo_command": self.undo_command}
 
 
+def _captured_tables(conn: psycopg.Connection, schema: str) -> set[str]:
+    """Names (schema.table) of the tables under capture now."""
+    require_schema(conn, schema)
+    return {r[0] for r in conn.execute(sql.SQL(
+        "SELECT schema_name || '.' || table_name FROM {}.captured WHERE enabled").format(
+            sql.Identifier(schema)))}
+
+
 def _check_cap_tables(conn: psycopg.Connection, per_table: Mapping[str, int],
                       schema: str) -> None:
     """A per-table cap must name a captured table, or it would silently cap nothing."""
-    captured = {s.table for s in status(conn, schema=schema) if s.enabled}
+    captured = _captured_tables(conn, schema)
     for name in per_table:
         _relid, nsp, rel = resolve_table(conn, name)
         if f"{nsp}.{rel}" not in captured:
@@ -115,7 +125,7 @@ def _prepare(conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping
     """Make sure capture is on (for `tables`, or some table at all); return the start time."""
     if tables:
         enable(conn, list(tables), schema=schema)
-    elif not any(s.enabled for s in status(conn, schema=schema)):
+    elif not _captured_tables(conn, schema):
         conn.rollback()
         raise RecoveryError(
             "no table is captured: name the tables with --table, or run `recovery capture "
