@@ -127,3 +127,98 @@ def marks(ms: Sequence[Mark]) -> str:
     if not ms:
         return "no mark yet: `recovery mark NAME`"
     return table(["mark", "at", "by", "note"], [[m.name, m.at, m.created_by, m.note] for m in ms])
+
+
+def any_report(report: Any) -> str:
+    """The text of a report attached to a refusal (undo, restore or verification)."""
+    from .restore import RestoreReport
+    from .snapshot import VerifyResult
+
+    if isinstance(report, RestoreReport):
+        return restore(report)
+    if isinstance(report, VerifyResult):
+        return table(["table", "data", "rows", "state"],
+                     [[i["table"], i["data"], i["rows"], "ok" if i["ok"] else i["problem"]]
+                      for i in report.items])
+    return rollback(report)
+
+
+def blast_radius(stmts: Sequence[Any]) -> str:
+    """Per statement of a migration: what it could destroy, estimated rows and bytes."""
+    lines = []
+    for s in stmts:
+        est = "" if s.est_rows is None else f" ~{s.est_rows:,} rows, ~{_size(s.est_bytes or 0)}"
+        first = " ".join(s.text.split())
+        lines.append(f"{s.number}. line {s.line}: {s.kind}{est}: {_short(first, 70)}")
+        for t in s.targets:
+            cols = f" columns {', '.join(t.columns)}" if t.columns else ""
+            bound = "" if t.bounded else " (not bounded: whole table)"
+            lines.append(f"    {t.schema}.{t.table}{cols}: {t.reason}{bound}")
+        for n in s.notes:
+            lines.append(f"    note: {n}")
+    return "\n".join(lines)
+
+
+def snapshot(info: Any, detail: bool = False) -> str:
+    lines = [f"snapshot {info.name} ({info.store}), {info.created_at} by {info.created_by}: "
+             f"{info.rows:,} rows, {_size(info.bytes)}"]
+    lines.append(table(["table", "rows", "size", "columns", "where"],
+                       [[t["table"], t["rows"], _size(t["bytes"]),
+                         "all" if t["columns"] is None else ", ".join(t["columns"]),
+                         _short(t["where"] or (f"{t['parts']} statement WHERE(s)" if t["parts"]
+                                               else "whole table"), 50)]
+                        for t in info.tables]))
+    if detail:
+        m = info.manifest
+        lines.append(f"database {m.get('database')}, PostgreSQL {m.get('server_version')}, "
+                     f"format {m.get('format')}")
+        for item in m["items"]:
+            lines.append(f"{item['schema']}.{item['table']}: key {', '.join(item['key'])}; "
+                         f"data {item['data']}"
+                         + (f", sha256 {item['sha256']}" if "sha256" in item else ""))
+            for p in item.get("parts", []):
+                lines.append(f"    {p['reason']}" + ("" if p["bounded"] else " (not bounded)"))
+        src = m.get("source", {}).get("for_sql")
+        if src:
+            lines.append(f"from {src['file']}: {len(src['statements'])} statement(s)")
+    else:
+        lines.append(f"restore with: recovery restore {info.name}"
+                     + ("" if info.store == "db" else f" --store {info.store}"))
+    return "\n".join(lines)
+
+
+def snapshot_list(infos: Sequence[Any]) -> str:
+    if not infos:
+        return "no snapshot yet: `recovery snapshot create NAME --table T`"
+    return table(["snapshot", "store", "created", "by", "tables", "rows", "size"],
+                 [[i.name, i.store, i.created_at[:19], i.created_by,
+                   ", ".join(t["table"] for t in i.tables), i.rows, _size(i.bytes)]
+                  for i in infos])
+
+
+def restore(r: Any) -> str:
+    head = {"dry-run": "restore plan (dry run, nothing changed)", "planned": "restore plan",
+            "done": f"restore operation {r.op_id} done" if r.op_id else "restore done",
+            "failed": "restore failed"}.get(r.status, r.status)
+    lines = [f"{head}: snapshot {r.snapshot} ({r.store})"]
+    done = r.status == "done"
+    lines.append(table(
+        ["table", "saved", "re-inserted" if done else "re-insert", "restored" if done
+         else "restore", "deleted" if done else "delete", "unchanged", "new since",
+         "conflicts"],
+        [[t.table, t.saved, t.inserted if done else t.reinsert,
+          t.updated if done else t.restore, t.deleted if done else t.delete, t.already,
+          "?" if t.new_rows is None else t.new_rows, t.conflicts] for t in r.tables]))
+    for t in r.tables:
+        for n in t.notes:
+            lines.append(f"{t.table}: {n}")
+        if t.new_rows and not t.delete and not t.deleted:
+            lines.append(f"{t.table}: {t.new_rows} row(s) added since the snapshot are kept "
+                         "(--delete-new removes them)")
+        for ex in t.conflict_examples:
+            key = ", ".join(f"{k}={v}" for k, v in ex["key"].items())
+            lines.append(f"conflict {t.table} [{key}]: {', '.join(ex['columns'])}")
+    if done:
+        lines.append(f"took {r.seconds:.2f} s; undo this restore with: recovery rollback "
+                     f"--tag {r.tag}")
+    return "\n".join(lines)

@@ -81,9 +81,14 @@ class _Run:
 
     def __init__(self, conn: psycopg.Connection, schema: str, op_id: int | None, prefix: str,
                  on_conflict: str, fire_triggers: bool, lock_timeout: str,
-                 sql_out: list[str] | None, progress: Progress | None) -> None:
+                 sql_out: list[str] | None, progress: Progress | None,
+                 net_schema: str | None = None, tag: str | None = None) -> None:
         self.conn = conn
         self.schema = schema
+        # Where the plan (net) tables live: the recovery schema for an undo (a batched
+        # one resumes from them), pg_temp for a restore (one transaction).
+        self.net_schema = net_schema or schema
+        self.tag = tag if tag is not None else (undo_tag(op_id) if op_id is not None else None)
         self.op_id = op_id
         self.prefix = prefix
         self.overwrite = on_conflict == "overwrite"
@@ -118,9 +123,8 @@ class _Run:
         self.conn.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
         # Deferrable foreign keys are checked once, at commit.
         self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
-        if self.op_id is not None:
-            self.conn.execute("SELECT set_config('recovery.tag', %s, true)",
-                              [undo_tag(self.op_id)])
+        if self.tag is not None:
+            self.conn.execute("SELECT set_config('recovery.tag', %s, true)", [self.tag])
 
     # -- the table's own triggers ------------------------------------------------
     def suspend_triggers(self, t: TableInfo) -> None:
@@ -166,7 +170,7 @@ class _Run:
         lim = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
         cur = self.run(sql.SQL(
             "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT bn FROM {} WHERE {} ORDER BY bn{}"
-        ).format(sql.Identifier(b), sql.Identifier(self.schema, self.net(t)), cond, lim))
+        ).format(sql.Identifier(b), sql.Identifier(self.net_schema, self.net(t)), cond, lim))
         # Temporary tables get no statistics from autovacuum: without them the planner
         # assumes one row and picks a nested loop over the whole batch.
         self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(b)))
@@ -193,14 +197,14 @@ class _Run:
     def activity(self, t: TableInfo) -> tuple[list[bool], bool]:
         """Which columns any net row writes or lost, and whether all rows are UPDATEs."""
         if t.table_id not in self._activity:
-            row = self.conn.execute(q.net_activity(t, self.schema, self.net(t))).fetchone()
+            row = self.conn.execute(q.net_activity(t, self.net_schema, self.net(t))).fetchone()
             assert row is not None
             self._activity[t.table_id] = ([bool(x) for x in row[:-1]], not row[-1])
         return self._activity[t.table_id]
 
     def build_net(self, t: TableInfo, where: sql.Composable, lo: int, hi: int) -> None:
         """Create the net table of t; the cheap projection when one statement is all."""
-        net = sql.Identifier(self.schema, self.net(t))
+        net = sql.Identifier(self.net_schema, self.net(t))
         in_range = self.conn.execute(sql.SQL(
             "SELECT count(*), min(op::text) FROM {}.stmt WHERE table_id = %s"
             " AND stmt_id BETWEEN %s AND %s").format(sql.Identifier(self.schema)),
@@ -219,10 +223,10 @@ class _Run:
         """Compare the batch's net rows with the table now; count and keep examples."""
         st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
         if lock:
-            self.run(q.lock_rows(t, self.schema, self.net(t), b))
+            self.run(q.lock_rows(t, self.net_schema, self.net(t), b))
         self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(st)))
         active, only_updates = self.activity(t)
-        self.run(q.build_status(t, self.schema, self.net(t), st, b, self.references(t),
+        self.run(q.build_status(t, self.net_schema, self.net(t), st, b, self.references(t),
                                 active, only_updates))
         self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(st)))
         res = TableResult(t.label, t.table_id)
@@ -253,7 +257,7 @@ class _Run:
                 res.delete += n
         if res.conflicts:
             for action, cols, key, values in self.conn.execute(
-                    q.conflict_examples(t, self.schema, self.net(t), st, EXAMPLES)):
+                    q.conflict_examples(t, self.net_schema, self.net(t), st, EXAMPLES)):
                 res.conflict_examples.append({
                     "action": action, "key": key, "columns": cols,
                     "values": {c: dict(zip(("restore_to", "left_by_change", "now"), values[c]))
@@ -271,18 +275,18 @@ class _Run:
         st = f"_rs_{t.table_id}"
         ins = upd = dele = 0
         if "insert" in phases:
-            ins = self.run(q.apply_insert(t, self.schema, self.net(t), st, self.overwrite)).rowcount
+            ins = self.run(q.apply_insert(t, self.net_schema, self.net(t), st, self.overwrite)).rowcount
         if "update" in phases:
             masks = self.conn.execute(q.update_masks(t, st, self.overwrite)).fetchall()
             for mask in masks:
                 if any(mask):
                     upd += self.run(q.apply_update(
-                        t, self.schema, self.net(t), st, self.overwrite, mask)).rowcount
+                        t, self.net_schema, self.net(t), st, self.overwrite, mask)).rowcount
         if "delete" in phases:
-            dele = self.run(q.apply_delete(t, self.schema, self.net(t), st, self.overwrite)).rowcount
+            dele = self.run(q.apply_delete(t, self.net_schema, self.net(t), st, self.overwrite)).rowcount
         if self.batched:
             self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
-                sql.Identifier(self.schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
+                sql.Identifier(self.net_schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
         return ins, upd, dele
 
 

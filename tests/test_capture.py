@@ -760,7 +760,7 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     captured_before = sql_exec("SELECT c::text FROM _recovery.captured c")
 
     res = init(conn)
-    assert (res.previous_version, res.version, res.ddl_follow) == (1, 1, True)
+    assert (res.previous_version, res.version, res.ddl_follow) == (2, 2, True)
     init(conn)
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_before
     assert sql_exec("SELECT s::text FROM _recovery.stmt s ORDER BY stmt_id") == stmts_before
@@ -768,9 +768,25 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     assert sql_exec("SELECT count(*) FROM pg_event_trigger WHERE evtname = "
                     "'_recovery_follow_ddl'") == [(1,)]
     assert state(conn, "public.t") == ("on", [])
+
     # Capture goes on after init, and what was captured before it is still undoable.
     tagged(sql_exec, "bad", "INSERT INTO t VALUES (6, 'new')")
     undo(conn, "bad")
+    assert texts(conn, "t") == before
+
+    # A version 1 schema (no snapshots table) is refused until `init` upgrades it in
+    # place, keeping what was captured.
+    tagged(sql_exec, "bad3", "UPDATE t SET v = 'y' WHERE id = 1")
+    journal_v1 = sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1")
+    sql_exec("DROP TABLE _recovery.snapshots; "
+             "UPDATE _recovery.meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(RecoveryError, match="version 1, this tool needs 2"):
+        undo(conn, "bad3")
+    res = init(conn)
+    assert (res.previous_version, res.version) == (1, 2)
+    assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_v1
+    assert sql_exec("SELECT count(*) FROM _recovery.snapshots") == [(0,)]
+    undo(conn, "bad3")
     assert texts(conn, "t") == before
 
 

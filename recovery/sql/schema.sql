@@ -1,4 +1,4 @@
--- The recovery schema, version 1.
+-- The recovery schema, version 2 (1 + snapshots).
 --
 -- This text is composed with psycopg.sql before it runs: every {s} becomes the
 -- quoted schema identifier and {s_lit} the schema name as a string literal.
@@ -92,6 +92,18 @@ CREATE TABLE IF NOT EXISTS {s}.operations (
     summary       jsonb,
     error         text,
     tag           text
+);
+
+-- In-database snapshots (`recovery snapshot create`, the default store): the
+-- manifest (the same document a directory snapshot writes as manifest.json) and,
+-- per saved table, a data table {s}.snap_<snap_id>_<n>.  A snapshot is written in
+-- one transaction, so a killed one leaves nothing behind.  (Version 2.)
+CREATE TABLE IF NOT EXISTS {s}.snapshots (
+    snap_id     bigserial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    created_by  text NOT NULL DEFAULT session_user,
+    manifest    jsonb NOT NULL
 );
 
 -- Attribute shape of a relation: number, type and typmod of every live column.

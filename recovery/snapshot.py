@@ -1,0 +1,612 @@
+"""Snapshots: save chosen rows before a risky change, list, verify and drop them.
+
+Two stores, one manifest format:
+
+- the database store (default): per saved table a copy `_recovery.snap_<id>_<n>`
+  made with CREATE TABLE AS, and the manifest in `_recovery.snapshots`; written in
+  one transaction, so a killed snapshot leaves nothing;
+- a directory store (`DIR/NAME/`): per table a zstd-compressed COPY text file and
+  `manifest.json`; written under a hidden temporary name, fsynced, then renamed, so a
+  half-written snapshot never lists.  It survives the database and restores into
+  another one.
+
+Rows are read in one REPEATABLE READ transaction (all tables from the same moment)
+with fixed output settings (ISO dates, exact floats, UTF8, UTC), recorded in the
+manifest and set again to restore: COPY's text form round-trips every type exactly.
+`restore.py` puts rows back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import zstandard
+from psycopg import sql
+
+from . import tabledef
+from .capture import _key_attnums
+from .db import DEFAULT_SCHEMA, resolve_table
+from .errors import ConflictError, RecoveryError
+from .schema import installed_version, require_schema
+
+FORMAT = 1
+DEFAULT_DIR = "./snapshots"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Output settings of the saved text (restore sets the same before COPY FROM).
+SETTINGS = {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3",
+            "client_encoding": "UTF8", "TimeZone": "UTC", "bytea_output": "hex"}
+ZSTD_LEVEL = 3
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Part:
+    """Rows of one table at risk: a WHERE over the table as a statement named it."""
+
+    from_sql: str | None
+    where: str | None
+    reason: str
+    bounded: bool = True
+
+
+@dataclass
+class Spec:
+    """What to save of one table (relid), before it is resolved into a manifest item."""
+
+    relid: int
+    parts: list[Part] = field(default_factory=list)
+    columns: tuple[str, ...] | None = None  # None: whole rows
+    where: str | None = None  # the user's --where (restore can re-evaluate it)
+
+
+@dataclass
+class SnapshotInfo:
+    name: str
+    store: str
+    created_at: str
+    created_by: str
+    tables: list[dict[str, Any]]
+    rows: int
+    bytes: int
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("manifest")
+        return d
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RecoveryError(
+            f"invalid snapshot name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit), at most 100")
+    return name
+
+
+def check_where(where: str) -> str:
+    """A --where must be one boolean expression (PostgreSQL's own parser decides)."""
+    import pglast
+
+    try:
+        stmts = pglast.parse_sql(f"SELECT 1 WHERE ({where})")  # noqa: S608 (parsed, not run)
+    except pglast.parser.ParseError as exc:
+        raise RecoveryError(f"--where {where!r} does not parse: {exc.args[0]}") from None
+    if len(stmts) != 1:
+        raise RecoveryError(f"--where {where!r} must be one boolean expression")
+    return where
+
+
+def _set_output(conn: psycopg.Connection) -> None:
+    for k, v in SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", [k, v])
+
+
+def _select(conn: psycopg.Connection, spec: Spec, cols: Sequence[str]) -> sql.Composable:
+    """SELECT of the saved rows and columns of a table."""
+    row = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                       " ON n.oid = c.relnamespace WHERE c.oid = %s", [spec.relid]).fetchone()
+    assert row is not None
+    tbl = sql.Identifier(*row)
+    names = sql.SQL(", ").join(sql.SQL("x.{}").format(sql.Identifier(c)) for c in cols)
+    if spec.where is not None:
+        return sql.SQL("SELECT {} FROM {} x WHERE ({})").format(names, tbl, sql.SQL(spec.where))
+    if not spec.parts or any(p.where is None for p in spec.parts):
+        return sql.SQL("SELECT {} FROM {} x").format(names, tbl)
+    # Several statements' WHEREs, each over the table as that statement named it
+    # (with its alias): the union of the rows, by physical row identity.
+    subs = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT tableoid, ctid FROM {} WHERE ({})").format(
+            sql.SQL(p.from_sql or ""), sql.SQL(p.where or "true")) for p in spec.parts)
+    return sql.SQL("SELECT {} FROM {} x WHERE (x.tableoid, x.ctid) IN ({})").format(
+        names, tbl, subs)
+
+
+def _item(conn: psycopg.Connection, n: int, spec: Spec, key: Sequence[str] | None
+          ) -> tuple[dict[str, Any], list[str]]:
+    """The manifest entry of a table (without data facts) and the columns to save."""
+    d = tabledef.describe(conn, spec.relid)
+    label = f"{d['schema']}.{d['table']}"
+    attnums, source = _key_attnums(conn, spec.relid, label, key)
+    by_num = {c["attnum"]: c["name"] for c in d["columns"]}
+    key_cols = [by_num[a] for a in attnums]
+    if spec.columns is None:
+        cols = [c["name"] for c in d["columns"]]
+    else:
+        missing = [c for c in spec.columns if c not in by_num.values()]
+        if missing:
+            raise RecoveryError(f"column {missing[0]!r} not found in table {label}")
+        cols = [c["name"] for c in d["columns"]
+                if c["name"] in key_cols or c["name"] in spec.columns]
+    item = {
+        "n": n, "schema": d["schema"], "table": d["table"], "key": key_cols,
+        "key_source": source, "all_columns": spec.columns is None,
+        "columns": [c for c in d["columns"] if c["name"] in cols],
+        "where": spec.where,
+        "parts": [asdict(p) for p in spec.parts],
+        # Restore can count (and with --delete-new remove) rows added since the
+        # snapshot only when the rows were chosen by the table's own columns.
+        "reevaluable": spec.where is not None or not spec.parts
+        or any(p.where is None for p in spec.parts),
+        "definition": d,
+    }
+    return item, cols
+
+
+def create(
+    conn: psycopg.Connection,
+    name: str,
+    specs: Sequence[Spec],
+    *,
+    store: str | None = None,
+    key: Sequence[str] | None = None,
+    source: dict[str, Any] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Progress | None = None,
+) -> SnapshotInfo:
+    """Save the rows of each spec into the database store (store None or "db") or a directory.
+
+    Everything is read in one REPEATABLE READ transaction.  Nothing is left behind
+    on failure: the database store writes in that transaction, the directory store
+    under a hidden temporary directory that is removed (or, if the process dies,
+    never lists).
+    """
+    check_name(name)
+    if not specs:
+        raise RecoveryError("nothing to save: name a table with --table, or a file with --for-sql")
+    in_db = store in (None, "db")
+    if in_db:
+        require_schema(conn, schema)
+        exists = conn.execute(sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
+            sql.Identifier(schema)), [name]).fetchone()
+        if exists:
+            conn.rollback()
+            raise RecoveryError(f"snapshot {name} exists already: drop it or choose another name")
+    else:
+        base = _store_dir(store, create=True)
+        if (base / name).exists():
+            raise RecoveryError(f"snapshot {name} exists already in {base}: drop it or choose "
+                                "another name")
+    conn.rollback()
+    started = time.monotonic()
+    op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
+    conn.commit()
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    head = conn.execute("SELECT now()::text, session_user, current_database(),"
+                        " current_setting('server_version'), current_setting('lc_monetary')"
+                        ).fetchone()
+    assert head is not None
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "name": name, "created_at": head[0], "created_by": head[1],
+        "database": head[2], "server_version": head[3],
+        "settings": {**SETTINGS, "lc_monetary": head[4]}, "source": source or {},
+        "items": [],
+    }
+    tmp: Path | None = None
+    try:
+        items = []
+        for n, spec in enumerate(specs, 1):
+            items.append(_item(conn, n, spec, key))
+        _set_output(conn)
+        if in_db:
+            snap_id = conn.execute(sql.SQL(
+                "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
+            ).format(sql.Identifier(schema)), [name]).fetchone()[0]  # type: ignore[index]
+            for (item, cols), spec in zip(items, specs):
+                data = f"snap_{snap_id}_{item['n']}"
+                conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
+                    sql.Identifier(schema, data), _select(conn, spec, cols)))
+                rows, checksum = _db_checksum(conn, schema, data)
+                item.update(data=data, rows=rows, checksum=checksum, bytes=_relsize(
+                    conn, schema, data))
+                manifest["items"].append(item)
+                if progress:
+                    progress(item["bytes"])
+            conn.execute(sql.SQL("UPDATE {}.snapshots SET manifest = %s WHERE snap_id = %s")
+                         .format(sql.Identifier(schema)), [json.dumps(manifest), snap_id])
+            where = "db"
+        else:
+            base = _store_dir(store)
+            tmp = base / f".{name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for (item, cols), spec in zip(items, specs):
+                fname = f"{item['n']:04d}-{_safe(item['schema'])}.{_safe(item['table'])}.copy.zst"
+                rows, size, digest = _copy_out(conn, _select(conn, spec, cols), tmp / fname,
+                                               progress)
+                item.update(data=fname, rows=rows, bytes=size, sha256=digest)
+                manifest["items"].append(item)
+            _write_durably(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+            _fsync_dir(tmp)
+            os.rename(tmp, base / name)
+            tmp = None
+            _fsync_dir(base)
+            where = str(base)
+        info = _info(manifest, where)
+        _record_end(conn, schema, op_id, "done", info.to_dict(), None, started)
+        conn.commit()
+        return info
+    except BaseException as exc:
+        conn.rollback()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if op_id is not None:
+            _record_end(conn, schema, op_id, "failed", None, _first_line(exc), started)
+            conn.commit()
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60]
+
+
+def _relsize(conn: psycopg.Connection, schema: str, table: str) -> int:
+    row = conn.execute("SELECT pg_total_relation_size(%s::regclass)",
+                       [sql.Identifier(schema, table).as_string(conn)]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _db_checksum(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, str]:
+    """Row count and an order-independent checksum of a snapshot table's rows.
+
+    The sum of a 64-bit hash of each row's text: any changed, lost or added row
+    changes it (but for a 2^-64 chance).  Computed under the fixed output settings.
+    """
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)::text"
+        " FROM {} x").format(sql.Identifier(schema, table))).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def _copy_out(conn: psycopg.Connection, query: sql.Composable, path: Path,
+              progress: Progress | None) -> tuple[int, int, str]:
+    """COPY the query's rows to a zstd file; return (rows, file bytes, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as raw:
+
+        class _Tee:
+            def write(self, b: bytes) -> int:
+                nonlocal size
+                digest.update(b)
+                size += len(b)
+                return raw.write(b)
+
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        with cctx.stream_writer(_Tee(), closefd=False) as z, conn.cursor() as cur:  # type: ignore[arg-type]
+            # The server sends a message per row: gather them into blocks, so the
+            # compressor and the progress bar are called per MB, not per row.
+            buf = bytearray()
+            with cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as cp:
+                for chunk in cp:
+                    buf += chunk
+                    if len(buf) >= 1 << 20:
+                        z.write(buf)
+                        if progress:
+                            progress(len(buf))
+                        buf.clear()
+            z.write(buf)
+            if progress:
+                progress(len(buf))
+            rows = cur.rowcount
+        raw.flush()
+        os.fsync(raw.fileno())
+    return rows, size, digest.hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _store_dir(store: str | None, create: bool = False) -> Path:
+    base = Path(store or DEFAULT_DIR)
+    if create:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecoveryError(f"snapshot store {base} cannot be created: {exc.strerror}") from None
+    if not base.is_dir():
+        raise RecoveryError(f"snapshot store {base} is not a directory")
+    if create:
+        try:  # a real write: permissions, read-only mounts and ACLs all show up
+            with tempfile.TemporaryFile(dir=base):
+                pass
+        except OSError:
+            raise RecoveryError(f"snapshot store {base} is not writable: choose another "
+                                "--store") from None
+    return base
+
+
+def _info(manifest: dict[str, Any], store: str) -> SnapshotInfo:
+    items = manifest.get("items", [])
+    return SnapshotInfo(
+        manifest["name"], store, manifest["created_at"], manifest["created_by"],
+        [{"table": f"{i['schema']}.{i['table']}", "rows": i["rows"], "bytes": i["bytes"],
+          "columns": None if i["all_columns"] else [c["name"] for c in i["columns"]],
+          "where": i["where"], "parts": len(i.get("parts", []))} for i in items],
+        sum(i["rows"] for i in items), sum(i["bytes"] for i in items), manifest)
+
+
+def _check_format(manifest: dict[str, Any], where: str) -> dict[str, Any]:
+    fmt = manifest.get("format")
+    if not isinstance(fmt, int):
+        raise RecoveryError(f"{where}: not a snapshot manifest (no format number)")
+    if fmt > FORMAT:
+        raise RecoveryError(
+            f"{where}: manifest format {fmt} is newer than this tool reads ({FORMAT}): "
+            "upgrade the recovery package")
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConflictError(f"{path}: manifest unreadable ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConflictError(f"{path}: manifest unreadable (not a JSON object)")
+    return _check_format(doc, str(path))
+
+
+# -- finding snapshots -------------------------------------------------------------
+def _db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, Any]]:
+    if installed_version(conn, schema) is None:
+        return {}
+    require_schema(conn, schema)
+    rows = conn.execute(sql.SQL("SELECT name, manifest FROM {}.snapshots ORDER BY snap_id")
+                        .format(sql.Identifier(schema))).fetchall()
+    conn.rollback()
+    return {n: m for n, m in rows}
+
+
+def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
+                   schema: str = DEFAULT_SCHEMA) -> list[SnapshotInfo]:
+    """Complete snapshots: in the database (store None or "db") or in a directory."""
+    if store in (None, "db"):
+        if conn is None:
+            raise RecoveryError("no database given: pass --db, or --store DIR for a directory")
+        return [_info(m, "db") for m in _db_snapshots(conn, schema).values()]
+    base = _store_dir(store)
+    out = []
+    for d in sorted(base.iterdir()):
+        if d.name.startswith(".") or not (d / "manifest.json").is_file():
+            continue  # a snapshot being written (or killed while written) is hidden
+        out.append(_info(_read_manifest(d / "manifest.json"), str(base)))
+    return out
+
+
+def find(conn: psycopg.Connection | None, name: str, *, store: str | None = None,
+         schema: str = DEFAULT_SCHEMA) -> SnapshotInfo:
+    """The snapshot called name: in the given store; else the database, then ./snapshots."""
+    if store not in (None, "db"):
+        path = _store_dir(store) / name
+        if not (path / "manifest.json").is_file():
+            raise RecoveryError(f"no snapshot {name} in {store}: `recovery snapshot list "
+                                f"--store {store}` lists them")
+        return _info(_read_manifest(path / "manifest.json"), str(_store_dir(store)))
+    if conn is not None:
+        found = _db_snapshots(conn, schema).get(name)
+        if found is not None:
+            return _info(_check_format(found, f"snapshot {name}"), "db")
+    if store is None and (Path(DEFAULT_DIR) / name / "manifest.json").is_file():
+        return _info(_read_manifest(Path(DEFAULT_DIR) / name / "manifest.json"), DEFAULT_DIR)
+    raise RecoveryError(f"no snapshot {name}: `recovery snapshot list` lists them "
+                        "(add --store DIR for a directory store)")
+
+
+# -- verify and drop ---------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    name: str
+    store: str
+    ok: bool
+    items: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_rows(path: Path) -> tuple[str, int]:
+    """sha256 of a data file and the number of rows it holds (decompressed)."""
+    digest = hashlib.sha256()
+    rows = 0
+    with open(path, "rb") as f:
+        dctx = zstandard.ZstdDecompressor()
+
+        class _Hashing:
+            def read(self, n: int = -1) -> bytes:
+                b = f.read(n)
+                digest.update(b)
+                return b
+
+        with dctx.stream_reader(_Hashing()) as r:  # type: ignore[arg-type]
+            while chunk := r.read(1 << 20):
+                rows += chunk.count(b"\n")
+        digest.update(f.read())  # anything after the compressed frame
+    return digest.hexdigest(), rows
+
+
+def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
+           schema: str = DEFAULT_SCHEMA) -> VerifyResult:
+    """Re-read every saved table; raise ConflictError (exit 2) naming what is damaged."""
+    results = []
+    bad = []
+    for item in info.manifest["items"]:
+        label = f"{item['schema']}.{item['table']}"
+        if info.store == "db":
+            assert conn is not None
+            try:
+                _set_output(conn)
+                rows, check = _db_checksum(conn, schema, item["data"])
+                problem = None
+                if rows != item["rows"]:
+                    problem = f"{rows} rows, the manifest says {item['rows']}"
+                elif check != item["checksum"]:
+                    problem = "checksum differs from the one recorded at creation"
+            except psycopg.errors.UndefinedTable:
+                problem = "data table is missing"
+            conn.rollback()
+            where = f"{schema}.{item['data']}"
+        else:
+            path = Path(info.store) / info.name / item["data"]
+            where = str(path)
+            try:
+                digest, rows = read_rows(path)
+                problem = None
+                if digest != item["sha256"]:
+                    problem = "sha256 differs from the manifest's"
+                elif rows != item["rows"]:
+                    problem = f"{rows} rows, the manifest says {item['rows']}"
+            except FileNotFoundError:
+                problem = "file is missing"
+            except zstandard.ZstdError as exc:
+                problem = f"cannot be decompressed ({exc})"
+        results.append({"table": label, "data": where, "rows": item["rows"],
+                        "ok": problem is None, "problem": problem})
+        if problem:
+            bad.append(f"{where} ({label}): {problem}")
+    res = VerifyResult(info.name, info.store, not bad, results)
+    if bad:
+        raise ConflictError(f"snapshot {info.name} is damaged: " + "; ".join(bad), res)
+    return res
+
+
+def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFAULT_SCHEMA) -> None:
+    """Remove a snapshot and its data."""
+    if info.store == "db":
+        assert conn is not None
+        for item in info.manifest["items"]:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(schema, item["data"])))
+        conn.execute(sql.SQL("DELETE FROM {}.snapshots WHERE name = %s").format(
+            sql.Identifier(schema)), [info.name])
+        conn.commit()
+        return
+    path = Path(info.store) / info.name
+    # Hide it first (a rename is atomic), then delete: never a half-deleted snapshot.
+    hidden = Path(info.store) / f".{info.name}.dropping-{os.getpid()}"
+    os.rename(path, hidden)
+    shutil.rmtree(hidden)
+
+
+# -- operation records -------------------------------------------------------------
+def _record_start(conn: psycopg.Connection, schema: str, kind: str,
+                  options: dict[str, Any]) -> int | None:
+    """Record an operation when the recovery schema is here (a restore into a fresh
+    database, or a directory snapshot of a database without it, works without)."""
+    try:
+        version = installed_version(conn, schema)
+    except psycopg.Error:
+        conn.rollback()
+        return None
+    if version is None or version < 2:
+        return None
+    row = conn.execute(sql.SQL(
+        "INSERT INTO {}.operations (kind, status, options) VALUES (%s, 'running', %s)"
+        " RETURNING op_id").format(sql.Identifier(schema)), [kind, json.dumps(options)]).fetchone()
+    return int(row[0]) if row else None
+
+
+def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
+                summary: dict[str, Any] | None, error: str | None, started: float) -> None:
+    if op_id is None:
+        return
+    if summary is not None:
+        summary = {**summary, "seconds": round(time.monotonic() - started, 3)}
+    conn.execute(sql.SQL(
+        "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+        " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
+        [status, json.dumps(summary, default=str) if summary is not None else None, error, op_id])
+
+
+def table_specs(conn: psycopg.Connection, tables: Sequence[str],
+                wheres: Sequence[str]) -> list[Spec]:
+    """Specs for `--table T [--where SQL]`: one --where for one table, or one per table."""
+    if wheres and len(wheres) != len(tables):
+        raise RecoveryError(
+            "give one --where per --table, in the same order (--where true for a whole table)")
+    specs = []
+    seen = set()
+    for n, t in enumerate(tables):
+        relid, _s, _t = resolve_table(conn, t)
+        if relid in seen:
+            raise RecoveryError(f"table {t} is named twice: give it once")
+        seen.add(relid)
+        where = check_where(wheres[n]) if wheres else None
+        if where is not None:
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+                        sql.Identifier(_s, _t), sql.SQL(where)))
+            except psycopg.Error as exc:
+                raise RecoveryError(f"--where {where!r} on {_s}.{_t}: "
+                                    f"{_first_line(exc)}") from None
+        specs.append(Spec(relid, where=where))
+    conn.rollback()
+    return specs
+
+
+def specs_for_sql(stmts: Sequence[Any]) -> list[Spec]:
+    """Specs from sqlscope's analysis: per table, the union of what its statements risk.
+
+    Row parts of one table are united; their columns too (a table that one
+    statement updates and another loses a column of is saved whole).
+    """
+    by_rel: dict[int, Spec] = {}
+    for st in stmts:
+        for t in st.targets:
+            spec = by_rel.setdefault(t.relid, Spec(t.relid, columns=()))
+            spec.parts.append(Part(t.from_sql, t.where, f"statement {st.number}: {t.reason}",
+                                   t.bounded))
+            if t.columns is None or spec.columns is None:
+                spec.columns = None
+            else:
+                spec.columns = tuple(dict.fromkeys([*spec.columns, *t.columns]))
+    return list(by_rel.values())

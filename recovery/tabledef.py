@@ -1,0 +1,232 @@
+"""A table's definition as a snapshot manifest keeps it, and its recreation from there.
+
+The definition is read with search_path set to pg_catalog only, so every name in it
+(types, sequences, functions in defaults) comes out schema-qualified and means the
+same thing in another database.  What is recreated: columns (type, collation, NOT
+NULL, default, identity, generated expression), primary key, unique, check and
+exclusion constraints, other indexes, the user-defined types the columns use (enum,
+domain, composite, range) and serial sequences.  Foreign keys are recreated when the
+table they reference exists.  Partitioned tables are not recreated (their partition
+layout is not kept): recreate the structure first, then restore into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import RecoveryError
+
+
+@contextmanager
+def catalog_path(conn: psycopg.Connection) -> Iterator[None]:
+    """Within the block, names are printed schema-qualified (search_path = pg_catalog)."""
+    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    assert row is not None
+    conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    try:
+        yield
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, true)", [row[0]])
+
+
+def columns(conn: psycopg.Connection, relid: int) -> list[dict[str, Any]]:
+    """Every live column of a relation, in attribute order (call inside catalog_path)."""
+    out = []
+    for attnum, name, typ, notnull, default, generated, identity, coll, typid in conn.execute(
+            "SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
+            " pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text, a.attidentity::text,"
+            " CASE WHEN a.attcollation <> t.typcollation THEN"
+            "  (SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname)"
+            "   FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace"
+            "   WHERE co.oid = a.attcollation) END, a.atttypid::bigint"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            [relid]):
+        out.append({"name": name, "type": typ, "attnum": attnum, "not_null": notnull,
+                    "default": default if not generated else None,
+                    "generated": default if generated else None,
+                    "identity": identity or None, "collation": coll, "type_oid": typid})
+    return out
+
+
+def _user_types(conn: psycopg.Connection, type_oids: list[int]) -> list[dict[str, str]]:
+    """CREATE statements for the user-defined types these columns use, dependencies first."""
+    seen: set[int] = set()
+    out: list[dict[str, str]] = []
+
+    def visit(oid: int) -> None:
+        if oid in seen:
+            return
+        seen.add(oid)
+        row = conn.execute(
+            "SELECT n.nspname, t.typname, t.typtype::text, t.typelem::bigint, t.typbasetype::bigint,"
+            " t.typrelid::bigint, t.typcategory::text, format_type(t.oid, NULL),"
+            " t.typnotnull, t.typdefault, format_type(t.typbasetype, t.typtypmod)"
+            " FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s",
+            [oid]).fetchone()
+        if row is None:
+            return
+        nsp, name, kind, elem, base, relid, cat, qname, notnull, default, basename = row
+        if cat == "A" and elem:
+            visit(elem)
+            return
+        if nsp in ("pg_catalog", "information_schema"):
+            return
+        ident = sql.Identifier(nsp, name)
+        if kind == "e":
+            labels = [r[0] for r in conn.execute(
+                "SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder",
+                [oid])]
+            ddl: sql.Composable = sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+                ident, sql.SQL(", ").join(sql.Literal(x) for x in labels))
+        elif kind == "d":
+            visit(base)
+            checks = [r[0] for r in conn.execute(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = %s"
+                " AND contype = 'c' ORDER BY conname", [oid])]
+            ddl = sql.SQL("CREATE DOMAIN {} AS {}{}{}{}").format(
+                ident, sql.SQL(basename),
+                sql.SQL(" DEFAULT {}").format(sql.SQL(default)) if default else sql.SQL(""),
+                sql.SQL(" NOT NULL") if notnull else sql.SQL(""),
+                sql.SQL("").join(sql.SQL(" {}").format(sql.SQL(c)) for c in checks))
+        elif kind == "c":
+            attrs = conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod), atttypid::bigint"
+                " FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+                " ORDER BY attnum", [relid]).fetchall()
+            for _n, _t, toid in attrs:
+                visit(toid)
+            ddl = sql.SQL("CREATE TYPE {} AS ({})").format(ident, sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _ in attrs))
+        elif kind == "r":
+            sub = conn.execute("SELECT rngsubtype::bigint, format_type(rngsubtype, NULL)"
+                               " FROM pg_range WHERE rngtypid = %s", [oid]).fetchone()
+            assert sub is not None
+            visit(sub[0])
+            ddl = sql.SQL("CREATE TYPE {} AS RANGE (subtype = {})").format(ident, sql.SQL(sub[1]))
+        else:
+            return  # a base type from an extension: it must be installed where we restore
+        out.append({"name": qname, "schema": nsp, "type": name, "create": ddl.as_string(conn)})
+
+    for oid in type_oids:
+        visit(oid)
+    return out
+
+
+def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
+    """The definition of a table, for a manifest (names schema-qualified)."""
+    with catalog_path(conn):
+        row = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", [relid]).fetchone()
+        assert row is not None
+        nsp, rel, relkind = row
+        cols = columns(conn, relid)
+        types = _user_types(conn, [c["type_oid"] for c in cols])
+        cons = conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid), contype::text FROM pg_constraint"
+            " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x', 'f') AND coninhcount = 0"
+            " ORDER BY contype = 'f', contype, conname", [relid]).fetchall()
+        indexes = [r[0] for r in conn.execute(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid"
+            " AND c.conrelid = i.indrelid) ORDER BY i.indexrelid", [relid])]
+        seqs = conn.execute(
+            "SELECT s.oid::regclass::text, a.attname FROM pg_depend d"
+            " JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+            " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+            " AND d.refobjid = %s AND d.deptype = 'a'", [relid]).fetchall()
+        col_defs: list[sql.Composable] = []
+        for c in cols:
+            parts: list[sql.Composable] = [sql.Identifier(c["name"]), sql.SQL(c["type"])]
+            if c["collation"]:
+                parts.append(sql.SQL("COLLATE {}").format(sql.SQL(c["collation"])))
+            if c["generated"]:
+                parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(
+                    sql.SQL(c["generated"])))
+            if c["identity"]:
+                parts.append(sql.SQL("GENERATED ALWAYS AS IDENTITY" if c["identity"] == "a"
+                                     else "GENERATED BY DEFAULT AS IDENTITY"))
+            if c["not_null"]:
+                parts.append(sql.SQL("NOT NULL"))
+            if c["default"]:
+                parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(c["default"])))
+            col_defs.append(sql.SQL(" ").join(parts))
+        col_defs += [sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(n), sql.SQL(d))
+                     for n, d, k in cons if k != "f"]
+        create = sql.SQL("CREATE TABLE {} ({})").format(
+            sql.Identifier(nsp, rel), sql.SQL(", ").join(col_defs)).as_string(conn)
+        fks = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
+            for n, d, k in cons if k == "f"]
+    for c in cols:
+        c.pop("type_oid")
+    return {"schema": nsp, "table": rel, "relkind": relkind, "columns": cols, "types": types,
+            "create": create, "indexes": indexes, "foreign_keys": fks,
+            "sequences": [{"name": s, "column": a} for s, a in seqs]}
+
+
+def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
+    """Create a dropped table again from its manifest definition; return notes.
+
+    Runs inside the caller's transaction (the restore's), so a failure leaves nothing.
+    """
+    label = f"{definition['schema']}.{definition['table']}"
+    if definition.get("relkind") == "p":
+        raise RecoveryError(
+            f"table {label} is gone and was partitioned: recreate it and its partitions "
+            "first (the manifest lists its columns), then restore into it")
+    notes = []
+    with catalog_path(conn):
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(definition["schema"])))
+        for t in definition.get("types", []):
+            exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", [t["name"]]).fetchone()
+            if exists and not exists[0]:
+                conn.execute(sql.SQL(t["create"]))  # type: ignore[arg-type]
+                notes.append(f"created type {t['name']}")
+        for s in definition.get("sequences", []):
+            conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(s["name"])))
+        conn.execute(sql.SQL(definition["create"]))  # type: ignore[arg-type]
+        for s in definition.get("sequences", []):
+            conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+                sql.SQL(s["name"]), sql.Identifier(definition["schema"], definition["table"]),
+                sql.Identifier(s["column"])))
+        for ix in definition.get("indexes", []):
+            conn.execute(sql.SQL(ix))  # type: ignore[arg-type]
+    notes.append(f"recreated table {label} from the snapshot's definition")
+    return notes
+
+
+def after_load(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
+    """Once a recreated table holds its rows: move sequences past them, add foreign keys."""
+    notes = []
+    ident = sql.Identifier(definition["schema"], definition["table"])
+    with catalog_path(conn):
+        for s in definition.get("sequences", []):
+            conn.execute(sql.SQL("SELECT setval({}, greatest(coalesce(max({}), 0), 1), "
+                                 "max({}) IS NOT NULL) FROM {}").format(
+                sql.Literal(s["name"]), sql.Identifier(s["column"]), sql.Identifier(s["column"]),
+                ident))
+        for c in definition["columns"]:
+            if c.get("identity"):
+                conn.execute(sql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, {}), greatest(coalesce(max({}), 0),"
+                    " 1), max({}) IS NOT NULL) FROM {}").format(
+                    sql.Literal(ident.as_string(conn)), sql.Literal(c["name"]),
+                    sql.Identifier(c["name"]), sql.Identifier(c["name"]), ident))
+        for fk in definition.get("foreign_keys", []):
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL(fk))  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or ["error"])[0]
+                notes.append(f"foreign key not recreated ({first}): {fk}")
+    return notes

@@ -1,0 +1,165 @@
+"""Snapshots and restore on a real PostgreSQL: both stores, exact end state of every row."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from recovery import snapshot as snap
+from recovery.errors import ConflictError, RecoveryError
+from recovery.restore import restore
+
+from .conftest import rows
+
+SHOP = """
+CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, tier text DEFAULT 'std');
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers,
+                     total numeric(10,2) NOT NULL, note text,
+                     updated_at timestamptz NOT NULL DEFAULT '2020-01-01');
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN NEW.updated_at := '2030-01-01'; RETURN NEW; END $$;
+CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+INSERT INTO customers SELECT g, 'c' || g, CASE WHEN g % 2 = 0 THEN 'gold' END
+  FROM generate_series(1, 20) g;
+INSERT INTO orders (customer_id, total, note) SELECT 1 + g % 20, g * 1.5, 'n' || g
+  FROM generate_series(1, 100) g;
+"""
+
+
+@pytest.fixture(params=["db", "dir"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "db" if request.param == "db" else str(tmp_path / "store")
+
+
+def _shop(sql_exec) -> None:  # type: ignore[no-untyped-def]
+    sql_exec(SHOP)
+
+
+def test_restore_puts_back_changed_and_deleted_rows_keeps_the_rest(conn, sql_exec, store) -> None:
+    _shop(sql_exec)
+    before_orders = rows(conn, "orders")
+    before_customers = rows(conn, "customers")
+    specs = snap.table_specs(conn, ["orders", "customers"], ["customer_id <= 10", "true"])
+    info = snap.create(conn, "pre-42", specs, store=store)
+    assert info.rows == 50 + 20
+    # The bad deploy, then a legitimate write to a row outside the snapshot.
+    sql_exec("UPDATE orders SET total = 0 WHERE customer_id <= 5")
+    sql_exec("DELETE FROM orders WHERE customer_id = 7")
+    sql_exec("UPDATE customers SET name = 'x' WHERE id = 3")
+    sql_exec("UPDATE orders SET note = 'later' WHERE id = 11")  # customer 12: outside WHERE
+    sql_exec("INSERT INTO orders (customer_id, total) VALUES (1, 9), (15, 8)")
+    assert {r[0]: r for r in rows(conn, "orders")}[11][3:] == ("later", datetime(2030, 1, 1, tzinfo=timezone.utc))
+    found = snap.find(conn, "pre-42", store=store)
+    plan = restore(conn, found, dry_run=True)
+    by = {t.table: t for t in plan.tables}
+    assert (by["public.orders"].restore, by["public.orders"].reinsert) == (25, 5)
+    assert by["public.orders"].new_rows == 1  # customer 1's new order; customer 15 is outside
+    assert (by["public.customers"].restore, by["public.customers"].reinsert) == (1, 0)
+    assert rows(conn, "orders")[0][2] == 0  # dry run changed nothing
+    done = restore(conn, found)
+    assert done.status == "done"
+    after = rows(conn, "orders")
+    later = {r[0]: r for r in after}[11]  # as the legitimate write (and its trigger) left it
+    expected = [r if r[0] != 11 else later for r in before_orders]
+    new = [r for r in after if r[0] > 100]
+    assert [r for r in after if r[0] <= 100] == expected  # triggers suspended: updated_at kept
+    assert [(r[1], r[2]) for r in new] == [(1, 9), (15, 8)]
+    assert rows(conn, "customers") == before_customers
+    # Run again: nothing left to do.
+    again = restore(conn, found, dry_run=True)
+    assert all(t.restore == t.reinsert == 0 for t in again.tables)
+
+
+def test_delete_new_removes_rows_added_inside_the_where(conn, sql_exec, store) -> None:
+    _shop(sql_exec)
+    before = rows(conn, "orders")
+    snap.create(conn, "s", snap.table_specs(conn, ["orders"], ["customer_id <= 10"]),
+                store=store)
+    sql_exec("INSERT INTO orders (customer_id, total) VALUES (1, 9), (15, 8)")
+    restore(conn, snap.find(conn, "s", store=store), delete_new=True)
+    after = rows(conn, "orders")
+    assert after[:100] == before and [(r[1], r[2]) for r in after[100:]] == [(15, 8)]
+
+
+def test_restore_into_a_second_database_recreates_the_dropped_table(
+        conn, sql_exec, server_url, tmp_path) -> None:
+    sql_exec("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');"
+             "CREATE DOMAIN posint AS int CHECK (VALUE > 0);"
+             "CREATE TABLE t (id bigserial PRIMARY KEY, m mood, p posint NOT NULL DEFAULT 1,"
+             " g int GENERATED ALWAYS AS (p * 2) STORED, u text UNIQUE);"
+             "INSERT INTO t (m, p, u) VALUES ('sad', 3, 'a'), (NULL, 4, 'b'), ('happy', 5, NULL)")
+    before = rows(conn, "t")
+    store = str(tmp_path / "store")
+    info = snap.create(conn, "full", snap.table_specs(conn, ["t"], []), store=store)
+    other = f"{conn.info.dbname}_second"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{other}"')
+    try:
+        conninfo = psycopg.conninfo.conninfo_to_dict(server_url)
+        conninfo["dbname"] = other
+        with psycopg.connect(psycopg.conninfo.make_conninfo(**conninfo)) as c2:
+            rep = restore(c2, snap.find(None, "full", store=store))
+            assert rep.tables[0].inserted == 3
+            assert rows(c2, "t") == before
+            c2.execute("INSERT INTO t (m, p, u) VALUES ('ok', 1, 'c')")
+            assert c2.execute("SELECT max(id) FROM t").fetchone() == (4,)
+            c2.rollback()
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    assert info.rows == 3
+
+
+def test_damaged_snapshot_is_named_with_the_damaged_file(conn, sql_exec, tmp_path) -> None:
+    _shop(sql_exec)
+    store = str(tmp_path / "store")
+    snap.create(conn, "d", snap.table_specs(conn, ["orders", "customers"], []), store=store)
+    info = snap.find(None, "d", store=store)
+    assert snap.verify(None, info).ok
+    f = Path(store) / "d" / info.manifest["items"][1]["data"]
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ConflictError, match=str(f)):
+        snap.verify(None, info)
+    with pytest.raises(ConflictError, match="damaged"):
+        restore(conn, info)
+    # db store: a changed row in the snapshot table
+    snap.create(conn, "d", snap.table_specs(conn, ["orders"], []))
+    dbinfo = snap.find(conn, "d", store="db")
+    sql_exec(f"UPDATE _recovery.{dbinfo.manifest['items'][0]['data']} SET note = 'z' WHERE id = 5")
+    with pytest.raises(ConflictError, match="checksum"):
+        snap.verify(conn, dbinfo)
+
+
+def test_bad_input(conn, sql_exec, tmp_path) -> None:
+    _shop(sql_exec)
+    with pytest.raises(RecoveryError, match="does not parse"):
+        snap.table_specs(conn, ["orders"], ["total >"])
+    with pytest.raises(RecoveryError, match="not found"):
+        snap.table_specs(conn, ["nope"], [])
+    with pytest.raises(RecoveryError, match="no snapshot"):
+        snap.find(conn, "missing")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.geteuid() != 0:  # root writes anyway
+        with pytest.raises(RecoveryError, match="not writable"):
+            snap.create(conn, "x", snap.table_specs(conn, ["orders"], []), store=str(ro))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RecoveryError, match="cannot be created"):
+        snap.create(conn, "x", snap.table_specs(conn, ["orders"], []),
+                    store=str(tmp_path / "file" / "store"))
+    assert snap.list_snapshots(conn) == []
+    store = tmp_path / "s"
+    snap.create(conn, "new", snap.table_specs(conn, ["orders"], []), store=str(store))
+    m = json.loads((store / "new" / "manifest.json").read_text())
+    m["format"] = 99
+    (store / "new" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RecoveryError, match="newer"):
+        snap.find(None, "new", store=str(store))
