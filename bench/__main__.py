@@ -169,6 +169,171 @@ class Bench:
         self.cli("capture", "disable", "mem_t")
         c.close()
 
+    def undo_kinds(self) -> None:
+        """Undo (CLI end to end) of 10% deleted and 10% inserted rows, against the bad statement."""
+        self.cli("init")
+        c = self.conn()
+        n = self.rows
+        figures: dict[str, list[float]] = {k: [] for k in (
+            "delete", "undo_delete", "insert", "undo_insert")}
+        for run in range(self.runs):
+            self.fresh(c, "kinds_t")
+            self.cli("capture", "enable", "kinds_t")
+            c.execute("SELECT set_config('recovery.tag', %s, false)", [f"bench-del-{run}"])
+            figures["delete"].append(self.timed(c, f"DELETE FROM kinds_t WHERE id % 10 = 0"))
+            c.execute("SELECT set_config('recovery.tag', %s, false)", [f"bench-ins-{run}"])
+            figures["insert"].append(self.timed(c, FILL_SQL.format(t="kinds_t", n=n // 10).replace(
+                "generate_series(1,", f"generate_series({n + 1}, {n} +")))
+            c.execute("RESET recovery.tag")
+            figures["undo_delete"].append(self.cli("rollback", "--tag", f"bench-del-{run}")[0])
+            figures["undo_insert"].append(self.cli("rollback", "--tag", f"bench-ins-{run}")[0])
+            self.cli("capture", "disable", "kinds_t")
+            c.execute("DROP TABLE kinds_t")
+        self.results["undo_kinds"] = {
+            "rows": n // 10, "seconds": {k: _median(v) for k, v in figures.items()},
+            "ratios": {
+                "undo_delete": _median([a / b for a, b in zip(figures["undo_delete"],
+                                                                figures["delete"])]),
+                "undo_insert": _median([a / b for a, b in zip(figures["undo_insert"],
+                                                                figures["insert"])]),
+            },
+            "rows_per_second": {
+                "undo_delete": (n // 10) / statistics.median(figures["undo_delete"]),
+                "undo_insert": (n // 10) / statistics.median(figures["undo_insert"]),
+            },
+        }
+        c.close()
+
+    def damage_not_size(self) -> None:
+        """Undo of the same number of damaged rows in a table and in one ten times larger."""
+        self.cli("init")
+        c = self.conn()
+        big = self.rows
+        small = max(big // 10, 1000)
+        damaged = max(big // 100, 100)
+        secs: dict[str, list[float]] = {"small": [], "big": []}
+        for run in range(self.runs):
+            for size, rows in (("small", small), ("big", big)):
+                c.execute("DROP TABLE IF EXISTS size_t")
+                c.execute(TABLE_SQL.format(t="size_t"))
+                c.execute(FILL_SQL.format(t="size_t", n=rows))
+                c.execute("VACUUM ANALYZE size_t")
+                self.cli("capture", "enable", "size_t")
+                tag = f"bench-size-{size}-{run}"
+                c.execute("SELECT set_config('recovery.tag', %s, false)", [tag])
+                step = rows // damaged
+                c.execute(f"UPDATE size_t SET a = -a WHERE id % {step} = 0")
+                c.execute("RESET recovery.tag")
+                secs[size].append(self.cli("rollback", "--tag", tag)[0])
+                self.cli("capture", "disable", "size_t")
+                c.execute("DROP TABLE size_t")
+        self.results["damage_not_size"] = {
+            "damaged": damaged, "small": small, "big": big,
+            "seconds": {k: _median(v) for k, v in secs.items()},
+            "ratio": _median([b / a for a, b in zip(secs["small"], secs["big"])]),
+        }
+        c.close()
+
+    def snapshots(self) -> None:
+        """Snapshot create and restore, both stores, against CTAS, COPY, pg_dump, pg_restore."""
+        from recovery import snapshot as snap
+        from recovery.restore import restore
+
+        self.cli("init")
+        bindir = embedded.find_bindir()
+        have_dump = bindir is not None and (bindir / "pg_dump").exists()
+        c = self.conn()
+        lib = psycopg.connect(self.url)
+        store = ROOT / "bench" / "_store"
+        dump = ROOT / "bench" / "_dump.fc"
+        figures: dict[str, list[float]] = {k: [] for k in (
+            "ctas", "snap_db", "pg_dump", "snap_dir", "copy_from", "restore_dir",
+            "restore_db", "pg_restore", "restore_dir_dropped")}
+        env = dict(os.environ, PGOPTIONS="")
+        for run in range(self.runs):
+            shutil.rmtree(store, ignore_errors=True)
+            self.fresh(c, "snap_t")
+            c.execute("DROP TABLE IF EXISTS ctas_t")
+            figures["ctas"].append(self.timed(c, "CREATE TABLE ctas_t AS SELECT * FROM snap_t"))
+            c.execute("DROP TABLE ctas_t")
+            c.execute("CHECKPOINT")
+            t0 = time.perf_counter()
+            snap.create(lib, f"db{run}", snap.table_specs(lib, ["snap_t"], []))
+            figures["snap_db"].append(time.perf_counter() - t0)
+            if have_dump:
+                c.execute("CHECKPOINT")
+                t0 = time.perf_counter()
+                subprocess.run([str(bindir / "pg_dump"), "-Fc", "-t", "snap_t", "-f", str(dump),
+                                self.url], check=True, capture_output=True, env=env)
+                figures["pg_dump"].append(time.perf_counter() - t0)
+            c.execute("CHECKPOINT")
+            t0 = time.perf_counter()
+            snap.create(lib, "dir", snap.table_specs(lib, ["snap_t"], []), store=str(store))
+            figures["snap_dir"].append(time.perf_counter() - t0)
+            # The baseline of a restore: COPY FROM of the same rows into an empty copy.
+            text = bytearray()
+            with lib.cursor().copy("COPY snap_t TO STDOUT") as cp:
+                for chunk in cp:
+                    text += chunk
+            lib.rollback()
+            c.execute("DROP TABLE IF EXISTS copy_t")
+            c.execute(TABLE_SQL.format(t="copy_t"))
+            c.execute("CHECKPOINT")
+            t0 = time.perf_counter()
+            with lib.cursor().copy("COPY copy_t FROM STDIN") as cp:
+                for i in range(0, len(text), 1 << 20):
+                    cp.write(text[i:i + (1 << 20)])
+            lib.commit()
+            figures["copy_from"].append(time.perf_counter() - t0)
+            del text
+            c.execute("DROP TABLE copy_t")
+            # Every row changed, then restored from each store.
+            for key, where in (("restore_dir", str(store)), ("restore_db", "db")):
+                c.execute("UPDATE snap_t SET a = -a, b = 'x'")
+                c.execute("VACUUM ANALYZE snap_t")
+                c.execute("CHECKPOINT")
+                name = "dir" if where != "db" else f"db{run}"
+                t0 = time.perf_counter()
+                restore(lib, snap.find(lib, name, store=where))
+                figures[key].append(time.perf_counter() - t0)
+            # The table dropped: recreated and loaded, against pg_restore of the dump.
+            c.execute("DROP TABLE snap_t")
+            c.execute("CHECKPOINT")
+            t0 = time.perf_counter()
+            restore(lib, snap.find(lib, "dir", store=str(store)))
+            figures["restore_dir_dropped"].append(time.perf_counter() - t0)
+            if have_dump:
+                c.execute("DROP TABLE snap_t")
+                c.execute("CHECKPOINT")
+                t0 = time.perf_counter()
+                subprocess.run([str(bindir / "pg_restore"), "-d", self.url, str(dump)],
+                               check=True, capture_output=True, env=env)
+                figures["pg_restore"].append(time.perf_counter() - t0)
+            snap.drop(lib, snap.find(lib, f"db{run}", store="db"))
+            c.execute("DROP TABLE IF EXISTS snap_t")
+        size = sum(f.stat().st_size for f in (store / "dir").iterdir())
+        shutil.rmtree(store, ignore_errors=True)
+        dump.unlink(missing_ok=True)
+        lib.close()
+
+        def ratio(a: str, b: str) -> dict[str, float] | None:
+            if not figures[a] or not figures[b]:
+                return None
+            return _median([x / y for x, y in zip(figures[a], figures[b])])
+
+        self.results["snapshots"] = {
+            "rows": self.rows, "dir_bytes": size,
+            "seconds": {k: _median(v) for k, v in figures.items() if v},
+            "ratios": {
+                "db_vs_ctas": ratio("snap_db", "ctas"),
+                "dir_vs_pg_dump": ratio("snap_dir", "pg_dump"),
+                "restore_dir_vs_copy_from": ratio("restore_dir", "copy_from"),
+                "restore_db_vs_copy_from": ratio("restore_db", "copy_from"),
+                "restore_dropped_vs_pg_restore": ratio("restore_dir_dropped", "pg_restore"),
+            },
+        }
+        c.close()
+
     def pgbench(self, seconds: int) -> None:
         """TPC-B TPS (2 clients) without capture, with capture on all four tables, classic."""
         pgbench = embedded.find_bindir()
@@ -229,7 +394,6 @@ def _fmt(d: dict[str, float], unit: str = "x") -> str:
 
 def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
-    cap = results["capture"]
     lines = [
         "# Benchmarks",
         "",
@@ -237,27 +401,31 @@ def report(results: dict[str, Any]) -> str:
         f"{meta['date']}: {meta['machine']}, {meta['server']}.  Every figure is a ratio to a "
         "baseline measured in the same run: median of the runs, (min..max) in brackets.",
         "",
-        f"## Capture overhead and undo ({cap['rows']:,}-row table)",
-        "",
-        "| what | ratio | target |",
-        "|---|---|---|",
-        f"| UPDATE of every row, capture on / off | {_fmt(cap['ratios']['capture_update'])} "
-        "| <= 1.15x |",
-        f"| same, classic per-row jsonb audit trigger / off | "
-        f"{_fmt(cap['ratios']['classic_update'])} | |",
-        f"| undo of that UPDATE (`recovery rollback`, CLI end to end) / the plain UPDATE | "
-        f"{_fmt(cap['ratios']['undo_update'])} | <= 1.25x |",
-        f"| same undo / the UPDATE as it ran (with capture on) | "
-        f"{_fmt(cap['ratios']['undo_vs_captured_update'])} | |",
-        f"| DELETE of 10% of rows, capture on / off | {_fmt(cap['ratios']['capture_delete'])} | |",
-        f"| INSERT of 10% more rows, capture on / off | {_fmt(cap['ratios']['capture_insert'])} "
-        "| |",
-        "",
-        f"Plain UPDATE: {_fmt(cap['seconds']['update_plain'], ' s')}; undo: "
-        f"{_fmt(cap['seconds']['undo_update'], ' s')}, "
-        f"{cap['undo_rows_per_second']:,.0f} rows/s.",
-        "",
     ]
+    cap = results.get("capture")
+    if cap:
+        lines += [
+            f"## Capture overhead and undo ({cap['rows']:,}-row table)",
+            "",
+            "| what | ratio | target |",
+            "|---|---|---|",
+            f"| UPDATE of every row, capture on / off | {_fmt(cap['ratios']['capture_update'])} "
+            "| <= 1.15x |",
+            f"| same, classic per-row jsonb audit trigger / off | "
+            f"{_fmt(cap['ratios']['classic_update'])} | |",
+            f"| undo of that UPDATE (`recovery rollback`, CLI end to end) / the plain UPDATE | "
+            f"{_fmt(cap['ratios']['undo_update'])} | <= 1.25x |",
+            f"| same undo / the UPDATE as it ran (with capture on) | "
+            f"{_fmt(cap['ratios']['undo_vs_captured_update'])} | |",
+            f"| DELETE of 10% of rows, capture on / off | {_fmt(cap['ratios']['capture_delete'])} | |",
+            f"| INSERT of 10% more rows, capture on / off | {_fmt(cap['ratios']['capture_insert'])} "
+            "| |",
+            "",
+            f"Plain UPDATE: {_fmt(cap['seconds']['update_plain'], ' s')}; undo: "
+            f"{_fmt(cap['seconds']['undo_update'], ' s')}, "
+            f"{cap['undo_rows_per_second']:,.0f} rows/s.",
+            "",
+        ]
     if "memory" in results:
         m = results["memory"]
         lines += [
@@ -267,6 +435,59 @@ def report(results: dict[str, Any]) -> str:
             "|---|---|---|",
             f"| {m['rows_small']:,} | {m['rss_small_mb']} MB | < 150 MB |",
             f"| {m['rows_large']:,} | {m['rss_large_mb']} MB | < 150 MB |",
+            "",
+        ]
+    if "undo_kinds" in results:
+        u = results["undo_kinds"]
+        lines += [
+            f"## Undo of deletes and inserts ({u['rows']:,} rows each, CLI end to end)",
+            "",
+            "| what | ratio | rows/s |",
+            "|---|---|---|",
+            f"| undo of a DELETE / the DELETE | {_fmt(u['ratios']['undo_delete'])} | "
+            f"{u['rows_per_second']['undo_delete']:,.0f} |",
+            f"| undo of an INSERT / the INSERT | {_fmt(u['ratios']['undo_insert'])} | "
+            f"{u['rows_per_second']['undo_insert']:,.0f} |",
+            "",
+        ]
+    if "damage_not_size" in results:
+        d = results["damage_not_size"]
+        lines += [
+            "## Cost follows the damage, not the table",
+            "",
+            "| what | ratio | target |",
+            "|---|---|---|",
+            f"| undo of {d['damaged']:,} damaged rows in a {d['big']:,}-row table / in a "
+            f"{d['small']:,}-row table | {_fmt(d['ratio'])} | flat (about 1x) |",
+            "",
+            f"Seconds: {_fmt(d['seconds']['small'], ' s')} and "
+            f"{_fmt(d['seconds']['big'], ' s')}.",
+            "",
+        ]
+    if "snapshots" in results:
+        sn = results["snapshots"]
+        r = sn["ratios"]
+
+        def row(label: str, key: str, target: str = "") -> str:
+            return f"| {label} | {_fmt(r[key]) if r.get(key) else 'n/a'} | {target} |"
+
+        lines += [
+            f"## Snapshots ({sn['rows']:,}-row table, library calls)",
+            "",
+            "| what | ratio | target |",
+            "|---|---|---|",
+            row("snapshot, database store / CREATE TABLE AS of the same rows", "db_vs_ctas",
+                "<= 1.2x"),
+            row("snapshot, directory store / `pg_dump -Fc -t` of the table", "dir_vs_pg_dump",
+                "<= 1.0x"),
+            row("restore of every row changed, directory store / COPY FROM of the same data",
+                "restore_dir_vs_copy_from", "<= 2x"),
+            row("same, database store / COPY FROM", "restore_db_vs_copy_from"),
+            row("restore of the dropped table (recreated), directory store / `pg_restore`",
+                "restore_dropped_vs_pg_restore"),
+            "",
+            "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in sn["seconds"].items())
+            + f"; directory snapshot {sn['dir_bytes'] / 1e6:.1f} MB.",
             "",
         ]
     pg = results.get("pgbench", {})
@@ -299,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pgbench-seconds", type=int, default=20)
     ap.add_argument("--db", help="Use this server (its user must create tables) instead of "
                     "starting one.")
+    ap.add_argument("--only", help="Comma-separated sections to run (capture, memory, "
+                    "undo_kinds, damage, snapshots, pgbench); default all.")
     ap.add_argument("--write", action="store_true",
                     help="Write docs/BENCHMARKS.md and bench/results.json.")
     args = ap.parse_args(argv)
@@ -318,9 +541,21 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()}",
             "server": f"PostgreSQL {server}",
         }
-        b.capture_and_undo()
-        b.memory_scales()
-        b.pgbench(args.pgbench_seconds)
+        sections = {
+            "capture": b.capture_and_undo, "memory": b.memory_scales,
+            "undo_kinds": b.undo_kinds, "damage": b.damage_not_size,
+            "snapshots": b.snapshots, "pgbench": lambda: b.pgbench(args.pgbench_seconds),
+        }
+        only = args.only.split(",") if args.only else list(sections)
+        unknown = [x for x in only if x not in sections]
+        if unknown:
+            ap.error(f"unknown section {unknown[0]}: choose from {', '.join(sections)}")
+        if args.write and args.only:
+            ap.error("--write records the whole suite: run it without --only")
+        for name in only:
+            if name == "memory" and "capture" not in b.results:
+                continue  # compares with the capture section's large run
+            sections[name]()
         text = report(b.results)
         print(text)
         if args.write:

@@ -635,14 +635,12 @@ def snapshot_drop(c: Ctx, name: str, store: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--delete-new", is_flag=True, help="Also delete rows added since the "
               "snapshot inside its WHERE (default: kept and reported).")
-@click.option("--on-conflict", type=click.Choice(["fail", "skip", "overwrite"]), default="fail",
-              show_default=True, help="Rows that change while the restore runs.")
 @click.option("--lock-timeout", default="5s", show_default=True,
               help="Give up (nothing changed) when rows stay locked longer than this.")
 @click.option("--fire-triggers", is_flag=True,
               help="Let the tables' own triggers fire on restored rows (default: suspended).")
 def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | None,
-                dry_run: bool, delete_new: bool, on_conflict: str, lock_timeout: str,
+                dry_run: bool, delete_new: bool, lock_timeout: str,
                 fire_triggers: bool) -> None:
     """Put a snapshot's rows back: changed rows get saved values, deleted rows return."""
     from . import snapshot as snap
@@ -650,7 +648,7 @@ def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | Non
 
     with _conn(c) as conn:
         info = snap.find(conn, snapshot, store=store, schema=c.schema)
-        opts: dict[str, Any] = dict(tables=tables, delete_new=delete_new, on_conflict=on_conflict,
+        opts: dict[str, Any] = dict(tables=tables, delete_new=delete_new,
                                     fire_triggers=fire_triggers, lock_timeout=lock_timeout,
                                     schema=c.schema)
         if not dry_run and not c.yes:

@@ -215,9 +215,6 @@ def restore(r: Any) -> str:
         if t.new_rows and not t.delete and not t.deleted:
             lines.append(f"{t.table}: {t.new_rows} row(s) added since the snapshot are kept "
                          "(--delete-new removes them)")
-        for ex in t.conflict_examples:
-            key = ", ".join(f"{k}={v}" for k, v in ex["key"].items())
-            lines.append(f"conflict {t.table} [{key}]: {', '.join(ex['columns'])}")
     if done:
         lines.append(f"took {r.seconds:.2f} s; undo this restore with: recovery rollback "
                      f"--tag {r.tag}")
