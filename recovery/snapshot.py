@@ -199,6 +199,11 @@ def create(
             raise RecoveryError(f"snapshot {name} exists already in {base}: drop it or choose "
                                 "another name")
     conn.rollback()
+    # Bad input (a table without a key, a --key or column that is not there) is
+    # refused before the operation is recorded: exit 1 leaves no trace, as elsewhere.
+    for spec in specs:
+        _item(conn, 0, spec, key)
+    conn.rollback()
     started = time.monotonic()
     op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
     conn.commit()
@@ -427,6 +432,8 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
         if conn is None:
             raise RecoveryError("no database given: pass --db, or --store DIR for a directory")
         return [_info(m, "db") for m in _db_snapshots(conn, schema).values()]
+    if store == DEFAULT_DIR and not Path(store).exists():
+        return []  # nothing saved in the default store yet
     base = _store_dir(store)
     out = []
     for d in sorted(base.iterdir()):
@@ -603,6 +610,16 @@ def table_specs(conn: psycopg.Connection, tables: Sequence[str],
             except psycopg.Error as exc:
                 raise RecoveryError(f"--where {where!r} on {_s}.{_t}: "
                                     f"{_first_line(exc)}") from None
+            # The snapshot and the restore read the table under an alias, which hides
+            # its name: a column qualified with it (orders.total) would fail there,
+            # after the snapshot started.  Refuse it now, with the fix.
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} AS _where_check WHERE ({})")
+                                 .format(sql.Identifier(_s, _t), sql.SQL(where)))
+            except psycopg.Error:
+                raise RecoveryError(f"--where {where!r} on {_s}.{_t}: name the columns without "
+                                    f"the table name ({_t}.col -> col)") from None
         specs.append(Spec(relid, where=where))
     conn.rollback()
     return specs

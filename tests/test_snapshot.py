@@ -163,3 +163,54 @@ def test_bad_input(conn, sql_exec, tmp_path) -> None:
     (store / "new" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RecoveryError, match="newer"):
         snap.find(None, "new", store=str(store))
+
+
+MIGRATION = """
+-- A risky migration: a backfill with a join, a purge, a dropped column, a truncate.
+UPDATE orders o SET total = o.total * 0, note = 'repriced'
+  FROM customers c WHERE c.id = o.customer_id AND c.tier = 'gold';
+DELETE FROM orders WHERE total > 140;
+ALTER TABLE customers DROP COLUMN tier;
+TRUNCATE audit;
+"""
+
+
+@pytest.mark.parametrize("where", ["db", "dir"])
+def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
+        conn, sql_exec, cli, tmp_path, where) -> None:
+    _shop(sql_exec)
+    sql_exec("CREATE TABLE audit (id int PRIMARY KEY, what text);"
+             "INSERT INTO audit SELECT g, 'a' || g FROM generate_series(1, 7) g;"
+             "CREATE TABLE untouched (id int PRIMARY KEY); INSERT INTO untouched VALUES (1)")
+    before = {t: rows(conn, t) for t in ("orders", "customers", "audit")}
+    mig = tmp_path / "migration.sql"
+    mig.write_text(MIGRATION)
+    store = ["--store", str(tmp_path / "store")] if where == "dir" else []
+    dry = cli("snapshot", "create", "pre", "--for-sql", str(mig), "--dry-run", *store)
+    assert dry.exit_code == 0, dry.output
+    assert "line 3: UPDATE" in dry.output and "TRUNCATE" in dry.output
+    if where == "db":
+        assert snap.list_snapshots(conn) == []
+    else:
+        assert not (tmp_path / "store").exists()  # a dry run writes nothing
+    res = cli("snapshot", "create", "pre", "--for-sql", str(mig), "--json", *store)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    saved = {t["table"]: t for t in doc["tables"]}
+    # Exactly what the migration could destroy: gold customers' orders and the orders
+    # over 140, customers' id + tier, all of audit; nothing of untouched.
+    gold = sql_exec("SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"
+                    " WHERE c.tier = 'gold' OR o.total > 140")[0][0]
+    assert saved["public.orders"]["rows"] == gold
+    assert saved["public.customers"]["columns"] == ["id", "tier"]
+    assert saved["public.customers"]["rows"] == 20 and saved["public.audit"]["rows"] == 7
+    assert "public.untouched" not in saved
+    sql_exec(MIGRATION)
+    sql_exec("INSERT INTO audit VALUES (100, 'after')")  # a legitimate write since
+    out = cli("restore", "pre", "--yes", *store)
+    assert out.exit_code == 0, out.output
+    assert rows(conn, "orders") == before["orders"]
+    assert rows(conn, "customers") == before["customers"]  # tier added back, at the end
+    assert rows(conn, "audit") == before["audit"] + [(100, "after")]
+    assert sql_exec("SELECT column_default FROM information_schema.columns"
+                    " WHERE table_name = 'customers' AND column_name = 'tier'") == [("'std'::text",)]
