@@ -208,16 +208,7 @@ def create(
     op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
     conn.commit()
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    head = conn.execute("SELECT now()::text, session_user, current_database(),"
-                        " current_setting('server_version'), current_setting('lc_monetary')"
-                        ).fetchone()
-    assert head is not None
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "name": name, "created_at": head[0], "created_by": head[1],
-        "database": head[2], "server_version": head[3],
-        "settings": {**SETTINGS, "lc_monetary": head[4]}, "source": source or {},
-        "items": [],
-    }
+    manifest = _manifest_head(conn, name, source)
     tmp: Path | None = None
     try:
         items = []
@@ -225,21 +216,7 @@ def create(
             items.append(_item(conn, n, spec, key))
         _set_output(conn)
         if in_db:
-            snap_id = conn.execute(sql.SQL(
-                "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
-            ).format(sql.Identifier(schema)), [name]).fetchone()[0]  # type: ignore[index]
-            for (item, cols), spec in zip(items, specs):
-                data = f"snap_{snap_id}_{item['n']}"
-                conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
-                    sql.Identifier(schema, data), _select(conn, spec, cols)))
-                rows, checksum, method = _db_checksum(conn, schema, data)
-                item.update(data=data, rows=rows, checksum=checksum, checksum_method=method,
-                            bytes=_relsize(conn, schema, data))
-                manifest["items"].append(item)
-                if progress:
-                    progress(item["bytes"])
-            conn.execute(sql.SQL("UPDATE {}.snapshots SET manifest = %s WHERE snap_id = %s")
-                         .format(sql.Identifier(schema)), [json.dumps(manifest), snap_id])
+            _save_db(conn, name, specs, items, manifest, schema, progress)
             where = "db"
         else:
             base = _store_dir(store)
@@ -270,6 +247,71 @@ def create(
             _record_end(conn, schema, op_id, "failed", None, _first_line(exc), started)
             conn.commit()
         raise
+
+
+def _manifest_head(conn: psycopg.Connection, name: str,
+                   source: dict[str, Any] | None) -> dict[str, Any]:
+    head = conn.execute("SELECT now()::text, session_user, current_database(),"
+                        " current_setting('server_version'), current_setting('lc_monetary')"
+                        ).fetchone()
+    assert head is not None
+    return {
+        "format": FORMAT, "name": name, "created_at": head[0], "created_by": head[1],
+        "database": head[2], "server_version": head[3],
+        "settings": {**SETTINGS, "lc_monetary": head[4]}, "source": source or {},
+        "items": [],
+    }
+
+
+def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
+             items: list[tuple[dict[str, Any], list[str]]], manifest: dict[str, Any],
+             schema: str, progress: Progress | None) -> None:
+    """Write a database-store snapshot in the caller's transaction."""
+    snap_id = conn.execute(sql.SQL(
+        "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
+    ).format(sql.Identifier(schema)), [name]).fetchone()[0]  # type: ignore[index]
+    for (item, cols), spec in zip(items, specs):
+        data = f"snap_{snap_id}_{item['n']}"
+        conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
+            sql.Identifier(schema, data), _select(conn, spec, cols)))
+        rows, checksum, method = _db_checksum(conn, schema, data)
+        item.update(data=data, rows=rows, checksum=checksum, checksum_method=method,
+                    bytes=_relsize(conn, schema, data))
+        manifest["items"].append(item)
+        if progress:
+            progress(item["bytes"])
+    conn.execute(sql.SQL("UPDATE {}.snapshots SET manifest = %s WHERE snap_id = %s")
+                 .format(sql.Identifier(schema)), [json.dumps(manifest), snap_id])
+
+
+def save_in_transaction(
+    conn: psycopg.Connection,
+    name: str,
+    specs: Sequence[Spec],
+    *,
+    source: dict[str, Any] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> SnapshotInfo:
+    """Save into the database store inside the caller's open transaction (no commit).
+
+    For hooks that snapshot just before a statement of a migration runs, in the
+    migration's own transaction: the snapshot commits with the migration, or goes
+    with it when it rolls back (then nothing was destroyed).  The output settings
+    are changed for this transaction only while saving, then put back.
+    """
+    check_name(name)
+    require_schema(conn, schema)
+    items = [_item(conn, n, spec, None) for n, spec in enumerate(specs, 1)]
+    manifest = _manifest_head(conn, name, source)
+    saved = {k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0]  # type: ignore[index]
+             for k in SETTINGS}
+    _set_output(conn)
+    try:
+        _save_db(conn, name, specs, items, manifest, schema, None)
+    finally:
+        for k, v in saved.items():
+            conn.execute("SELECT set_config(%s, %s, false)", [k, v])
+    return _info(manifest, "db")
 
 
 def _first_line(exc: BaseException) -> str:
