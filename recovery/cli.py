@@ -7,7 +7,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,8 @@ from .prune import parse_duration
 from .prune import prune as prune_fn
 from .schema import init as init_fn
 from .selector import Selector
-from .undo import resume_rollback, rollback as rollback_fn
+from .undo import resume_rollback
+from .undo import rollback as rollback_fn
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -560,7 +561,9 @@ def _maybe_conn(c: Ctx, store: str | None) -> Any:
 
     if store not in (None, "db") and not (c.db or os.environ.get("RECOVERY_DB_URL")
                                           or os.environ.get("DATABASE_URL")):
-        return contextmanager(lambda: iter([None]))()
+        # nullcontext, not a contextmanager over an iterator: an error inside the block
+        # must reach the command's handler (exit 1), not fail in generator.throw().
+        return nullcontext(None)
     return _conn(c)
 
 

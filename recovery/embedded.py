@@ -81,7 +81,8 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
-def start_local(bindir: Path, *, fast: bool = True) -> Cluster:
+def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None = None
+                ) -> Cluster:
     """Start a cluster from the machine's binaries in a new temporary directory."""
     root = Path(tempfile.mkdtemp(prefix="recovery-pg-"))
     data = root / "data"
@@ -99,6 +100,10 @@ def start_local(bindir: Path, *, fast: bool = True) -> Cluster:
                          "-E", "UTF8", "--no-sync"]),
         check=True, capture_output=True, env=env,
     )
+    if conf:  # extra settings (the benchmark's WAL archiving), appended to postgresql.conf
+        with open(data / "postgresql.conf", "a") as f:
+            for k, v in conf.items():
+                f.write(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n")
     port = _free_port()
     opts = ["-c", f"port={port}", "-c", "listen_addresses=127.0.0.1", "-c",
             f"unix_socket_directories={root}", "-c", "max_connections=100"]

@@ -216,8 +216,9 @@ def _load(conn: psycopg.Connection, info: SnapshotInfo, item: dict[str, Any],
             loaded = cur.rowcount
     except FileNotFoundError:
         raise ConflictError(f"{path} is missing: the snapshot is damaged") from None
-    except psycopg.errors.DataError:
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
         # Text that COPY rejects: a damaged file, unless the file is what was saved.
+        # (A value that breaks a domain's CHECK or NOT NULL is an IntegrityError.)
         from .snapshot import read_rows
 
         if read_rows(path)[0] != item["sha256"]:

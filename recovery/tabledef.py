@@ -30,8 +30,14 @@ def catalog_path(conn: psycopg.Connection) -> Iterator[None]:
     conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
     try:
         yield
-    finally:
-        conn.execute("SELECT set_config('search_path', %s, true)", [row[0]])
+    except BaseException:
+        # A failed statement aborted the transaction: resetting the path would fail too
+        # and hide the real error behind "current transaction is aborted" (the setting
+        # is transaction-local, so the rollback undoes it anyway).
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("SELECT set_config('search_path', %s, true)", [row[0]])
+        raise
+    conn.execute("SELECT set_config('search_path', %s, true)", [row[0]])
 
 
 def columns(conn: psycopg.Connection, relid: int) -> list[dict[str, Any]]:
@@ -109,7 +115,20 @@ def _user_types(conn: psycopg.Connection, type_oids: list[int]) -> list[dict[str
                                " FROM pg_range WHERE rngtypid = %s", [oid]).fetchone()
             assert sub is not None
             visit(sub[0])
-            ddl = sql.SQL("CREATE TYPE {} AS RANGE (subtype = {})").format(ident, sql.SQL(sub[1]))
+            # PostgreSQL 14+ creates a multirange type with the range: keep its name.
+            multi = conn.execute(
+                "SELECT format_type(rngmultitypid, NULL) FROM pg_range WHERE rngtypid = %s",
+                [oid]).fetchone() if conn.info.server_version >= 140000 else None
+            ddl = sql.SQL("CREATE TYPE {} AS RANGE (subtype = {}{})").format(
+                ident, sql.SQL(sub[1]), sql.SQL(", multirange_type_name = {}").format(
+                    sql.SQL(multi[0])) if multi else sql.SQL(""))
+        elif kind == "m":
+            # A multirange comes with its range type: create that one.
+            rng = conn.execute("SELECT rngtypid::bigint FROM pg_range WHERE rngmultitypid = %s",
+                               [oid]).fetchone()
+            if rng is not None:
+                visit(rng[0])
+            return
         else:
             return  # a base type from an extension: it must be installed where we restore
         out.append({"name": qname, "schema": nsp, "type": name, "create": ddl.as_string(conn)})
@@ -190,6 +209,9 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
         for t in definition.get("types", []):
             exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", [t["name"]]).fetchone()
             if exists and not exists[0]:
+                # A type may live in another schema than the table's.
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(t["schema"])))
                 conn.execute(sql.SQL(t["create"]))  # type: ignore[arg-type]
                 notes.append(f"created type {t['name']}")
         for s in definition.get("sequences", []):
