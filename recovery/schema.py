@@ -11,7 +11,7 @@ from psycopg import sql
 from .db import DEFAULT_SCHEMA, check_schema_name
 from .errors import RecoveryError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -73,8 +73,9 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recovery-init:{schema}"])
         conn.execute(_schema_sql(schema))
         # Upgrades from older versions go here, each a step from N to N+1, run in
-        # this same transaction.  1 -> 2 only adds the snapshots table, which the
-        # idempotent script above creates; nothing captured is touched.
+        # this same transaction.  1 -> 2 adds the snapshots table, 2 -> 3 the approval
+        # and runbook tables; the idempotent script above creates them, nothing
+        # captured is touched.
         conn.execute(
             sql.SQL(
                 "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "

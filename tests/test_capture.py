@@ -760,7 +760,7 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     captured_before = sql_exec("SELECT c::text FROM _recovery.captured c")
 
     res = init(conn)
-    assert (res.previous_version, res.version, res.ddl_follow) == (2, 2, True)
+    assert (res.previous_version, res.version, res.ddl_follow) == (3, 3, True)
     init(conn)
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_before
     assert sql_exec("SELECT s::text FROM _recovery.stmt s ORDER BY stmt_id") == stmts_before
@@ -780,10 +780,10 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     journal_v1 = sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1")
     sql_exec("DROP TABLE _recovery.snapshots; "
              "UPDATE _recovery.meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(RecoveryError, match="version 1, this tool needs 2"):
+    with pytest.raises(RecoveryError, match="version 1, this tool needs 3"):
         undo(conn, "bad3")
     res = init(conn)
-    assert (res.previous_version, res.version) == (1, 2)
+    assert (res.previous_version, res.version) == (1, 3)
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_v1
     assert sql_exec("SELECT count(*) FROM _recovery.snapshots") == [(0,)]
     undo(conn, "bad3")

@@ -429,7 +429,7 @@ def test_json_is_one_document(cli, conn, db_url, shop):  # type: ignore[no-untyp
                 assert doc["status"] == "dry-run" and doc["dry_run"] is True
                 assert doc["tables"][0]["restore"] == 3 and doc["op_id"] is None
             if command == ("init",):
-                assert doc["version"] == 2 and doc["previous_version"] == 2
+                assert doc["version"] == 3 and doc["previous_version"] == 3
 
 
 def test_json_in_subprocess(db_url, shop):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
--- The recovery schema, version 2 (1 + snapshots).
+-- The recovery schema, version 3 (1 + snapshots in 2, approvals and runbooks in 3).
 --
 -- This text is composed with psycopg.sql before it runs: every {s} becomes the
 -- quoted schema identifier and {s_lit} the schema name as a string literal.
@@ -104,6 +104,63 @@ CREATE TABLE IF NOT EXISTS {s}.snapshots (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by  text NOT NULL DEFAULT session_user,
     manifest    jsonb NOT NULL
+);
+
+-- Two-person approval (version 3).  An operation whose plan is larger than the
+-- thresholds is recorded here as pending and does not run; approvals come from
+-- other database users (session_user), for the exact plan (its SHA-256), and are
+-- consumed when the operation runs.  Thresholds live in meta: approval_rows,
+-- approval_tables, approvals_required.
+CREATE TABLE IF NOT EXISTS {s}.approval_requests (
+    req_id        bigserial PRIMARY KEY,
+    kind          text NOT NULL,
+    plan          jsonb NOT NULL,
+    plan_hash     text NOT NULL,
+    rows          bigint NOT NULL,
+    tables        int NOT NULL,
+    required      int NOT NULL,
+    requested_by  text NOT NULL DEFAULT session_user,
+    requested_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status        text NOT NULL DEFAULT 'pending',
+    executed_at   timestamptz,
+    executed_by   text
+);
+CREATE TABLE IF NOT EXISTS {s}.approvals (
+    req_id       bigint NOT NULL REFERENCES {s}.approval_requests,
+    approved_by  text NOT NULL DEFAULT session_user,
+    approved_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    plan_hash    text NOT NULL,
+    PRIMARY KEY (req_id, approved_by)
+);
+INSERT INTO {s}.meta (key, value) VALUES ('approval_rows', '10000'), ('approval_tables', '5'),
+    ('approvals_required', '1') ON CONFLICT (key) DO NOTHING;
+
+-- Runbook runs (version 3): one row per run, one per step, so that `runbook
+-- resume` continues where a run stopped without repeating finished steps.
+CREATE TABLE IF NOT EXISTS {s}.runbook_runs (
+    run_id       bigserial PRIMARY KEY,
+    name         text NOT NULL,
+    file         text,
+    params       jsonb NOT NULL DEFAULT '{{}}',
+    definition   jsonb NOT NULL,
+    status       text NOT NULL,
+    dry_run      boolean NOT NULL DEFAULT false,
+    started_by   text NOT NULL DEFAULT session_user,
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at  timestamptz,
+    error        text
+);
+CREATE TABLE IF NOT EXISTS {s}.runbook_steps (
+    run_id       bigint NOT NULL REFERENCES {s}.runbook_runs,
+    step_no      int NOT NULL,
+    step_id      text NOT NULL,
+    kind         text NOT NULL,
+    status       text NOT NULL,
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    result       jsonb,
+    error        text,
+    PRIMARY KEY (run_id, step_id)
 );
 
 -- Attribute shape of a relation: number, type and typmod of every live column.
