@@ -590,7 +590,8 @@ def report(results: dict[str, Any]) -> str:
             f"{_fmt(cap['ratios']['undo_update'])} | <= 1.25x |",
             f"| same undo / the UPDATE as it ran (with capture on) | "
             f"{_fmt(cap['ratios']['undo_vs_captured_update'])} | |",
-            f"| DELETE of every row, capture on / off | {_fmt(cap['ratios']['capture_delete'])} | |",
+            f"| DELETE of every row, capture on / off | "
+            f"{_fmt(cap['ratios']['capture_delete'])} | |",
             f"| same, classic trigger / off | {_fmt(cap['ratios']['classic_delete'])} | |",
             f"| INSERT of as many rows, capture on / off | {_fmt(cap['ratios']['capture_insert'])} "
             "| |",

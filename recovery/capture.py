@@ -56,7 +56,8 @@ def _key_attnums(
             raise RecoveryError(f"--key column {col!r} not found in table {table}")
         if not row[1]:
             raise RecoveryError(
-                f"--key column {col!r} of {table} allows NULL: add NOT NULL, or choose other columns"
+                f"--key column {col!r} of {table} allows NULL: add NOT NULL, or choose "
+                "other columns"
             )
         attnums.append(int(row[0]))
     unique = conn.execute(
@@ -100,8 +101,9 @@ def enable(
                 raise RecoveryError(f"{label} belongs to recovery itself and cannot be captured")
             parent = conn.execute(
                 sql.SQL(
-                    "SELECT c.schema_name || '.' || c.table_name FROM {}.captured c WHERE c.enabled "
-                    "AND c.relid <> %s AND c.relid IN (SELECT relid FROM pg_partition_ancestors(%s))"
+                    "SELECT c.schema_name || '.' || c.table_name FROM {}.captured c"
+                    " WHERE c.enabled AND c.relid <> %s"
+                    " AND c.relid IN (SELECT relid FROM pg_partition_ancestors(%s))"
                 ).format(s),
                 [relid, relid],
             ).fetchone()

@@ -46,7 +46,8 @@ def changes(
         assert head is not None
         out = ChangesSummary(selector.as_dict(), int(head[0]), int(head[1]), head[2], head[3])
         for table, op, n, rows in conn.execute(sql.SQL(
-                "SELECT c.schema_name || '.' || c.table_name, st.op, count(*), sum(st.nrows)::bigint"
+                "SELECT c.schema_name || '.' || c.table_name, st.op, count(*),"
+                " sum(st.nrows)::bigint"
                 " FROM {s}.stmt st JOIN {s}.captured c USING (table_id) WHERE {w}"
                 " GROUP BY 1, 2 ORDER BY 1, 2").format(s=s, w=where)):
             out.by_table.append({"table": table, "operation": OPS.get(op, op), "statements": n,
@@ -97,7 +98,8 @@ def diff(
             cols = t.writable
             pairs = sql.SQL(", ").join(
                 sql.SQL("{}, CASE WHEN b.rec_stmt IS NULL OR a.rec_stmt IS NULL OR ({})::text IS "
-                        "DISTINCT FROM ({})::text THEN jsonb_build_array(({})::text, ({})::text) END"
+                        "DISTINCT FROM ({})::text"
+                        " THEN jsonb_build_array(({})::text, ({})::text) END"
                         ).format(sql.Literal(c.name), c.value("b"), c.value("a"), c.value("b"),
                                  c.value("a"))
                 for c in cols)
@@ -111,7 +113,8 @@ def diff(
                 " FROM (SELECT * FROM {s}.stmt st WHERE st.table_id = {tid} AND {w}) st"
                 " JOIN LATERAL (SELECT coalesce(b.rec_ord, a.rec_ord) AS ord, b, a FROM"
                 "   (SELECT * FROM {j} x WHERE x.rec_stmt = st.stmt_id AND x.rec_img = 'B') b"
-                "   FULL JOIN (SELECT * FROM {j} x WHERE x.rec_stmt = st.stmt_id AND x.rec_img = 'A')"
+                "   FULL JOIN (SELECT * FROM {j} x"
+                "    WHERE x.rec_stmt = st.stmt_id AND x.rec_img = 'A')"
                 "   a ON a.rec_ord = b.rec_ord) p ON true,"
                 " LATERAL (SELECT (p.b).*) b, LATERAL (SELECT (p.a).*) a"
                 " ORDER BY st.stmt_id, p.ord LIMIT {lim}").format(

@@ -106,7 +106,8 @@ def where_clause(
             )
         )
     if sel.txids:
-        conds.append(sql.SQL("{}.txid = ANY({})").format(a, sql.Literal([int(x) for x in sel.txids])))
+        conds.append(sql.SQL("{}.txid = ANY({})").format(
+            a, sql.Literal([int(x) for x in sel.txids])))
     if sel.since:
         since = resolve_time(conn, sel.since, "since", schema)
         conds.append(sql.SQL("{}.at >= {}").format(a, sql.Literal(since)))

@@ -412,7 +412,8 @@ def _store_dir(store: str | None, create: bool = False) -> Path:
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RecoveryError(f"snapshot store {base} cannot be created: {exc.strerror}") from None
+            raise RecoveryError(
+                f"snapshot store {base} cannot be created: {exc.strerror}") from None
     if not base.is_dir():
         raise RecoveryError(f"snapshot store {base} is not a directory")
     if create:

@@ -71,7 +71,8 @@ def _user_types(conn: psycopg.Connection, type_oids: list[int]) -> list[dict[str
             return
         seen.add(oid)
         row = conn.execute(
-            "SELECT n.nspname, t.typname, t.typtype::text, t.typelem::bigint, t.typbasetype::bigint,"
+            "SELECT n.nspname, t.typname, t.typtype::text, t.typelem::bigint,"
+            " t.typbasetype::bigint,"
             " t.typrelid::bigint, t.typcategory::text, format_type(t.oid, NULL),"
             " t.typnotnull, t.typdefault, format_type(t.typbasetype, t.typtypmod)"
             " FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s",

@@ -53,7 +53,8 @@ def test_restore_puts_back_changed_and_deleted_rows_keeps_the_rest(conn, sql_exe
     sql_exec("UPDATE customers SET name = 'x' WHERE id = 3")
     sql_exec("UPDATE orders SET note = 'later' WHERE id = 11")  # customer 12: outside WHERE
     sql_exec("INSERT INTO orders (customer_id, total) VALUES (1, 9), (15, 8)")
-    assert {r[0]: r for r in rows(conn, "orders")}[11][3:] == ("later", datetime(2030, 1, 1, tzinfo=timezone.utc))
+    later_write = ("later", datetime(2030, 1, 1, tzinfo=timezone.utc))
+    assert {r[0]: r for r in rows(conn, "orders")}[11][3:] == later_write
     found = snap.find(conn, "pre-42", store=store)
     plan = restore(conn, found, dry_run=True)
     by = {t.table: t for t in plan.tables}
@@ -213,4 +214,5 @@ def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
     assert rows(conn, "customers") == before["customers"]  # tier added back, at the end
     assert rows(conn, "audit") == before["audit"] + [(100, "after")]
     assert sql_exec("SELECT column_default FROM information_schema.columns"
-                    " WHERE table_name = 'customers' AND column_name = 'tier'") == [("'std'::text",)]
+                    " WHERE table_name = 'customers' AND column_name = 'tier'"
+                    ) == [("'std'::text",)]
