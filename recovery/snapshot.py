@@ -469,8 +469,13 @@ def _db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, 
 
 
 def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
-                   schema: str = DEFAULT_SCHEMA) -> list[SnapshotInfo]:
-    """Complete snapshots: in the database (store None or "db") or in a directory."""
+                   schema: str = DEFAULT_SCHEMA,
+                   problems: list[str] | None = None) -> list[SnapshotInfo]:
+    """Complete snapshots: in the database (store None or "db") or in a directory.
+
+    A directory whose manifest cannot be read (damaged, or from a newer version) is
+    left out of the list and named in `problems`, rather than hiding the others.
+    """
     if store in (None, "db"):
         if conn is None:
             raise RecoveryError("no database given: pass --db, or --store DIR for a directory")
@@ -482,7 +487,12 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
     for d in sorted(base.iterdir()):
         if d.name.startswith(".") or not (d / "manifest.json").is_file():
             continue  # a snapshot being written (or killed while written) is hidden
-        out.append(_info(_read_manifest(d / "manifest.json"), str(base)))
+        try:
+            out.append(_info(_read_manifest(d / "manifest.json"), str(base)))
+        except (RecoveryError, KeyError, TypeError) as exc:
+            if problems is None:
+                raise
+            problems.append(f"{d.name}: {exc}")
     return out
 
 

@@ -216,3 +216,18 @@ def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
     assert sql_exec("SELECT column_default FROM information_schema.columns"
                     " WHERE table_name = 'customers' AND column_name = 'tier'"
                     ) == [("'std'::text",)]
+
+
+def test_a_damaged_manifest_does_not_hide_the_other_snapshots(conn, sql_exec, cli, tmp_path):
+    _shop(sql_exec)
+    store = tmp_path / "store"
+    for name in ("a", "b"):
+        snap.create(conn, name, snap.table_specs(conn, ["customers"], []), store=str(store))
+    (store / "a" / "manifest.json").write_text("{not json")
+    problems: list[str] = []
+    found = snap.list_snapshots(None, store=str(store), problems=problems)
+    assert [i.name for i in found] == ["b"] and problems and problems[0].startswith("a:")
+    res = cli("snapshot", "list", "--store", str(store), "--json")
+    assert res.exit_code == 0
+    assert [d["name"] for d in json.loads(res.stdout)] == ["b"]
+    assert "warning: not listed: a:" in res.stderr
