@@ -573,8 +573,11 @@ def snapshot_list(c: Ctx, store: str | None) -> None:
     """List complete snapshots of a store."""
     from . import snapshot as snap
 
+    problems: list[str] = []
     with _maybe_conn(c, store) as conn:
-        found = snap.list_snapshots(conn, store=store, schema=c.schema)
+        found = snap.list_snapshots(conn, store=store, schema=c.schema, problems=problems)
+    for p in problems:
+        click.echo(f"warning: not listed: {p}", err=True)
     if c.json:
         c.emit([i.to_dict() for i in found])
     else:
