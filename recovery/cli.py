@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from . import approval as approval_mod
 from . import capture as capture_mod
 from . import render
+from .approval import ApprovalPending
 from .db import DEFAULT_SCHEMA, check_schema_name, connect
 from .errors import CapExceeded, ConflictError, RecoveryError
 from .guard import parse_per_table, run_guarded
@@ -133,6 +135,12 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
             c = _merge(ctx, kw)
             try:
                 return f(c, **kw)
+            except ApprovalPending as exc:
+                if c.json:
+                    c.emit({"status": "approval pending", "approval": exc.req_id,
+                            "error": str(exc)})
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
             except ConflictError as exc:
                 if exc.report is not None and hasattr(exc.report, "to_dict"):
                     if c.json:
@@ -187,6 +195,11 @@ def _selector(kw: dict[str, Any]) -> Selector:
         until=kw.pop("until"), tables=tuple(kw.pop("tables")), users=tuple(kw.pop("users")),
         apps=tuple(kw.pop("apps")),
     )
+
+
+_APPROVAL_HELP = ("Run under approval request REQ (approved with `recovery approve REQ` by "
+                  "another database user); without it, an approved request for exactly this "
+                  "plan is used, else the plan is recorded as a request and refused (exit 3).")
 
 
 @contextmanager
@@ -339,19 +352,20 @@ def diff_cmd(c: Ctx, limit: int, **kw: Any) -> None:
               help="Give up (nothing changed) when rows stay locked longer than this.")
 @click.option("--fire-triggers", is_flag=True,
               help="Let the tables' own triggers fire on restored rows (default: suspended).")
+@click.option("--approval", type=int, metavar="REQ", help=_APPROVAL_HELP)
 def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
                  batch_size: int | None, resume_op: int | None, lock_timeout: str,
-                 fire_triggers: bool, **kw: Any) -> None:
+                 fire_triggers: bool, approval: int | None, **kw: Any) -> None:
     """Undo the selected changes, keeping every later legitimate write."""
     sel = _selector(kw)
     with _conn(c) as conn:
         if resume_op is not None:
             if not sel.is_empty():
                 raise RecoveryError("--resume takes no selector: the operation has its own")
-            if dry_run or sql_file or batch_size is not None:
+            if dry_run or sql_file or batch_size is not None or approval is not None:
                 raise RecoveryError(
-                    "--resume continues the saved plan with its own batch size: it takes no "
-                    "--dry-run, --sql or --batch-size")
+                    "--resume continues the saved plan with its own batch size (approved when "
+                    "it started): it takes no --dry-run, --sql, --batch-size or --approval")
             _confirm(c, f"Resume undo operation {resume_op}?")
             report = resume_rollback(conn, resume_op, on_conflict=on_conflict
                                      if on_conflict != "fail" else None, schema=c.schema)
@@ -366,13 +380,54 @@ def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
             report = rollback_fn(
                 conn, sel, on_conflict=on_conflict, dry_run=dry_run, batch_size=batch_size,
                 lock_timeout=lock_timeout, fire_triggers=fire_triggers, sql_out=sql_out,
-                schema=c.schema)
+                schema=c.schema, approval=approval)
             if sql_file and sql_out is not None:
                 Path(sql_file).write_text("\n".join(sql_out) + "\n")
     if c.json:
         c.emit(report.to_dict())
     else:
         c.out(render.rollback(report))
+
+
+@command(main, "approve")
+@click.argument("req", type=int, required=False)
+@click.option("--list", "list_all", is_flag=True,
+              help="List the open (pending and approved) requests instead.")
+@click.option("--refuse", is_flag=True,
+              help="Refuse the request: it can then be neither approved nor used.")
+def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
+    """Approve (or refuse) large operation REQ that another database user requested.
+
+    The approval is recorded under the database user this command connects as, for
+    the exact plan shown; the requester then runs the same command again.
+    """
+    if (req is None) != list_all or (list_all and refuse):
+        raise RecoveryError("give a request number REQ (with --refuse to refuse it), or --list")
+    with _conn(c) as conn:
+        if list_all:
+            reqs = approval_mod.list_requests(conn, c.schema, status=approval_mod.OPEN)
+            if c.json:
+                c.emit([r.to_dict() for r in reqs])
+            else:
+                c.out(approval_mod.listing(reqs))
+            return
+        assert req is not None
+        current = approval_mod.get(conn, req, c.schema)
+        c.out(approval_mod.describe(current))
+        me = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
+        conn.rollback()
+        _confirm(c, f"{'Refuse' if refuse else 'Approve'} request {req} as database user {me}?")
+        done = approval_mod.approve(conn, req, c.schema, refuse=refuse)
+    if c.json:
+        c.emit(done.to_dict())
+    elif refuse:
+        c.out(f"refused approval request {req} as {me}")
+    elif done.status == "approved":
+        c.out(f"approved request {req} as {me}: {done.requested_by} can now run the same "
+              f"command again (or with --approval {req})")
+    else:
+        c.out(f"recorded the approval of request {req} by {me}: {len(done.approved_by)} of "
+              f"{done.required} needed, still {done.status}")
 
 
 @command(main, "mark")
@@ -645,9 +700,10 @@ def snapshot_drop(c: Ctx, name: str, store: str | None) -> None:
               help="Give up (nothing changed) when rows stay locked longer than this.")
 @click.option("--fire-triggers", is_flag=True,
               help="Let the tables' own triggers fire on restored rows (default: suspended).")
+@click.option("--approval", type=int, metavar="REQ", help=_APPROVAL_HELP)
 def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | None,
                 dry_run: bool, delete_new: bool, lock_timeout: str,
-                fire_triggers: bool) -> None:
+                fire_triggers: bool, approval: int | None) -> None:
     """Put a snapshot's rows back: changed rows get saved values, deleted rows return."""
     from . import snapshot as snap
     from .restore import restore as restore_fn
@@ -662,11 +718,138 @@ def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | Non
             c.out(render.restore(plan))
             _confirm(c, "Apply this restore?")
         with _tqdm(c, f"restore {snapshot}") as progress:
-            report = restore_fn(conn, info, dry_run=dry_run, progress=progress, **opts)
+            report = restore_fn(conn, info, dry_run=dry_run, progress=progress,
+                                approval=approval, **opts)
     if c.json:
         c.emit(report.to_dict())
     else:
         c.out(render.restore(report))
+
+
+@main.group("runbook")
+def runbook_group() -> None:
+    """Run incident runbooks (runbooks/*.yaml): list, validate, run, resume."""
+
+
+_REPORT_DIR_HELP = "Write the run's report (Markdown, JSON, HTML) into DIR/run-ID/ " \
+                   "(default ./runbook-reports)."
+
+
+def _runbook_errors(errors: list[str]) -> None:
+    """Every problem of a runbook on its own line, `error: FILE:LINE: ...`; exit 1."""
+    for line in errors[:-1]:
+        click.echo(f"error: {line}", err=True)
+    raise RecoveryError(errors[-1])
+
+
+def _runbook_result(c: Ctx, res: Any) -> None:
+    if c.json:
+        c.emit(res.to_dict())
+    if res.report:
+        c.out(f"report: {res.report}")
+    if res.status == "done":
+        c.out(f"run {res.run_id} ({res.name}) is done" + (" (dry run)" if res.dry_run else ""))
+    elif res.exit_code == 0:
+        c.out(res.message)  # paused: resume continues
+    else:
+        click.echo(res.message if res.status == "waiting" else f"error: {res.message}", err=True)
+        click.get_current_context().exit(res.exit_code)
+
+
+@command(runbook_group, "list")
+@click.option("--dir", "directory", default="runbooks", show_default=True,
+              help="Directory of runbook files (*.yaml).")
+@click.option("--runs", is_flag=True, help="List recent runs recorded in the database instead.")
+@click.option("--limit", default=20, show_default=True, help="With --runs: how many, newest first.")
+def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
+    """List runbooks (name, description, parameters), or recent runs with --runs."""
+    from . import runbook as rbm
+
+    if runs:
+        with _conn(c) as conn:
+            found = rbm.list_runs(conn, limit=limit, schema=c.schema)
+        if c.json:
+            c.emit(found)
+        else:
+            c.out(render.table(
+                ["run", "runbook", "status", "at step", "dry run", "by", "started", "error"],
+                [[r["run_id"], r["name"], r["status"], r["at_step"] or "", "yes" if r["dry_run"]
+                  else "", r["started_by"], r["started_at"][:19], r["error"] or ""]
+                 for r in found]) if found else "no runbook run recorded")
+        return
+    books = rbm.list_runbooks(directory)
+    if c.json:
+        c.emit(books)
+        return
+    for b in books:
+        if "error" in b:
+            c.out(f"{b['file']}: INVALID: {b['error']}\n")
+            continue
+        c.out(f"{b['name']} ({b['file']})\n  {b['description'].strip()}")
+        for name, p in b["parameters"].items():
+            default = "required" if p["required"] else "optional" if p["default"] is None \
+                else f"default {p['default']!r}"
+            c.out(f"  --param {name}=<{p['type']}>  {default}"
+                  + (f": {p['description']}" if p["description"] else ""))
+        c.out("")
+    if not books:
+        c.out(f"no runbook (*.yaml) in {directory}")
+
+
+@command(runbook_group, "validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+def runbook_validate(c: Ctx, file: str) -> None:
+    """Check a runbook file: every problem with its line and a fix (exit 1 if any)."""
+    from . import runbook as rbm
+
+    try:
+        rb = rbm.load(file)
+    except rbm.RunbookInvalid as exc:
+        if c.json:
+            c.emit({"file": file, "valid": False, "errors": exc.errors})
+        _runbook_errors(exc.errors)
+    if c.json:
+        c.emit({"file": file, "valid": True, "name": rb.name, "parameters": list(rb.params),
+                "steps": [{"id": s.id, "kind": s.kind} for s in rb.steps]})
+    else:
+        c.out(f"{file}: runbook {rb.name} is valid: {len(rb.params)} parameter(s), "
+              f"{len(rb.steps)} step(s)")
+
+
+@command(runbook_group, "run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--param", "params", multiple=True, metavar="K=V",
+              help="Value of a runbook parameter (repeatable).")
+@click.option("--dry-run", is_flag=True,
+              help="Run only the read-only steps; show what the others would do.")
+@click.option("--report-dir", metavar="DIR", help=_REPORT_DIR_HELP)
+def runbook_run(c: Ctx, file: str, params: tuple[str, ...], dry_run: bool,
+                report_dir: str | None) -> None:
+    """Run a runbook's steps in order, unattended: no prompt (large plans wait for an
+    approval step); exit 0 done, 1 error, 2 a check failed, 3 waiting for approval."""
+    from . import runbook as rbm
+
+    try:
+        rb = rbm.load(file)
+    except rbm.RunbookInvalid as exc:
+        _runbook_errors(exc.errors)
+    values = rbm.bind_params(rb, rbm.parse_param_args(params))
+    with _conn(c) as conn:
+        res = rbm.run(conn, rb, values, dry_run=dry_run, schema=c.schema, echo=c.out,
+                      report_dir=report_dir)
+    _runbook_result(c, res)
+
+
+@command(runbook_group, "resume")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--report-dir", metavar="DIR", help=_REPORT_DIR_HELP)
+def runbook_resume(c: Ctx, run_id: int, report_dir: str | None) -> None:
+    """Continue run RUN from its first unfinished step; finished steps never run again."""
+    from . import runbook as rbm
+
+    with _conn(c) as conn:
+        res = rbm.resume(conn, run_id, schema=c.schema, echo=c.out, report_dir=report_dir)
+    _runbook_result(c, res)
 
 
 @command(main, "demo")

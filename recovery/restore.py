@@ -30,9 +30,11 @@ import psycopg
 import zstandard
 from psycopg import sql
 
+from . import approval as ap
 from . import tabledef
 from .db import DEFAULT_SCHEMA
-from .errors import ConflictError, RecoveryError
+from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .schema import installed_version
 from .snapshot import SETTINGS, Progress, SnapshotInfo, _first_line, _record_end, _record_start
 from .tableinfo import Column, TableInfo
 from .undo import _fk_order, _Run
@@ -67,6 +69,7 @@ class RestoreReport:
     tables: list[RestoreTable]
     tag: str | None
     seconds: float = 0.0
+    approval: int | None = None   # the approval request it consumed, or is pending on
 
     @property
     def conflicts(self) -> int:
@@ -366,6 +369,10 @@ def restore(
     lock_timeout: str = "5s",
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    approval: int | None = None,
+    max_rows_without_approval: int | None = None,
+    max_tables_without_approval: int | None = None,
+    require_approval: bool = True,
 ) -> RestoreReport:
     """Put a snapshot's rows back into the database conn is connected to.
 
@@ -373,6 +380,8 @@ def restore(
     gone are re-inserted, other rows are not written.  Raises ConflictError (exit 2)
     when a re-inserted row collides with a row added since (a unique value taken)
     or a directory snapshot's file does not match its manifest; nothing changes then.
+    A restore larger than the approval thresholds needs an approved request, as an
+    undo does (see rollback()): else ApprovalPending (exit 3), nothing changes.
     """
     items = _pick(info, tables)
     if delete_new:
@@ -426,6 +435,10 @@ def restore(
             report.status = "dry-run"
             report.seconds = time.monotonic() - started
             return report
+        if require_approval:
+            report.approval = _gate(conn, info, items, r.tables, plans, by_id, schema,
+                                    delete_new, approval, max_rows_without_approval,
+                                    max_tables_without_approval)
         try:
             # Parents first for inserts, children first for deletes.
             for t in r.tables:
@@ -461,6 +474,11 @@ def restore(
                 _i(schema)), [tag, op_id])
         conn.commit()
         return report
+    except ApprovalRequired as exc:
+        conn.rollback()
+        report.approval = getattr(exc, "req_id", None)
+        _fail(conn, schema, op_id, report, "approval pending", started, "refused")
+        raise
     except psycopg.errors.LockNotAvailable:
         conn.rollback()
         _fail(conn, schema, op_id, report, "lock timeout", started)
@@ -486,12 +504,39 @@ def _missing(plan: _Plan, res: RestoreTable) -> int:
 
 
 def _fail(conn: psycopg.Connection, schema: str, op_id: int | None, report: RestoreReport,
-          error: str, started: float) -> None:
+          error: str, started: float, status: str = "failed") -> None:
     if op_id is None:
         return
-    report.status = "failed"
-    _record_end(conn, schema, op_id, "failed", report.to_dict(), error, started)
+    report.status = status
+    _record_end(conn, schema, op_id, status, report.to_dict(), error, started)
     conn.commit()
+
+
+def _gate(conn: psycopg.Connection, info: SnapshotInfo, items: list[dict[str, Any]],
+          tables: list[TableInfo], plans: dict[int, _Plan],
+          by_id: dict[int, tuple[Any, ...]], schema: str, delete_new: bool,
+          approval: int | None, max_rows: int | None, max_tables: int | None) -> int | None:
+    """Two-person approval of the restore (approval.py), in its transaction: the request
+    it consumes, or None when within the thresholds; else ApprovalPending."""
+    if (installed_version(conn, schema) or 0) < 3:
+        return None  # no recovery schema (or an old one) here: nowhere to record approvals
+    th = ap.thresholds(conn, schema)
+    # Cheap: a restore writes at most the saved rows (plus, with --delete-new, rows
+    # added since), so a small snapshot needs no counting.
+    if (not delete_new and sum(int(i["rows"]) for i in items)
+            <= (th.rows if max_rows is None else max_rows)
+            and len(items) <= (th.tables if max_tables is None else max_tables)):
+        return None
+    counted = []
+    for t in tables:
+        res = by_id[t.table_id][2]
+        tmp = RestoreTable(res.table, res.saved)  # counts only: the report's stay as they are
+        plans[t.table_id].counts(tmp)
+        counted.append(tmp)
+    plan, rows, ntables = ap.restore_plan(info.name, info.store, info.created_at,
+                                          [asdict(x) for x in counted])
+    return ap.gate(conn, "restore", plan, rows, ntables, schema=schema, approval=approval,
+                   max_rows=max_rows, max_tables=max_tables, what="this restore")
 
 
 def _finish_columns(conn: psycopg.Connection, item: dict[str, Any], added: list[str]) -> list[str]:

@@ -16,9 +16,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from . import approval as ap
 from . import undo_sql as q
 from .db import DEFAULT_SCHEMA
-from .errors import ConflictError, RecoveryError
+from .errors import ApprovalRequired, ConflictError, RecoveryError
 from .schema import require_schema
 from .selector import Selector, where_clause
 from .tableinfo import TableInfo, load
@@ -60,6 +61,7 @@ class RollbackReport:
     seconds: float = 0.0
     batches: int = 0
     sql: list[str] = field(default_factory=list)
+    approval: int | None = None   # the approval request it consumed, or is pending on
 
     @property
     def conflicts(self) -> int:
@@ -360,12 +362,22 @@ def rollback(
     sql_out: list[str] | None = None,
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    approval: int | None = None,
+    max_rows_without_approval: int | None = None,
+    max_tables_without_approval: int | None = None,
+    require_approval: bool = True,
 ) -> RollbackReport:
     """Undo the changes the selector covers, keeping every later write.
 
     Raises ConflictError (exit 2) when on_conflict is "fail" and a row or cell was
     changed after the selected changes by anything not selected; nothing changes then.
     With batch_size, commits every batch and can be resumed with resume_rollback().
+
+    A plan larger than the approval thresholds (meta approval_rows / approval_tables,
+    or the max_*_without_approval given here) runs only under an approved request for
+    exactly this plan (`approval`, else one found); otherwise it is recorded as a
+    pending request and ApprovalPending (exit 3) is raised: nothing changes.
+    require_approval=False skips that check.
     """
     if on_conflict not in ON_CONFLICT:
         raise RecoveryError(f"--on-conflict {on_conflict!r}: use one of {', '.join(ON_CONFLICT)}")
@@ -433,6 +445,10 @@ def rollback(
             raise ConflictError(
                 f"{report.conflicts} row(s) changed after the selected changes: nothing was "
                 "undone; see the conflicts, then use --on-conflict skip or overwrite", report)
+        if require_approval:
+            # In the applying transaction (batched: the one that commits the plan).
+            report.approval = _gate(r, report, selector, approval,
+                                    max_rows_without_approval, max_tables_without_approval)
         if single:
             _apply_all(r, report)
             _finish(r, report, "done", started)
@@ -445,6 +461,11 @@ def rollback(
         conn.rollback()
         if op_id is not None:
             _record_end(conn, schema, op_id, "refused", report, "conflicts")
+        raise
+    except ApprovalRequired as exc:
+        conn.rollback()
+        report.approval = getattr(exc, "req_id", None)
+        _record_end(conn, schema, op_id, "refused", report, "approval pending")
         raise
     except psycopg.errors.LockNotAvailable:
         conn.rollback()
@@ -459,6 +480,16 @@ def rollback(
             _record_end(conn, schema, op_id, "failed", report, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     return _run_batches(r, report, batch_size or 0, started)
+
+
+def _gate(r: _Run, report: RollbackReport, selector: Selector, approval: int | None,
+          max_rows: int | None, max_tables: int | None) -> int | None:
+    """Two-person approval of the planned undo (approval.py): the request it consumes,
+    or None when it is within the thresholds; else ApprovalPending, nothing changed."""
+    plan, rows, tables = ap.rollback_plan(selector.as_dict(), report.on_conflict,
+                                          [asdict(t) for t in report.tables])
+    return ap.gate(r.conn, "rollback", plan, rows, tables, schema=r.schema, approval=approval,
+                   max_rows=max_rows, max_tables=max_tables, what="this undo")
 
 
 def _apply_all(r: _Run, report: RollbackReport) -> None:
