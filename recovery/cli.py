@@ -180,7 +180,8 @@ def selector_options(f: F) -> F:
                      help="Changes of this transaction id (repeatable)."),
         click.option("--since", help="Changes made at or after this time or mark."),
         click.option("--until", help="Changes made before this time or mark."),
-        click.option("--table", "tables", multiple=True, help="Changes to this table (repeatable)."),
+        click.option("--table", "tables", multiple=True,
+                     help="Changes to this table (repeatable)."),
         click.option("--user", "users", multiple=True, help="Changes made by this database user."),
         click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
     ]

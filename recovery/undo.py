@@ -277,7 +277,8 @@ class _Run:
         st = f"_rs_{t.table_id}"
         ins = upd = dele = 0
         if "insert" in phases:
-            ins = self.run(q.apply_insert(t, self.net_schema, self.net(t), st, self.overwrite)).rowcount
+            ins = self.run(q.apply_insert(t, self.net_schema, self.net(t), st,
+                                          self.overwrite)).rowcount
         if "update" in phases:
             masks = self.conn.execute(q.update_masks(t, st, self.overwrite)).fetchall()
             for mask in masks:
@@ -285,11 +286,17 @@ class _Run:
                     upd += self.run(q.apply_update(
                         t, self.net_schema, self.net(t), st, self.overwrite, mask)).rowcount
         if "delete" in phases:
-            dele = self.run(q.apply_delete(t, self.net_schema, self.net(t), st, self.overwrite)).rowcount
+            dele = self.run(q.apply_delete(t, self.net_schema, self.net(t), st,
+                                           self.overwrite)).rowcount
         if self.batched:
             self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
                 sql.Identifier(self.net_schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
         return ins, upd, dele
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error, for the operation record."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def undo_tag(op_id: int) -> str:
@@ -343,7 +350,8 @@ def _analyze_journal(conn: psycopg.Connection, schema: str, table_ids: list[int]
         conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(rel)))
 
 
-def _matching(conn: psycopg.Connection, schema: str, where: sql.Composable) -> list[tuple[int, int, int, int]]:
+def _matching(conn: psycopg.Connection, schema: str, where: sql.Composable
+              ) -> list[tuple[int, int, int, int]]:
     return conn.execute(sql.SQL(
         "SELECT st.table_id, min(st.stmt_id), max(st.stmt_id), sum(st.nrows)::bigint "
         "FROM {}.stmt st WHERE {} GROUP BY st.table_id ORDER BY st.table_id"
@@ -477,7 +485,7 @@ def rollback(
     except BaseException as exc:
         conn.rollback()
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", report, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            _record_end(conn, schema, op_id, "failed", report, _first_line(exc))
         raise
     return _run_batches(r, report, batch_size or 0, started)
 
@@ -508,7 +516,8 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
     r.restore_triggers()
 
 
-def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float) -> RollbackReport:
+def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float
+                 ) -> RollbackReport:
     conn = r.conn
     r.batched = True
     try:
@@ -560,7 +569,7 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
             f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
     except BaseException as exc:
         conn.rollback()
-        _record_end(conn, r.schema, r.op_id, "stopped", report, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        _record_end(conn, r.schema, r.op_id, "stopped", report, _first_line(exc))
         raise
     return report
 
@@ -608,7 +617,8 @@ def resume_rollback(
     require_schema(conn, schema)
     row = conn.execute(sql.SQL(
         "SELECT status, selector, options, summary FROM {}.operations "
-        "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)), [op_id]).fetchone()
+        "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)),
+        [op_id]).fetchone()
     conn.rollback()
     if row is None:
         raise RecoveryError(f"no undo operation {op_id}: `recovery operations` lists them")
