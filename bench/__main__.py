@@ -274,6 +274,15 @@ class Bench:
         self.cli("init")
         bindir = embedded.find_bindir()
         have_dump = bindir is not None and (bindir / "pg_dump").exists()
+        if have_dump:
+            # pg_dump refuses a server newer than itself (e.g. PG 15 tools, pgserver's 16).
+            assert bindir is not None
+            ver = subprocess.run([str(bindir / "pg_dump"), "--version"], capture_output=True,
+                                 text=True).stdout
+            m = re.search(r"\)\s+(\d+)", ver)
+            with psycopg.connect(self.url) as vc:
+                server = vc.info.server_version // 10000
+            have_dump = m is not None and int(m.group(1)) >= server
         c = self.conn()
         lib = psycopg.connect(self.url)
         store = ROOT / "bench" / "_store"

@@ -45,6 +45,7 @@ def test_benchmark_smoke(db_url, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bench", "--scale", "0.002", "--runs", "1",
          "--pgbench-seconds", "1", "--db", db_url],
-        capture_output=True, text=True, cwd=ROOT, check=True, timeout=600)
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     assert "UPDATE of every row, capture on / off" in out.stdout
     assert "CLI peak memory" in out.stdout
