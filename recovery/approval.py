@@ -159,11 +159,12 @@ def needs_approval(conn: psycopg.Connection, rows: int, tables: int, *,
     """Whether an operation writing `rows` rows in `tables` tables needs an approval.
 
     More rows than the row threshold, or more tables than the table threshold, do;
-    max_rows / max_tables (a runbook's own, say) win over the meta table's.
+    max_rows / max_tables (a runbook's own, say) can only lower the meta table's,
+    which only the schema's owner may change: a parameter cannot lift the rule.
     """
     th = thresholds(conn, schema)
-    limit_rows = th.rows if max_rows is None else max_rows
-    limit_tables = th.tables if max_tables is None else max_tables
+    limit_rows = th.rows if max_rows is None else min(max_rows, th.rows)
+    limit_tables = th.tables if max_tables is None else min(max_tables, th.tables)
     return rows > limit_rows or tables > limit_tables
 
 
@@ -295,8 +296,9 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
     finds this user's open one) and raises ApprovalPending (exit 3): nothing changed.
     """
     th = thresholds(conn, schema)
-    limit_rows = th.rows if max_rows is None else max_rows
-    limit_tables = th.tables if max_tables is None else max_tables
+    # Given limits can only lower the meta table's (see needs_approval).
+    limit_rows = th.rows if max_rows is None else min(max_rows, th.rows)
+    limit_tables = th.tables if max_tables is None else min(max_tables, th.tables)
     if rows <= limit_rows and tables <= limit_tables:
         return None
     h = plan_hash(plan)

@@ -283,8 +283,12 @@ class _Plan:
         self.match = sql.SQL(" AND ").join(
             sql.SQL("cur.{c} = s.{c}").format(c=_i(k.name)) for k in t.key)
         self.present = sql.SQL("cur.{} IS NOT NULL").format(_i(t.key[0].name))
+        # GENERATED ALWAYS identity columns cannot be written by an UPDATE: they are
+        # left out of the comparison too (else a row would count as restored, and stay
+        # "to restore" forever), and reported.
+        self.fixed = [c.name for c in cols if c.name not in key and c.identity_always]
         diffs = [sql.SQL("(cur.{c})::text IS DISTINCT FROM (s.{c})::text").format(c=_i(c.name))
-                 for c in cols if c.name not in key]
+                 for c in cols if c.name not in key and not c.identity_always]
         self.differs = sql.SQL(" OR ").join(diffs) if diffs else sql.SQL("false")
         self.sets = [c for c in cols if c.name not in key and not c.identity_always]
         self.cols = cols
@@ -390,6 +394,15 @@ def restore(
             raise RecoveryError(
                 f"--delete-new needs rows chosen by the table's own columns; the rows of "
                 f"{blind[0]} were chosen by the migration's SQL (--for-sql): restore without it")
+        # With a WHERE, a row that existed outside it when the snapshot was taken and
+        # was moved into it since cannot be told from a row inserted since: deleting
+        # it would lose a row that was never new.
+        narrowed = [f"{i['schema']}.{i['table']}" for i in items if i.get("where")]
+        if narrowed:
+            raise RecoveryError(
+                f"--delete-new needs a snapshot of whole tables; {narrowed[0]} was saved with "
+                "--where, and a row moved into that WHERE since cannot be told from a new "
+                "one: restore without --delete-new (rows added since are kept and counted)")
     if info.store == "db":
         from .snapshot import _db_snapshots
 
@@ -427,6 +440,10 @@ def restore(
             item, _t, res, _rec, _add = by_id[t.table_id]
             src = _load(conn, info, item, schema, progress)
             plans[t.table_id] = _Plan(conn, t, src, item, delete_new)
+            for name in plans[t.table_id].fixed:
+                res.notes.append(f"column {name} is GENERATED ALWAYS AS IDENTITY: its values "
+                                 "are not restored in rows that exist (re-inserted rows keep "
+                                 "theirs)")
             report.tables.append(res)
         if dry_run:
             for t in r.tables:

@@ -115,10 +115,15 @@ def _set_output(conn: psycopg.Connection) -> None:
 
 def _select(conn: psycopg.Connection, spec: Spec, cols: Sequence[str]) -> sql.Composable:
     """SELECT of the saved rows and columns of a table."""
-    row = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                       " ON n.oid = c.relnamespace WHERE c.oid = %s", [spec.relid]).fetchone()
+    row = conn.execute("SELECT n.nspname, c.relname, c.relkind = 'r' FROM pg_class c"
+                       " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                       [spec.relid]).fetchone()
     assert row is not None
-    tbl = sql.Identifier(*row)
+    # ONLY: rows of plain inheritance children belong to those tables, and restoring
+    # them through the parent would put them in the wrong table.  (A partitioned
+    # table's rows are all in its partitions: no ONLY there.)
+    tbl = sql.SQL("{}{}").format(sql.SQL("ONLY ") if row[2] else sql.SQL(""),
+                                 sql.Identifier(row[0], row[1]))
     names = sql.SQL(", ").join(sql.SQL("x.{}").format(sql.Identifier(c)) for c in cols)
     if spec.where is not None:
         return sql.SQL("SELECT {} FROM {} x WHERE ({})").format(names, tbl, sql.SQL(spec.where))
@@ -310,7 +315,8 @@ def save_in_transaction(
         _save_db(conn, name, specs, items, manifest, schema, None)
     finally:
         for k, v in saved.items():
-            conn.execute("SELECT set_config(%s, %s, false)", [k, v])
+            # Local: a value the migration SET LOCAL stays local, a session one is unchanged.
+            conn.execute("SELECT set_config(%s, %s, true)", [k, v])
     return _info(manifest, "db")
 
 
@@ -499,6 +505,7 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
 def find(conn: psycopg.Connection | None, name: str, *, store: str | None = None,
          schema: str = DEFAULT_SCHEMA) -> SnapshotInfo:
     """The snapshot called name: in the given store; else the database, then ./snapshots."""
+    check_name(name)  # also keeps a name like ../x inside the store
     if store not in (None, "db"):
         path = _store_dir(store) / name
         if not (path / "manifest.json").is_file():

@@ -414,7 +414,11 @@ class _Analyzer:
         t, why = r.target, None
         if t.where is None:
             return t
-        hit = sorted(x for x in r.reads if x in self.written and x != t.relid)
+        # A table the WHERE reads (a join, a subquery; its own table too, through a
+        # subquery) that an earlier statement writes: evaluated before the file runs,
+        # the WHERE may select other rows than it will then.  (Columns of the target
+        # row itself are no read: rows an earlier statement changed are saved by it.)
+        hit = sorted(x for x in r.reads if x in self.written)
         if hit:
             other = self.rels("WHERE c.oid = %s", [hit[0]])[0].name
             why = f"reads {other}, which statement {self.written[hit[0]]} writes"

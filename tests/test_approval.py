@@ -290,8 +290,14 @@ def test_small_plans_and_overrides(conn, sql_exec, people, damaged):
     set_meta(sql_exec, approval_rows=6)          # 6 rows is not more than 6: no approval
     with pytest.raises(ApprovalPending):         # a caller's own threshold wins
         rollback(alice, BAD, max_rows_without_approval=3)
-    with pytest.raises(ApprovalPending, match=r"\(100 rows or 0 tables\)"):
+    # A caller's threshold only lowers the meta table's: 100 cannot lift the 6 (a runbook
+    # parameter must not switch the rule off).
+    with pytest.raises(ApprovalPending, match=r"\(6 rows or 0 tables\)"):
         rollback(alice, BAD, max_rows_without_approval=100, max_tables_without_approval=0)
+    set_meta(sql_exec, approval_rows=3)
+    with pytest.raises(ApprovalPending, match=r"\(3 rows or 5 tables\)"):
+        rollback(alice, BAD, max_rows_without_approval=1_000_000)
+    set_meta(sql_exec, approval_rows=6)
     assert table_rows(conn) == damaged
     report = rollback(alice, BAD, dry_run=True, max_rows_without_approval=0)  # dry runs: never
     assert report.status == "dry-run"

@@ -76,15 +76,24 @@ def test_restore_puts_back_changed_and_deleted_rows_keeps_the_rest(conn, sql_exe
     assert all(t.restore == t.reinsert == 0 for t in again.tables)
 
 
-def test_delete_new_removes_rows_added_inside_the_where(conn, sql_exec, store) -> None:
+def test_delete_new_removes_rows_added_since(conn, sql_exec, store) -> None:
     _shop(sql_exec)
     before = rows(conn, "orders")
-    snap.create(conn, "s", snap.table_specs(conn, ["orders"], ["customer_id <= 10"]),
+    snap.create(conn, "s", snap.table_specs(conn, ["orders"], []), store=store)
+    snap.create(conn, "w", snap.table_specs(conn, ["orders"], ["customer_id <= 10"]),
                 store=store)
     sql_exec("INSERT INTO orders (customer_id, total) VALUES (1, 9), (15, 8)")
-    restore(conn, snap.find(conn, "s", store=store), delete_new=True)
-    after = rows(conn, "orders")
-    assert after[:100] == before and [(r[1], r[2]) for r in after[100:]] == [(15, 8)]
+    # Order 11 (customer 12) existed outside the WHERE and moves into it: not new.
+    sql_exec("UPDATE orders SET customer_id = 2 WHERE id = 11")
+    moved = {r[0]: r for r in rows(conn, "orders")}[11]
+    with pytest.raises(RecoveryError, match="--delete-new needs a snapshot of whole tables"):
+        restore(conn, snap.find(conn, "w", store=store), delete_new=True)
+    plan = restore(conn, snap.find(conn, "w", store=store), dry_run=True)
+    assert plan.tables[0].new_rows == 2  # the insert of customer 1 and the moved order 11
+    done = restore(conn, snap.find(conn, "s", store=store), delete_new=True)
+    assert (done.tables[0].deleted, done.tables[0].updated) == (2, 1)
+    assert rows(conn, "orders") == before
+    assert moved[1] == 2
 
 
 def test_restore_into_a_second_database_recreates_the_dropped_table(
@@ -231,3 +240,17 @@ def test_a_damaged_manifest_does_not_hide_the_other_snapshots(conn, sql_exec, cl
     assert res.exit_code == 0
     assert [d["name"] for d in json.loads(res.stdout)] == ["b"]
     assert "warning: not listed: a:" in res.stderr
+
+
+def test_identity_always_column_is_reported_not_restored_forever(conn, sql_exec) -> None:
+    sql_exec("CREATE TABLE t3 (id int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);"
+             "INSERT INTO t3 (id, v) VALUES (1, 'a'), (2, 'b')")
+    info = snap.create(conn, "t3", snap.table_specs(conn, ["t3"], []))
+    sql_exec("UPDATE t3 SET n = DEFAULT, v = 'x' WHERE id = 1; DELETE FROM t3 WHERE id = 2")
+    done = restore(conn, snap.find(conn, info.name))
+    t = done.tables[0]
+    assert (t.updated, t.inserted) == (1, 1)
+    assert any("GENERATED ALWAYS AS IDENTITY" in n for n in t.notes)
+    assert rows(conn, "t3") == [(1, 3, "a"), (2, 2, "b")]  # n of row 1 stays 3; row 2 back
+    again = restore(conn, snap.find(conn, info.name), dry_run=True)
+    assert (again.tables[0].restore, again.tables[0].reinsert) == (0, 0)

@@ -459,3 +459,19 @@ def test_estimate(shop: psycopg.Connection) -> None:
     assert st.notes and st.notes[0].startswith("cannot estimate public.gone")
     assert shop.execute("SELECT 1").fetchone() == (1,)
     shop.rollback()
+
+
+def test_a_self_subquery_after_an_earlier_write_widens_to_the_whole_table(conn, sql_exec):
+    from recovery.sqlscope import analyze
+
+    sql_exec("CREATE TABLE t2 (id int PRIMARY KEY, status text);"
+             "INSERT INTO t2 VALUES (5, 'cancel'), (9, 'cancel'), (11, 'active')")
+    stmts = analyze(conn, "UPDATE t2 SET status = 'active' WHERE id = 9;\n"
+                          "DELETE FROM t2 WHERE id IN (SELECT max(id) FROM t2"
+                          " WHERE status = 'cancel');\n"
+                          "DELETE FROM t2 WHERE status = 'gone';\n")
+    # The second DELETE's subquery reads t2, which statement 1 changes: after it, the
+    # max is 5, not 9, so only the whole table is safe.  The third reads only its own
+    # row's columns: rows statement 1 changed are saved by statement 1.
+    assert [(t.where, t.bounded) for t in stmts[1].targets] == [(None, False)]
+    assert stmts[2].targets[0].bounded and stmts[2].targets[0].where is not None
