@@ -462,14 +462,18 @@ def _recover(x: _Exec, n: int, step: Step, args: dict[str, Any], old: dict[str, 
             x.echo(f"  continuing batched undo operation {op} from its last committed batch")
             return _sized(resume_rollback(x.conn, op, schema=x.schema).to_dict(), _APPLIED)
         return None  # one transaction that never committed, or planning: nothing happened
-    if old["status"] != "started":
-        return None
     if step.kind == "restore":
+        # Also for a step marked failed: the restore may have committed and only the
+        # step's own record failed after it; running it again would overwrite writes
+        # made since.
         op = _find_op(x, step, "restore", sql.SQL("options->>'snapshot' = {}").format(
             sql.Literal(args["snapshot"])))
         if op is not None and _op(x, op)[0] == "done":
             return _sized(_op(x, op)[2], _APPLIED)
-    elif step.kind == "mark":
+        return None
+    if old["status"] != "started":
+        return None
+    if step.kind == "mark":
         m = [m for m in marks.list_marks(x.conn, schema=x.schema) if m.name == args["name"]]
         if m and _after(x, m[0].at, old["started_at"]):
             return m[0].to_dict()
