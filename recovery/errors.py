@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its class name when it has none): for
+    one-line errors and for the records of failed operations."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
 class RecoveryError(Exception):
     """Bad input, connection or privilege problem: exit 1, nothing changed."""
 

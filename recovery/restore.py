@@ -33,9 +33,17 @@ from psycopg import sql
 from . import approval as ap
 from . import tabledef
 from .db import DEFAULT_SCHEMA
-from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .schema import installed_version
-from .snapshot import SETTINGS, Progress, SnapshotInfo, _first_line, _record_end, _record_start
+from .snapshot import (
+    SETTINGS,
+    Progress,
+    SnapshotInfo,
+    _record_end,
+    _record_start,
+    read_data,
+    read_rows,
+)
 from .tableinfo import Column, TableInfo
 from .undo import _fk_order, _Run
 
@@ -200,30 +208,18 @@ def _load(conn: psycopg.Connection, info: SnapshotInfo, item: dict[str, Any],
     path = Path(info.store) / info.name / item["data"]
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f, conn.cursor() as cur:
+        with conn.cursor() as cur:
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(_i(name))) as cp:
-                dctx = zstandard.ZstdDecompressor()
-
-                class _Hashing:
-                    def read(self, n: int = -1) -> bytes:
-                        b = f.read(n)
-                        digest.update(b)
-                        return b
-
-                with dctx.stream_reader(_Hashing()) as r:  # type: ignore[arg-type]
-                    while chunk := r.read(1 << 20):
-                        cp.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-                digest.update(f.read())
+                for chunk in read_data(path, digest):
+                    cp.write(chunk)
+                    if progress:
+                        progress(len(chunk))
             loaded = cur.rowcount
     except FileNotFoundError:
         raise ConflictError(f"{path} is missing: the snapshot is damaged") from None
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
         # Text that COPY rejects: a damaged file, unless the file is what was saved.
         # (A value that breaks a domain's CHECK or NOT NULL is an IntegrityError.)
-        from .snapshot import read_rows
-
         if read_rows(path)[0] != item["sha256"]:
             raise ConflictError(f"{path} does not match its manifest (sha256): the snapshot "
                                 "is damaged; nothing was restored") from None
@@ -472,7 +468,7 @@ def restore(
         except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation,
                 psycopg.errors.ExclusionViolation) as exc:
             raise ConflictError(
-                f"restore refused, nothing was restored: {_first_line(exc)} (a row added or "
+                f"restore refused, nothing was restored: {first_line(exc)} (a row added or "
                 "changed since the snapshot holds that value)", report) from None
         for t in r.tables:
             item, _t, res, recreated, added = by_id[t.table_id]
@@ -504,7 +500,7 @@ def restore(
             f"{lock_timeout}: nothing was restored; retry, or raise --lock-timeout") from None
     except BaseException as exc:
         conn.rollback()
-        _fail(conn, schema, op_id, report, _first_line(exc), started)
+        _fail(conn, schema, op_id, report, first_line(exc), started)
         raise
 
 

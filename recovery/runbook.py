@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from . import approval, capture, journal, marks, snapshot, sqlscope
 from .db import DEFAULT_SCHEMA, resolve_table
-from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .restore import restore as restore_fn
 from .runbook_spec import (
     KINDS,
@@ -360,7 +360,7 @@ def _k_notify(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (http(s) only, above)
             out.update(sent=True, status=resp.status)
     except Exception as exc:  # a notification never fails the run: a warning in the report
-        out["warning"] = f"webhook {url} failed: {_first_line(exc)}"
+        out["warning"] = f"webhook {url} failed: {first_line(exc)}"
     return out
 
 
@@ -387,10 +387,6 @@ _RUN: dict[str, Callable[[_Exec, dict[str, Any]], dict[str, Any]]] = {
 # -- runs ---------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _record(x: _Exec, n: int, step: Step, status: str, result: Any, error: str | None = None,
@@ -553,12 +549,12 @@ def _steps(x: _Exec) -> tuple[str, int, str | None]:
             return "waiting", w.exit_code, str(w)
         except (RecoveryError, psycopg.Error) as exc:
             x.conn.rollback()
-            msg = f"step {step.id} ({step.kind}) failed: {_first_line(exc)}"
+            msg = f"step {step.id} ({step.kind}) failed: {first_line(exc)}"
             seen = getattr(exc, "report", None)  # what a failed check saw
             result = {**(seen if isinstance(seen, dict) else {}), "args": x.args}
             if getattr(exc, "req_id", None) is not None:  # the apply recorded a new request
                 result["approval_pending"] = exc.req_id  # type: ignore[union-attr]
-            _record(x, n, step, "failed", result, _first_line(exc))
+            _record(x, n, step, "failed", result, first_line(exc))
             _set_run(x, "failed", msg)
             return "failed", exc.exit_code if isinstance(exc, RecoveryError) else 1, msg
         except Exception as exc:

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from psycopg import sql
 from . import tabledef
 from .capture import _key_attnums
 from .db import DEFAULT_SCHEMA, resolve_table
-from .errors import ConflictError, RecoveryError
+from .errors import ConflictError, RecoveryError, first_line
 from .schema import installed_version, require_schema
 
 FORMAT = 1
@@ -249,7 +249,7 @@ def create(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", None, _first_line(exc), started)
+            _record_end(conn, schema, op_id, "failed", None, first_line(exc), started)
             conn.commit()
         raise
 
@@ -318,10 +318,6 @@ def save_in_transaction(
             # Local: a value the migration SET LOCAL stays local, a session one is unchanged.
             conn.execute("SELECT set_config(%s, %s, true)", [k, v])
     return _info(manifest, "db")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _safe(name: str) -> str:
@@ -534,12 +530,10 @@ class VerifyResult:
         return asdict(self)
 
 
-def read_rows(path: Path) -> tuple[str, int]:
-    """sha256 of a data file and the number of rows it holds (decompressed)."""
-    digest = hashlib.sha256()
-    rows = 0
+def read_data(path: Path, digest: Any) -> Iterator[bytes]:
+    """The decompressed COPY text of a data file, in blocks of up to 1 MB, while every
+    byte of the file (anything after the compressed frame too) goes into `digest`."""
     with open(path, "rb") as f:
-        dctx = zstandard.ZstdDecompressor()
 
         class _Hashing:
             def read(self, n: int = -1) -> bytes:
@@ -547,10 +541,16 @@ def read_rows(path: Path) -> tuple[str, int]:
                 digest.update(b)
                 return b
 
-        with dctx.stream_reader(_Hashing()) as r:  # type: ignore[arg-type]
+        with zstandard.ZstdDecompressor().stream_reader(_Hashing()) as r:  # type: ignore[arg-type]
             while chunk := r.read(1 << 20):
-                rows += chunk.count(b"\n")
-        digest.update(f.read())  # anything after the compressed frame
+                yield chunk
+        digest.update(f.read())
+
+
+def read_rows(path: Path) -> tuple[str, int]:
+    """sha256 of a data file and the number of rows it holds (decompressed)."""
+    digest = hashlib.sha256()
+    rows = sum(chunk.count(b"\n") for chunk in read_data(path, digest))
     return digest.hexdigest(), rows
 
 
@@ -669,7 +669,7 @@ def table_specs(conn: psycopg.Connection, tables: Sequence[str],
                         sql.Identifier(_s, _t), sql.SQL(where)))
             except psycopg.Error as exc:
                 raise RecoveryError(f"--where {where!r} on {_s}.{_t}: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc)}") from None
             # The snapshot and the restore read the table under an alias, which hides
             # its name: a column qualified with it (orders.total) would fail there,
             # after the snapshot started.  Refuse it now, with the fix.

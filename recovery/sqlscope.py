@@ -48,7 +48,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream, maybe_double_quote_name
 from psycopg import sql
 
-from .errors import RecoveryError
+from .errors import RecoveryError, first_line
 
 
 @dataclass
@@ -172,10 +172,6 @@ def _json_dicts(obj: Any) -> Iterator[dict[str, Any]]:
         yield obj
     for v in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ():
         yield from _json_dicts(v)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _kind(node: Any, text: str) -> str:
@@ -428,7 +424,7 @@ class _Analyzer:
                     self.q(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(
                         sql.SQL(t.from_sql or ""), sql.SQL(t.where)))
             except psycopg.Error as exc:
-                why = f"its WHERE does not run before the file ({_first_line(exc)})"
+                why = f"its WHERE does not run before the file ({first_line(exc)})"
         if why:
             st.notes.append(f"{t.schema}.{t.table}: {why}: widened to the whole table")
             t.where = t.from_sql = None
@@ -892,7 +888,7 @@ def estimate(conn: psycopg.Connection, stmts: list[Statement]) -> None:
                     with conn.transaction():
                         row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + q).fetchone()
                 except psycopg.Error as exc:
-                    st.notes.append(f"cannot estimate {t.schema}.{t.table}: {_first_line(exc)}")
+                    st.notes.append(f"cannot estimate {t.schema}.{t.table}: {first_line(exc)}")
                     continue
                 plan = (row[0] if row else [{}])[0].get("Plan", {})
                 t.est_rows = int(plan.get("Plan Rows", 0))

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from . import approval as ap
 from . import undo_sql as q
 from .db import DEFAULT_SCHEMA
-from .errors import ApprovalRequired, ConflictError, RecoveryError
+from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .schema import require_schema
 from .selector import Selector, where_clause
 from .tableinfo import TableInfo, load
@@ -294,11 +294,6 @@ class _Run:
         return ins, upd, dele
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an error, for the operation record."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def undo_tag(op_id: int) -> str:
     """The tag carried by the writes of undo operation op_id (so it can be undone too)."""
     return f"recovery-undo-{op_id}"
@@ -485,7 +480,7 @@ def rollback(
     except BaseException as exc:
         conn.rollback()
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", report, _first_line(exc))
+            _record_end(conn, schema, op_id, "failed", report, first_line(exc))
         raise
     return _run_batches(r, report, batch_size or 0, started)
 
@@ -569,7 +564,7 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
             f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
     except BaseException as exc:
         conn.rollback()
-        _record_end(conn, r.schema, r.op_id, "stopped", report, _first_line(exc))
+        _record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))
         raise
     return report
 
