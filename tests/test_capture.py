@@ -537,6 +537,35 @@ def test_schema_change_without_event_trigger_stops_capture_plainly(conn, sql_exe
     assert texts(conn, "s") == before
 
 
+@pytest.mark.parametrize("ddl, write, after", [
+    # A column dropped and another of the same type added: same types in the same
+    # order, but at another attribute number (the journal maps by attribute number).
+    ("ALTER TABLE s DROP COLUMN note; ALTER TABLE s ADD COLUMN memo varchar(10)",
+     "UPDATE s SET n = 0, memo = 'm' WHERE id = 1", ["(1,0,m)", "(2,2,)", "(3,3,)"]),
+    # Only the type modifier changes: a longer value would not fit the journal column.
+    ("ALTER TABLE s ALTER COLUMN note TYPE varchar(30)",
+     "UPDATE s SET n = 0, note = repeat('y', 25) WHERE id = 1",
+     [f"(1,0,{'y' * 25})", "(2,2,x)", "(3,3,x)"]),
+])
+def test_any_shape_change_without_event_trigger_keeps_writes_working(conn, sql_exec, ddl,
+                                                                     write, after):
+    sql_exec("CREATE TABLE s (id int PRIMARY KEY, n int, note varchar(10))")
+    sql_exec("INSERT INTO s SELECT g, g, 'x' FROM generate_series(1, 3) g")
+    enable_capture(conn, ["s"])
+    sql_exec("DROP EVENT TRIGGER _recovery_follow_ddl")
+    sql_exec(ddl)
+    tagged(sql_exec, "unseen", write)
+    assert texts(conn, "s") == after
+    assert journal(sql_exec, "unseen") == []
+    st, problems = state(conn, "public.s")
+    assert st == "stopped" and "changed shape" in problems[0]
+    enable_capture(conn, ["s"])
+    before = texts(conn, "s")
+    tagged(sql_exec, "bad", "UPDATE s SET n = 99; DELETE FROM s WHERE id = 2")
+    undo(conn, "bad")
+    assert texts(conn, "s") == before
+
+
 def test_new_partition_without_event_trigger_is_reported(conn, sql_exec):
     sql_exec(ORDERS)
     enable_capture(conn, ["orders"])
