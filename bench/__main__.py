@@ -53,6 +53,25 @@ BEGIN
 END $$;
 """
 
+FLOOR_FUNCTIONS = """
+CREATE TABLE IF NOT EXISTS floor_journal (stmt bigint, id int, a int, b text, c numeric,
+    d timestamptz);
+CREATE OR REPLACE FUNCTION floor_noop() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RETURN NULL; END $$;
+CREATE OR REPLACE FUNCTION floor_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO floor_journal SELECT txid_current(), r.* FROM rec_old r; RETURN NULL; END $$;
+"""
+PGBENCH_NOOP = """
+CREATE OR REPLACE FUNCTION bench_noop() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$ BEGIN RETURN NULL; END $$;
+"""
+NOOP_TRIGGERS = [
+    ("BEFORE INSERT OR UPDATE OR DELETE", ""),
+    ("AFTER INSERT", "REFERENCING NEW TABLE AS rec_new"),
+    ("AFTER UPDATE", "REFERENCING OLD TABLE AS rec_old NEW TABLE AS rec_new"),
+    ("AFTER DELETE", "REFERENCING OLD TABLE AS rec_old"),
+]
+FLOOR_UNDO = "UPDATE floor_t t SET a = s.a FROM floor_saved s WHERE t.id = s.id"
 
 def _median(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
@@ -159,6 +178,57 @@ class Bench:
             "ratios": {k: _median(v) for k, v in ratio.items()},
             "undo_rows_per_second": n / statistics.median(figures["undo_update"]),
             "cli_peak_rss_mb": max(rss),
+        }
+        c.close()
+
+    def floors(self) -> None:
+        """What the mechanisms cost before any of our work: the floor under each target.
+
+        Statement-level AFTER triggers with transition tables are the capture mechanism
+        (FIELD.md: the cheapest that keeps typed before-images); an in-place UPDATE ...
+        FROM is the least an undo or a restore must write.  These figures say how far
+        below the targets the mechanisms themselves already are on this machine.
+        """
+        c = self.conn()
+        c.execute(FLOOR_FUNCTIONS)
+        figures: dict[str, list[float]] = {k: [] for k in (
+            "plain", "tt_noop", "before_copy", "update_from", "update_from_captured")}
+        for _ in range(self.runs):
+            # Each UPDATE of every row starts from a freshly loaded table, and each
+            # undo follows its UPDATE on that table: the same state in every mode.
+            self.fresh(c, "floor_t")
+            c.execute("CREATE TABLE floor_saved AS SELECT * FROM floor_t")
+            c.execute("VACUUM ANALYZE floor_saved")
+            figures["plain"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
+            # The minimal undo: every row back from a typed copy, one UPDATE ... FROM.
+            c.execute("VACUUM ANALYZE floor_t")
+            figures["update_from"].append(self.timed(c, FLOOR_UNDO))
+            # The capture mechanism with a trigger that does nothing.
+            self.fresh(c, "floor_t")
+            c.execute("CREATE TRIGGER floor_noop AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
+                      " AS rec_old NEW TABLE AS rec_new FOR EACH STATEMENT EXECUTE FUNCTION"
+                      " floor_noop()")
+            figures["tt_noop"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
+            # Before-images only, typed (FIELD.md's 1.06-1.3x): no after-image, no pairing.
+            self.fresh(c, "floor_t")
+            c.execute("CREATE TRIGGER floor_copy AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
+                      " AS rec_old FOR EACH STATEMENT EXECUTE FUNCTION floor_copy()")
+            c.execute("TRUNCATE floor_journal")
+            figures["before_copy"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
+            # The minimal undo whose own writes are kept (so that it can be undone).
+            c.execute("TRUNCATE floor_journal")
+            c.execute("VACUUM ANALYZE floor_t")
+            figures["update_from_captured"].append(self.timed(c, FLOOR_UNDO))
+            c.execute("DROP TABLE floor_t, floor_saved")
+            c.execute("TRUNCATE floor_journal")
+        c.execute("DROP TABLE floor_journal")
+
+        def per_run(num: str) -> dict[str, float]:
+            return _median([a / b for a, b in zip(figures[num], figures["plain"])])
+
+        self.results["floors"] = {
+            "rows": self.rows, "seconds": {k: _median(v) for k, v in figures.items()},
+            "ratios": {k: per_run(k) for k in figures if k != "plain"},
         }
         c.close()
 
@@ -292,7 +362,8 @@ class Bench:
         store = ROOT / "bench" / "_store"
         dump = ROOT / "bench" / "_dump.fc"
         figures: dict[str, list[float]] = {k: [] for k in (
-            "ctas", "snap_db", "pg_dump", "snap_dir", "copy_from", "restore_dir",
+            "ctas", "snap_db", "pg_dump", "snap_dir", "copy_from", "update_from_copy",
+            "restore_dir",
             "pg_restore", "restore_dir_dropped")}
         env = dict(os.environ, PGOPTIONS="")
         for run in range(self.runs):
@@ -331,6 +402,13 @@ class Bench:
             lib.commit()
             figures["copy_from"].append(time.perf_counter() - t0)
             del text
+            # The floor of a restore: with the saved rows already loaded, one in-place
+            # UPDATE ... FROM writing every row back (no file read, no comparison).
+            c.execute("UPDATE snap_t SET a = -a, b = 'x'")
+            c.execute("VACUUM ANALYZE snap_t, copy_t")
+            figures["update_from_copy"].append(self.timed(
+                c, "UPDATE snap_t t SET a = s.a, b = s.b, c = s.c, d = s.d FROM copy_t s"
+                   " WHERE t.id = s.id"))
             c.execute("DROP TABLE copy_t")
             # Every row changed, then restored from each store.
             # (The database store's restore differs only by not loading a file: left out
@@ -376,6 +454,10 @@ class Bench:
                 "dir_vs_pg_dump": ratio("snap_dir", "pg_dump"),
                 "restore_dir_vs_copy_from": ratio("restore_dir", "copy_from"),
                 "restore_dropped_vs_pg_restore": ratio("restore_dir_dropped", "pg_restore"),
+                "update_from_vs_copy_from": ratio("update_from_copy", "copy_from"),
+                "restore_floor_vs_copy_from": _median([
+                    (a + b) / b for a, b in zip(figures["update_from_copy"],
+                                                figures["copy_from"])]),
             },
         }
         c.close()
@@ -534,8 +616,10 @@ class Bench:
             return
         exe = str(pgbench / "pgbench")
         scale = max(int(10 * self.scale), 1)
-        tps: dict[str, list[float]] = {"none": [], "capture": [], "classic": []}
-        wal: dict[str, list[float]] = {"none": [], "capture": [], "classic": []}
+        # classic last: its triggers go with the tables at the next initialisation.
+        modes = ("none", "capture", "noop", "classic")
+        tps: dict[str, list[float]] = {m: [] for m in modes}
+        wal: dict[str, list[float]] = {m: [] for m in modes}
         tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
         c = self.conn()
         for _ in range(self.runs):
@@ -545,11 +629,21 @@ class Bench:
                            capture_output=True)
             # pgbench_history has no key; give it one (for every mode alike).
             c.execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
-            for mode in ("none", "capture", "classic"):
+            for mode in modes:
                 c.execute("TRUNCATE pgbench_history")
                 c.execute("VACUUM ANALYZE")
                 if mode == "capture":
                     self.cli("capture", "enable", *tables)
+                elif mode == "noop":
+                    # The floor: the same triggers as capture (a BEFORE and the AFTER
+                    # statement triggers with transition tables, a SECURITY DEFINER
+                    # function with a pinned search_path) doing nothing.
+                    c.execute(PGBENCH_NOOP)
+                    for t in tables:
+                        for i, (when, ref) in enumerate(NOOP_TRIGGERS):
+                            c.execute(f"CREATE TRIGGER noop_{i} {when}"
+                                      f" ON {t} {ref} FOR EACH STATEMENT EXECUTE FUNCTION"
+                                      " bench_noop()")
                 elif mode == "classic":
                     c.execute(CLASSIC_TRIGGER)
                     for t in tables:
@@ -566,6 +660,10 @@ class Bench:
                 wal[mode].append(float(w))
                 if mode == "capture":
                     self.cli("capture", "disable", *tables)
+                if mode == "noop":
+                    for t in tables:
+                        for i in range(len(NOOP_TRIGGERS)):
+                            c.execute(f"DROP TRIGGER noop_{i} ON {t}")
                 c.execute("DROP TABLE IF EXISTS audit_log")
         self.results["pgbench"] = {
             "scale": scale, "clients": 2, "seconds": seconds,
@@ -573,6 +671,7 @@ class Bench:
             "ratios": {
                 "capture_tps": _median([a / b for a, b in zip(tps["capture"], tps["none"])]),
                 "classic_tps": _median([a / b for a, b in zip(tps["classic"], tps["none"])]),
+                "noop_tps": _median([a / b for a, b in zip(tps["noop"], tps["none"])]),
                 # WAL per transaction: a slower mode runs fewer transactions in the time.
                 "capture_wal": _median([(wc / tc) / (wn / tn) for wc, tc, wn, tn in zip(
                     wal["capture"], tps["capture"], wal["none"], tps["none"])]),
@@ -682,6 +781,10 @@ def report(results: dict[str, Any]) -> str:
                 "restore_dir_vs_copy_from", "<= 2x"),
             row("restore of the dropped table (recreated), directory store / `pg_restore`",
                 "restore_dropped_vs_pg_restore"),
+            row("floor: one in-place UPDATE ... FROM of every row from a loaded copy / COPY FROM",
+                "update_from_vs_copy_from"),
+            row("floor of a restore: load the rows (COPY FROM) + that UPDATE / COPY FROM",
+                "restore_floor_vs_copy_from", "floor of <= 2x"),
             "",
             "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in sn["seconds"].items())
             + f"; directory snapshot {sn['dir_bytes'] / 1e6:.1f} MB.",
@@ -706,6 +809,31 @@ def report(results: dict[str, Any]) -> str:
             "cluster instead of copying rows back would lose every write since the deploy.",
             "",
         ]
+    fl = results.get("floors")
+    if fl:
+        r = fl["ratios"]
+        lines += [
+            f"## Floors: what the mechanisms cost before any of our work ({fl['rows']:,} rows)",
+            "",
+            "Measured like the rest, in the same run, each against a plain UPDATE of every row"
+            " of a freshly loaded table.  A target below its floor cannot be met by the"
+            " mechanism it names.",
+            "",
+            "| what | ratio | floor of |",
+            "|---|---|---|",
+            f"| UPDATE with a statement trigger with OLD and NEW transition tables doing "
+            f"nothing / plain | {_fmt(r['tt_noop'])} | capture <= 1.15x |",
+            f"| UPDATE with a trigger copying the typed before-images only (no after-image) / "
+            f"plain | {_fmt(r['before_copy'])} | capture <= 1.15x |",
+            f"| undo as one UPDATE ... FROM a typed copy of every row / plain UPDATE | "
+            f"{_fmt(r['update_from'])} | undo <= 1.25x |",
+            f"| same, with its own writes kept by the before-image trigger / plain UPDATE | "
+            f"{_fmt(r['update_from_captured'])} | undo <= 1.25x |",
+            "",
+            "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in fl["seconds"].items())
+            + ".",
+            "",
+        ]
     pg = results.get("pgbench", {})
     if "tps" in pg:
         lines += [
@@ -718,6 +846,8 @@ def report(results: dict[str, Any]) -> str:
             "| >= 0.90x |",
             f"| TPS, classic per-row jsonb trigger / none | {_fmt(pg['ratios']['classic_tps'])} "
             "| |",
+            f"| TPS, the capture triggers doing nothing / none (the mechanism's floor) | "
+            f"{_fmt(pg['ratios']['noop_tps'])} | |",
             f"| WAL bytes per transaction, capture / none | "
             f"{_fmt(pg['ratios']['capture_wal'])} | |",
             f"| WAL bytes per transaction, classic / none | "
@@ -737,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="Use this server (its user must create tables) instead of "
                     "starting one.")
     ap.add_argument("--only", help="Comma-separated sections to run (capture, memory, "
-                    "undo_kinds, damage, snapshots, pgbench); default all.")
+                    "undo_kinds, damage, snapshots, pitr, floors, pgbench); default all.")
     ap.add_argument("--write", action="store_true",
                     help="Write docs/BENCHMARKS.md and bench/results.json.")
     args = ap.parse_args(argv)
@@ -760,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         sections = {
             "capture": b.capture_and_undo, "memory": b.memory_scales,
             "undo_kinds": b.undo_kinds, "damage": b.damage_not_size,
-            "snapshots": b.snapshots, "pitr": b.pitr,
+            "snapshots": b.snapshots, "pitr": b.pitr, "floors": b.floors,
             "pgbench": lambda: b.pgbench(args.pgbench_seconds),
         }
         only = args.only.split(",") if args.only else list(sections)

@@ -49,3 +49,5 @@ def test_benchmark_smoke(db_url, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "UPDATE of every row, capture on / off" in out.stdout
     assert "CLI peak memory" in out.stdout
+    assert "Floors: what the mechanisms cost" in out.stdout
+    assert "floor of a restore" in out.stdout
