@@ -142,6 +142,9 @@ def _prepare_table(conn: psycopg.Connection, item: dict[str, Any], res: RestoreT
         relid = _current(conn, item)
         assert relid is not None
         recreated = True
+    else:
+        # A dropped partition: its saved rows need it back to have somewhere to go.
+        res.notes += tabledef.missing_partitions(conn, item["definition"])
     with tabledef.catalog_path(conn):
         now = {c["name"]: c for c in tabledef.columns(conn, relid)}
     added = []

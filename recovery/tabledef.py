@@ -6,20 +6,23 @@ same thing in another database.  What is recreated: columns (type, collation, NO
 NULL, default, identity, generated expression), primary key, unique, check and
 exclusion constraints, other indexes, the user-defined types the columns use (enum,
 domain, composite, range) and serial sequences.  Foreign keys are recreated when the
-table they reference exists.  Partitioned tables are not recreated (their partition
-layout is not kept): recreate the structure first, then restore into it.
+table they reference exists.  A partitioned table is recreated with its partition key
+and its partitions (bounds, sub-partitions, the default partition); the parent's
+indexes and constraints reach every partition as PostgreSQL clones them.  A partition
+is recreated as a partition of its parent when the parent exists (else as a plain
+table, with a note saying how to attach it), with the constraints and indexes it has
+beyond its parent's.  Partitions that are foreign tables are not kept.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
-
-from .errors import RecoveryError
 
 
 @contextmanager
@@ -153,10 +156,14 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
             "SELECT conname, pg_get_constraintdef(oid), contype::text FROM pg_constraint"
             " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x', 'f') AND coninhcount = 0"
             " ORDER BY contype = 'f', contype, conname", [relid]).fetchall()
+        # Not the indexes a partition has as clones of its parent's (PostgreSQL makes
+        # those when the partition is created or attached).
         indexes = [r[0] for r in conn.execute(
             "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
             " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid"
-            " AND c.conrelid = i.indrelid) ORDER BY i.indexrelid", [relid])]
+            " AND c.conrelid = i.indrelid)"
+            " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
+            " ORDER BY i.indexrelid", [relid])]
         seqs = conn.execute(
             "SELECT s.oid::regclass::text, a.attname FROM pg_depend d"
             " JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
@@ -181,16 +188,113 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
             col_defs.append(sql.SQL(" ").join(parts))
         col_defs += [sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(n), sql.SQL(d))
                      for n, d, k in cons if k != "f"]
-        create = sql.SQL("CREATE TABLE {} ({})").format(
-            sql.Identifier(nsp, rel), sql.SQL(", ").join(col_defs)).as_string(conn)
+        part = _partitioning(conn, relid) if relkind == "p" else {}
+        create = sql.SQL("CREATE TABLE {} ({}){}").format(
+            sql.Identifier(nsp, rel), sql.SQL(", ").join(col_defs),
+            sql.SQL(" PARTITION BY {}").format(sql.SQL(part["partition_by"])) if part
+            else sql.SQL("")).as_string(conn)
+        parent = conn.execute(
+            "SELECT i.inhparent::regclass::text, pg_get_expr(c.relpartbound, c.oid)"
+            " FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid"
+            " WHERE c.oid = %s AND c.relispartition", [relid]).fetchone()
+        local = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
+            for n, d, k in cons if k != "f"]
+        # What it has from its parent (key, checks): kept for when it must be
+        # recreated as a plain table, its parent gone too.
+        with_parent = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
+            for n, d in conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x') AND coninhcount > 0"
+                " ORDER BY contype, conname", [relid])]
         fks = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
             for n, d, k in cons if k == "f"]
     for c in cols:
         c.pop("type_oid")
-    return {"schema": nsp, "table": rel, "relkind": relkind, "columns": cols, "types": types,
-            "create": create, "indexes": indexes, "foreign_keys": fks,
-            "sequences": [{"name": s, "column": a} for s, a in seqs]}
+    out = {"schema": nsp, "table": rel, "relkind": relkind, "columns": cols, "types": types,
+           "create": create, "indexes": indexes, "foreign_keys": fks,
+           "sequences": [{"name": s, "column": a} for s, a in seqs], **part}
+    if parent:
+        out["partition_of"] = {"parent": parent[0], "bound": parent[1],
+                               "constraints": local, "inherited": with_parent}
+    return out
+
+
+def _partitioning(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
+    """A partitioned table's key and partitions, recursively (call inside catalog_path)."""
+    key = conn.execute("SELECT pg_get_partkeydef(%s)", [relid]).fetchone()
+    assert key is not None
+    parts = []
+    for oid, nsp, rel, kind, bound in conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind::text,"
+            " pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE i.inhparent = %s AND c.relkind IN ('r', 'p')"
+            " ORDER BY n.nspname, c.relname", [relid]).fetchall():
+        one: dict[str, Any] = {"schema": nsp, "table": rel, "bound": bound,
+                               **_local_extras(conn, oid, nsp, rel)}
+        if kind == "p":
+            one.update(_partitioning(conn, oid))
+        parts.append(one)
+    return {"partition_by": key[0], "partitions": parts}
+
+
+def _local_extras(conn: psycopg.Connection, relid: int, nsp: str, rel: str
+                  ) -> dict[str, list[str]]:
+    """A partition's own constraints and indexes: those it has beyond its parent's."""
+    ident = sql.Identifier(nsp, rel)
+    cons = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+        ident, sql.Identifier(n), sql.SQL(d)).as_string(conn) for n, d in conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s"
+            " AND contype IN ('p', 'u', 'c', 'x') AND coninhcount = 0 ORDER BY conname",
+            [relid])]
+    indexes = [r[0] for r in conn.execute(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid"
+        " AND c.conrelid = i.indrelid)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
+        " ORDER BY i.indexrelid", [relid])]
+    return {"constraints": cons, "indexes": indexes}
+
+
+def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
+                       parts: list[dict[str, Any]], notes: list[str],
+                       only_missing: bool = False) -> None:
+    """CREATE TABLE ... PARTITION OF for each partition (and theirs), in the caller's
+    transaction.  With only_missing, partitions that exist are left alone."""
+    for p in parts:
+        ident = sql.Identifier(p["schema"], p["table"])
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              [ident.as_string(conn)]).fetchone()
+        if not (only_missing and exists and exists[0]):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(p["schema"])))
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
+                ident, parent, sql.SQL(p["bound"]),
+                sql.SQL(" PARTITION BY {}").format(sql.SQL(p["partition_by"]))
+                if p.get("partition_by") else sql.SQL("")))
+            for ddl in p.get("constraints", []) + p.get("indexes", []):
+                conn.execute(sql.SQL(ddl))  # type: ignore[arg-type]
+            notes.append(f"recreated partition {p['schema']}.{p['table']} ({p['bound']})")
+        if p.get("partitions"):
+            _create_partitions(conn, ident, p["partitions"], notes, only_missing)
+
+
+def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
+    """Recreate the partitions of an existing partitioned table that are gone; return notes.
+
+    Without them the saved rows of a dropped partition have nowhere to go.  Runs in the
+    caller's transaction; a partition that cannot be created (its range now overlaps
+    another, or the default partition holds rows of it) fails the restore, whole.
+    """
+    notes: list[str] = []
+    if definition.get("partitions"):
+        with catalog_path(conn):
+            _create_partitions(conn, sql.Identifier(definition["schema"], definition["table"]),
+                               definition["partitions"], notes, only_missing=True)
+    return notes
 
 
 def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
@@ -199,14 +303,45 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
     Runs inside the caller's transaction (the restore's), so a failure leaves nothing.
     """
     label = f"{definition['schema']}.{definition['table']}"
-    if definition.get("relkind") == "p":
-        raise RecoveryError(
-            f"table {label} is gone and was partitioned: recreate it and its partitions "
-            "first (the manifest lists its columns), then restore into it")
-    notes = []
+    notes: list[str] = []
+    inherited: list[str] = []
+    ident = sql.Identifier(definition["schema"], definition["table"])
+    with catalog_path(conn):
+        part_of = definition.get("partition_of")
+        if part_of:
+            parent = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                  [part_of["parent"]]).fetchone()
+            if parent and parent[0]:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(definition["schema"])))
+                conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
+                    ident, sql.SQL(part_of["parent"]), sql.SQL(part_of["bound"]),
+                    sql.SQL(" PARTITION BY {}").format(sql.SQL(definition["partition_by"]))
+                    if definition.get("partition_by") else sql.SQL("")))
+                for con in part_of.get("constraints", []):
+                    conn.execute(sql.SQL(con))  # type: ignore[arg-type]
+                for ix in definition.get("indexes", []):
+                    conn.execute(sql.SQL(ix))  # type: ignore[arg-type]
+                if definition.get("partitions"):
+                    _create_partitions(conn, ident, definition["partitions"], notes)
+                return [f"recreated table {label} as a partition of {part_of['parent']} "
+                        f"({part_of['bound']})"] + notes
+            # (Run after the CREATE below, which holds the table's own constraints.)
+            inherited = part_of.get("inherited", [])
+            notes.append(
+                f"{label} was a partition of {part_of['parent']}, which is gone too: "
+                f"recreated as a plain table; attach it with ALTER TABLE {part_of['parent']}"
+                f" ATTACH PARTITION {label} {part_of['bound']}")
     with catalog_path(conn):
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
             sql.Identifier(definition["schema"])))
+        # A sequence a default draws from that is gone, and not the table's own (a
+        # partition's default uses its parent's): created, and moved past the rows.
+        for name, _col in _drawn_sequences(definition):
+            gone = conn.execute("SELECT to_regclass(%s) IS NULL", [name]).fetchone()
+            if gone and gone[0]:
+                conn.execute(sql.SQL("CREATE SEQUENCE {}").format(sql.SQL(name)))
+                notes.append(f"created sequence {name}")
         for t in definition.get("types", []):
             exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", [t["name"]]).fetchone()
             if exists and not exists[0]:
@@ -218,14 +353,34 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
         for s in definition.get("sequences", []):
             conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(s["name"])))
         conn.execute(sql.SQL(definition["create"]))  # type: ignore[arg-type]
+        for con in inherited:
+            conn.execute(sql.SQL(con))  # type: ignore[arg-type]
         for s in definition.get("sequences", []):
             conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
                 sql.SQL(s["name"]), sql.Identifier(definition["schema"], definition["table"]),
                 sql.Identifier(s["column"])))
         for ix in definition.get("indexes", []):
+            # On a partitioned table with no partition yet, an index ON ONLY it is
+            # valid, and each partition created below gets a clone of it.
             conn.execute(sql.SQL(ix))  # type: ignore[arg-type]
-    notes.append(f"recreated table {label} from the snapshot's definition")
-    return notes
+        if definition.get("partitions"):
+            _create_partitions(conn, ident, definition["partitions"], notes)
+    return [f"recreated table {label} from the snapshot's definition"] + notes
+
+
+_NEXTVAL = re.compile(r"^nextval\('((?:[^']|'')+)'::regclass\)$")
+
+
+def _drawn_sequences(definition: dict[str, Any]) -> list[tuple[str, str]]:
+    """(sequence, column) for each column whose default is nextval() of a sequence the
+    table does not own."""
+    owned = {s["name"] for s in definition.get("sequences", [])}
+    out = []
+    for c in definition["columns"]:
+        m = _NEXTVAL.match(c.get("default") or "")
+        if m and m.group(1).replace("''", "'") not in owned:
+            out.append((m.group(1).replace("''", "'"), c["name"]))
+    return out
 
 
 def after_load(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
@@ -238,6 +393,12 @@ def after_load(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str
                                  "max({}) IS NOT NULL) FROM {}").format(
                 sql.Literal(s["name"]), sql.Identifier(s["column"]), sql.Identifier(s["column"]),
                 ident))
+        for name, col in _drawn_sequences(definition):
+            # Shared with other tables maybe: only ever moved forward.
+            conn.execute(sql.SQL(
+                "SELECT setval({seq}, max({c})) FROM {t} HAVING max({c}) > (SELECT CASE WHEN"
+                " is_called THEN last_value ELSE last_value - 1 END FROM {seqi})").format(
+                seq=sql.Literal(name), c=sql.Identifier(col), t=ident, seqi=sql.SQL(name)))
         for c in definition["columns"]:
             if c.get("identity"):
                 conn.execute(sql.SQL(

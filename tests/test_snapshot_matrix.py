@@ -22,7 +22,6 @@ from psycopg.adapt import Loader
 
 from recovery import snapshot as snap
 from recovery.db import connect
-from recovery.errors import RecoveryError
 from recovery.restore import restore
 
 from .conftest import _with_db, rows
@@ -587,16 +586,125 @@ def test_recreated_table_keeps_its_definition(conn, second_db, tmp_path) -> None
         c2.rollback()
 
 
-def test_dropped_partitioned_table_is_refused_with_the_fix(conn, sql_exec, tmp_path) -> None:
-    sql_exec("CREATE TABLE ev (id int, region text, PRIMARY KEY (id, region))"
-             " PARTITION BY LIST (region);"
-             " CREATE TABLE ev_eu PARTITION OF ev FOR VALUES IN ('eu');"
-             " INSERT INTO ev VALUES (1, 'eu')")
+PARTITIONED = """
+CREATE SCHEMA arch;
+CREATE TABLE ev (id bigserial, at date NOT NULL, region text NOT NULL, v int,
+                 note text DEFAULT 'none', PRIMARY KEY (id, at, region),
+                 CHECK (v IS DISTINCT FROM -1))
+  PARTITION BY RANGE (at);
+CREATE INDEX ev_v ON ev (v);
+CREATE TABLE ev_2026q1 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2026-04-01')
+  PARTITION BY LIST (region);
+CREATE TABLE ev_2026q1_eu PARTITION OF ev_2026q1 FOR VALUES IN ('eu');
+CREATE TABLE ev_2026q1_rest PARTITION OF ev_2026q1 DEFAULT;
+CREATE TABLE arch.ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+ALTER TABLE arch.ev_2025 ADD CONSTRAINT old_small CHECK (v < 1000);
+CREATE TABLE ev_later PARTITION OF ev DEFAULT;
+INSERT INTO ev (at, region, v) SELECT date '2025-06-01' + (g * 7), (ARRAY['eu', 'us'])[1 + g % 2],
+  g FROM generate_series(1, 60) g;
+"""
+
+# Where each row lives: (partition, id), for every row of the table.
+PLACED = ("SELECT c.relnamespace::regnamespace::text || '.' || c.relname, e.id"
+          " FROM ev e JOIN pg_class c ON c.oid = e.tableoid ORDER BY 2")
+
+
+def _placed(c: psycopg.Connection) -> list[tuple[Any, ...]]:
+    c.rollback()
+    out = c.execute(PLACED).fetchall()
+    c.rollback()
+    return out
+
+
+def _layout(c: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Every relation of the partition tree with its bound, and the indexes on each."""
+    out = c.execute(
+        "SELECT t.relid::regclass::text, t.level, pg_get_expr(k.relpartbound, k.oid),"
+        " ARRAY(SELECT pg_get_indexdef(i.indexrelid) ~ ' \\(v\\)' FROM pg_index i"
+        "  WHERE i.indrelid = t.relid ORDER BY 1),"
+        " ARRAY(SELECT conname::text FROM pg_constraint WHERE conrelid = t.relid"
+        "  AND contype = 'c' ORDER BY 1)"
+        " FROM pg_partition_tree('ev') t JOIN pg_class k ON k.oid = t.relid ORDER BY 1"
+    ).fetchall()
+    c.rollback()
+    return out
+
+
+def test_dropped_partitioned_table_is_recreated_with_its_partitions(
+        conn, sql_exec, store) -> None:
+    sql_exec(PARTITIONED)
+    before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
+    snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
+    found = snap.find(conn, "p", store=store)
+    sql_exec("DROP TABLE ev")
+    if store == "db":
+        found = snap.find(conn, "p", store=store)
+    done = restore(conn, found)
+    assert any("recreated partition public.ev_2026q1_eu" in n for n in done.tables[0].notes)
+    assert rows(conn, "ev") == before
+    assert _placed(conn) == placed  # each row in its own partition again
+    assert _layout(conn) == layout  # bounds, sub-partitions, the default, cloned indexes
+    # The sequence went past the saved rows; constraints hold.
+    sql_exec("INSERT INTO ev (at, region, v) VALUES ('2026-02-01', 'eu', 5)")
+    assert rows(conn, "ev")[-1][0] == 61
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql_exec("INSERT INTO ev (at, region, v) VALUES ('2025-02-01', 'eu', 5000)")
+
+
+def test_dropped_partition_is_recreated_and_refilled(conn, sql_exec, store) -> None:
+    sql_exec(PARTITIONED)
+    before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
+    snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
+    sql_exec("DROP TABLE ev_2026q1_eu; DROP TABLE arch.ev_2025")
+    sql_exec("UPDATE ev SET note = 'later' WHERE id = 60")  # a row of a partition still there
+    found = snap.find(conn, "p", store=store)
+    done = restore(conn, found)
+    notes = done.tables[0].notes
+    assert "recreated partition arch.ev_2025 (FOR VALUES FROM ('2025-01-01') TO " \
+           "('2026-01-01'))" in notes
+    assert any(n.startswith("recreated partition public.ev_2026q1_eu") for n in notes)
+    assert rows(conn, "ev") == before  # the later write is a change since: restored too
+    assert _placed(conn) == placed
+    assert _layout(conn) == layout
+
+
+def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
+        conn, sql_exec, store) -> None:
+    sql_exec(PARTITIONED)
+    before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
+    snap.create(conn, "p", snap.table_specs(conn, ["arch.ev_2025"], []), store=store)
+    sql_exec("DROP TABLE arch.ev_2025")
+    done = restore(conn, snap.find(conn, "p", store=store))
+    assert done.tables[0].notes[0].startswith(
+        "recreated table arch.ev_2025 as a partition of public.ev (FOR VALUES FROM "
+        "('2025-01-01')")
+    assert rows(conn, "ev") == before
+    assert _placed(conn) == placed
+    assert _layout(conn) == layout
+    # With its parent gone too, the rows still come back, in a plain table, and the
+    # note says how to attach it.
+    saved = rows(conn, "arch.ev_2025")
+    sql_exec("DROP TABLE ev")
+    done = restore(conn, snap.find(conn, "p", store=store))
+    assert (
+        "arch.ev_2025 was a partition of public.ev, which is gone too: recreated as a plain "
+        "table; attach it with ALTER TABLE public.ev ATTACH PARTITION arch.ev_2025 FOR VALUES"
+        " FROM ('2025-01-01') TO ('2026-01-01')") in done.tables[0].notes
+    assert "created sequence public.ev_id_seq" in done.tables[0].notes
+    assert rows(conn, "arch.ev_2025") == saved
+    # Its default draws from the sequence again, past the saved rows.
+    sql_exec("INSERT INTO arch.ev_2025 (at, region, v) VALUES ('2025-03-03', 'eu', 1)")
+    assert rows(conn, "arch.ev_2025")[-1][0] == max(r[0] for r in saved) + 1
+
+
+def test_dropped_partitioned_table_into_a_second_database(conn, sql_exec, second_db,
+                                                          tmp_path) -> None:
+    sql_exec(PARTITIONED)
+    before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
     store = str(tmp_path / "store")
     snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
-    sql_exec("DROP TABLE ev")
-    with pytest.raises(RecoveryError, match="was partitioned: recreate it and its partitions"):
-        restore(conn, snap.find(None, "p", store=store))
-    conn.rollback()
-    assert conn.execute("SELECT to_regclass('ev')").fetchone() == (None,)
-    conn.rollback()
+    with connect(second_db) as c2:
+        restore(c2, snap.find(None, "p", store=store))
+        assert rows(c2, "ev") == before
+        assert _placed(c2) == placed
+        assert _layout(c2) == layout
