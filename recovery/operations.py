@@ -1,4 +1,12 @@
-"""The record of every operation (`recovery operations`)."""
+"""The record of every operation (`recovery operations`).
+
+While an operation runs, the session running it holds an advisory lock on the pair
+(LOCK_CLASS, op_id), taken when the operation is recorded and released when it ends
+(or, if the process dies, by PostgreSQL when the session goes).  An operation whose
+status says it is under way but whose lock nobody holds was interrupted, and is
+listed as such.  (Behind a pooler in transaction mode the lock may stay with a server
+connection: the listing may then miss an interruption; nothing else depends on it.)
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,30 @@ from psycopg import sql
 
 from .db import DEFAULT_SCHEMA
 from .schema import require_schema
+
+# First half of the advisory lock key; the second is the operation id (an int4 key).
+LOCK_CLASS = 0x52435652  # "RCVR"
+UNDER_WAY = ("planning", "applying", "running")
+
+
+def _key(op_id: int) -> int:
+    return op_id % 2147483647
+
+
+def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
+    """Take the lock that says this session runs op_id; False if another session has it."""
+    if op_id is None:
+        return True
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                       [LOCK_CLASS, _key(op_id)]).fetchone()
+    return bool(row and row[0])
+
+
+def release(conn: psycopg.Connection, op_id: int | None) -> None:
+    """Let go of the lock of op_id (session level: outside or inside a transaction)."""
+    if op_id is None or conn.closed:
+        return
+    conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, _key(op_id)])
 
 
 @dataclass
@@ -24,6 +56,8 @@ class Operation:
     summary: dict[str, Any] | None
     error: str | None
     tag: str | None
+    # Under way by its status, but no session runs it any more (killed, lost).
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,8 +71,13 @@ def list_operations(
     try:
         rows = conn.execute(sql.SQL(
             "SELECT op_id, kind, status, requested_by, started_at::text, finished_at::text,"
-            " selector, summary, error, tag FROM {}.operations ORDER BY op_id DESC LIMIT %s"
-        ).format(sql.Identifier(schema)), [limit]).fetchall()
+            " selector, summary, error, tag, status = ANY(%s) AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+            "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            "  AND l.classid::bigint = %s AND l.objid::bigint = op_id %% 2147483647"
+            "  AND l.objsubid = 2)"
+            " FROM {}.operations ORDER BY op_id DESC LIMIT %s"
+        ).format(sql.Identifier(schema)), [list(UNDER_WAY), LOCK_CLASS, limit]).fetchall()
     finally:
         conn.rollback()
     return [Operation(*r) for r in rows]

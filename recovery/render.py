@@ -119,7 +119,8 @@ def operations(ops: Sequence[Operation]) -> str:
     if not ops:
         return "no operation recorded yet"
     return table(["op", "kind", "status", "by", "started", "finished", "tag", "error"],
-                 [[o.op_id, o.kind, o.status, o.requested_by, o.started_at[:19],
+                 [[o.op_id, o.kind, f"{o.status}, interrupted" if o.interrupted else o.status,
+                   o.requested_by, o.started_at[:19],
                    (o.finished_at or "")[:19], o.tag, o.error] for o in ops])
 
 

@@ -31,7 +31,7 @@ import zstandard
 from psycopg import sql
 
 from . import approval as ap
-from . import tabledef
+from . import operations, tabledef
 from .db import DEFAULT_SCHEMA
 from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .schema import installed_version
@@ -489,6 +489,7 @@ def restore(
             conn.execute(sql.SQL("UPDATE {}.operations SET tag = %s WHERE op_id = %s").format(
                 _i(schema)), [tag, op_id])
         conn.commit()
+        operations.release(conn, op_id)
         return report
     except ApprovalRequired as exc:
         conn.rollback()
@@ -526,6 +527,7 @@ def _fail(conn: psycopg.Connection, schema: str, op_id: int | None, report: Rest
     report.status = status
     _record_end(conn, schema, op_id, status, report.to_dict(), error, started)
     conn.commit()
+    operations.release(conn, op_id)
 
 
 def _gate(conn: psycopg.Connection, info: SnapshotInfo, items: list[dict[str, Any]],

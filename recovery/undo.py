@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import approval as ap
+from . import operations
 from . import undo_sql as q
 from .db import DEFAULT_SCHEMA
 from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
@@ -412,6 +413,7 @@ def rollback(
                 sql.Identifier(schema)),
             [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
         conn.commit()
+        operations.hold(conn, op_id)  # says "this session runs it" until the end
     prefix = f"undo_{op_id}" if op_id is not None else f"undo_dry_{conn.info.backend_pid}"
     r = _Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
              progress)
@@ -456,6 +458,7 @@ def rollback(
             _apply_all(r, report)
             _finish(r, report, "done", started)
             conn.commit()
+            operations.release(conn, op_id)
             return report
         # Batched: keep the plan, then work through it in committed batches.
         _set_status(r, "applying", report)
@@ -552,6 +555,7 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
         r.begin_tx()
         _finish(r, report, "done", started)
         conn.commit()
+        operations.release(conn, r.op_id)
     except ConflictError:
         conn.rollback()
         _record_end(conn, r.schema, r.op_id, "stopped", report, "conflicts during batches")
@@ -598,6 +602,7 @@ def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status
         " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
         [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error, op_id])
     conn.commit()
+    operations.release(conn, op_id)
 
 
 def resume_rollback(
@@ -627,6 +632,11 @@ def resume_rollback(
     oc = on_conflict or options["on_conflict"]
     if oc not in ON_CONFLICT:
         raise RecoveryError(f"--on-conflict {oc!r}: use one of {', '.join(ON_CONFLICT)}")
+    # Marks it under way again (for `recovery operations`).  Not a guard: a second
+    # resume running at the same time finds the rows of each batch locked, then
+    # restored, so it applies nothing twice.
+    operations.hold(conn, op_id)
+    conn.rollback()
     r = _Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
              options.get("lock_timeout", "5s"), None, progress)
     ids = [t["table_id"] for t in (summary or {}).get("tables", [])]

@@ -19,6 +19,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner, Result
 
+from recovery import list_operations
 from recovery import snapshot as snap
 from recovery.cli import main
 
@@ -424,10 +425,19 @@ def test_killed_midway_leaves_nothing(cli, conn, db_url, sql_exec, store, tmp_pa
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    # The operation says it was interrupted (once the server let the dead session go).
+    while not [o for o in list_operations(conn) if o.kind == "snapshot"][0].interrupted:
+        assert time.monotonic() < deadline + 10, "the snapshot never showed as interrupted"
+        time.sleep(0.05)
+    assert [o for o in list_operations(conn) if o.kind == "snapshot"][0].status == "running"
+    assert "running, interrupted" in cli("operations").stdout
     found = None if store == "db" else store
     assert snap.list_snapshots(conn, store=found) == []
     res = cli("snapshot", "list", *st, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == []
+    if store != "db":  # the left-over directory is named, not listed
+        assert "warning: not listed: .big.tmp-" in res.stderr
+        assert "incomplete snapshot big" in res.stderr
     error_line(cli("snapshot", "show", "big", *st), 1, "no snapshot big")
     conn.rollback()
     assert conn.execute("SELECT relname FROM pg_class WHERE relnamespace ="
@@ -442,3 +452,5 @@ def test_killed_midway_leaves_nothing(cli, conn, db_url, sql_exec, store, tmp_pa
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["ok"]
     assert [i.name for i in snap.list_snapshots(conn, store=found)] == ["big"]
+    newest = [o for o in list_operations(conn) if o.kind == "snapshot"][0]
+    assert (newest.status, newest.interrupted) == ("done", False)

@@ -22,6 +22,7 @@ from recovery import (
     Selector,
     disable_capture,
     enable_capture,
+    list_operations,
     resume_rollback,
     rollback,
 )
@@ -784,6 +785,10 @@ def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
     assert op_id is not None and proc.returncode == -signal.SIGKILL
     status, _tag, summary, _error = op_row(conn, op_id)
     assert status == "applying"
+    deadline = time.monotonic() + 10  # until the server let the dead session go
+    while not next(o for o in list_operations(conn) if o.op_id == op_id).interrupted:
+        assert time.monotonic() < deadline, "the killed undo never showed as interrupted"
+        time.sleep(0.05)
     partial = snap(conn, "big")
     assert partial != expected  # really interrupted half way
 
@@ -792,6 +797,7 @@ def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
     assert snap(conn, "big") == expected
     status, tag, summary, _error = op_row(conn, op_id)
     assert (status, tag) == ("done", f"recovery-undo-{op_id}")
+    assert not next(o for o in list_operations(conn) if o.op_id == op_id).interrupted
     assert summary["batches"] == rows // 2 - rows // 10 + rows // 5 + 100  # one row per batch
     with pytest.raises(RecoveryError, match="complete already"):
         resume_rollback(conn, op_id)
