@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -221,7 +222,7 @@ def create(
             items.append(_item(conn, n, spec, key))
         _set_output(conn)
         if in_db:
-            _save_db(conn, name, specs, items, manifest, schema, progress)
+            _save_db(conn, name, specs, items, manifest, schema, progress, concurrent=True)
             where = "db"
         else:
             base = _store_dir(store)
@@ -270,18 +271,104 @@ def _manifest_head(conn: psycopg.Connection, name: str,
     }
 
 
+class _SideChecksum:
+    """The checksum of a whole table's rows, computed by a second session while the
+    first copies them (CREATE TABLE AS uses one core; this uses another).
+
+    The second session imports the first one's snapshot (pg_export_snapshot), so it
+    reads exactly the rows being copied, with the same output settings, and computes
+    what _db_checksum computes over the copy (same types, same hash), which `verify`
+    recomputes later.  Only for a whole table whose rows the first session has not
+    written (a snapshot in its own transaction), and only when big enough to pay for
+    a connection; anything unexpected (no second connection allowed, an error) falls
+    back to reading the copy, so this changes the time taken, never the result.
+    """
+
+    MIN_PAGES = 2000  # about 16 MB: below that, a second read of the copy is cheap
+
+    def __init__(self, side: psycopg.Connection, query: sql.Composable) -> None:
+        self.query = query
+        self.out: tuple[int, str, str] | None = None
+        self.side = side
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def start(cls, conn: psycopg.Connection, spec: Spec,
+              query: sql.Composable) -> _SideChecksum | None:
+        if spec.where is not None or (spec.parts and not all(p.where is None
+                                                             for p in spec.parts)):
+            return None  # a WHERE may call now() or random(): read the copy instead
+        pages = conn.execute("SELECT coalesce(sum(relpages), 0) FROM pg_class WHERE oid = %s"
+                             " OR oid IN (SELECT relid FROM pg_partition_tree(%s))",
+                             [spec.relid, spec.relid]).fetchone()
+        if not pages or pages[0] < cls.MIN_PAGES:
+            return None
+        # (Not in a savepoint: a snapshot cannot be exported from a subtransaction.)
+        snap_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        side = None
+        try:
+            kwargs = {"password": conn.info.password} if conn.info.password else {}
+            side = psycopg.connect(conn.info.dsn, **kwargs)  # type: ignore[arg-type]
+            side.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            side.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snap_id)))
+            _set_output(side)
+            # One core for each session: no parallel workers competing with the copy.
+            side.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        except psycopg.Error:
+            if side is not None:
+                side.close()
+            return None
+        return cls(side, query)
+
+    def _run(self) -> None:
+        exprs = {"record": "hash_record_extended(x, 0)", "text": "hashtextextended(x::text, 0)"}
+        try:
+            for m in ("record", "text"):
+                try:
+                    with self.side.transaction():
+                        row = self.side.execute(sql.SQL(
+                            "SELECT count(*), coalesce(sum({}), 0)::text FROM ({}) x").format(
+                                sql.SQL(exprs[m]), self.query)).fetchone()
+                except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+                    continue
+                if row is not None:
+                    self.out = (int(row[0]), str(row[1]), m)
+                return
+        except psycopg.Error:
+            self.out = None
+
+    def result(self) -> tuple[int, str, str] | None:
+        """Wait for the checksum (None if it could not be had); close the session."""
+        self.thread.join()
+        self.side.close()
+        return self.out
+
+
 def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
              items: list[tuple[dict[str, Any], list[str]]], manifest: dict[str, Any],
-             schema: str, progress: Progress | None) -> None:
-    """Write a database-store snapshot in the caller's transaction."""
+             schema: str, progress: Progress | None, concurrent: bool = False) -> None:
+    """Write a database-store snapshot in the caller's transaction.
+
+    concurrent: the transaction has written none of the saved rows and is REPEATABLE
+    READ (so a second session can import its snapshot): checksums may be computed
+    by a second session while the rows are copied (_SideChecksum)."""
     snap_id = conn.execute(sql.SQL(
         "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
     ).format(sql.Identifier(schema)), [name]).fetchone()[0]  # type: ignore[index]
     for (item, cols), spec in zip(items, specs):
         data = f"snap_{snap_id}_{item['n']}"
-        conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
-            sql.Identifier(schema, data), _select(conn, spec, cols)))
-        rows, checksum, method = _db_checksum(conn, schema, data)
+        select = _select(conn, spec, cols)
+        side = _SideChecksum.start(conn, spec, select) if concurrent else None
+        try:
+            cur = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
+                sql.Identifier(schema, data), select))
+        finally:
+            got = side.result() if side else None
+        if got is not None and got[0] == cur.rowcount:
+            rows, checksum, method = got
+        else:
+            rows, checksum, method = _db_checksum(conn, schema, data)
         item.update(data=data, rows=rows, checksum=checksum, checksum_method=method,
                     bytes=_relsize(conn, schema, data))
         manifest["items"].append(item)
