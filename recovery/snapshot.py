@@ -363,8 +363,12 @@ def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
         try:
             cur = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
                 sql.Identifier(schema, data), select))
-        finally:
-            got = side.result() if side else None
+        except BaseException:
+            if side:
+                side.side.cancel()  # do not read on for a copy that failed
+                side.result()
+            raise
+        got = side.result() if side else None
         if got is not None and got[0] == cur.rowcount:
             rows, checksum, method = got
         else:

@@ -268,26 +268,46 @@ def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
         ident = sql.Identifier(p["schema"], p["table"])
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                               [ident.as_string(conn)]).fetchone()
-        if not (only_missing and exists and exists[0]):
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(p["schema"])))
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
-                ident, parent, sql.SQL(p["bound"]),
-                sql.SQL(" PARTITION BY {}").format(sql.SQL(p["partition_by"]))
-                if p.get("partition_by") else sql.SQL("")))
-            for ddl in p.get("constraints", []) + p.get("indexes", []):
-                conn.execute(sql.SQL(ddl))  # type: ignore[arg-type]
-            notes.append(f"recreated partition {p['schema']}.{p['table']} ({p['bound']})")
+        label = f"{p['schema']}.{p['table']}"
+        if only_missing and exists and exists[0]:
+            pass
+        elif only_missing:
+            # The layout may have changed since (partitions renamed, merged, the table
+            # no longer partitioned): a partition that no longer fits is left out with
+            # a note, and the rows go where the table's partitions are now.
+            try:
+                with conn.transaction():
+                    _create_one(conn, ident, parent, p)
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or ["error"])[0]
+                notes.append(f"partition {label} not recreated ({first})")
+                continue
+            notes.append(f"recreated partition {label} ({p['bound']})")
+        else:
+            _create_one(conn, ident, parent, p)
+            notes.append(f"recreated partition {label} ({p['bound']})")
         if p.get("partitions"):
             _create_partitions(conn, ident, p["partitions"], notes, only_missing)
+
+
+def _create_one(conn: psycopg.Connection, ident: sql.Identifier, parent: sql.Composable,
+                p: dict[str, Any]) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(p["schema"])))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
+        ident, parent, sql.SQL(p["bound"]),
+        sql.SQL(" PARTITION BY {}").format(sql.SQL(p["partition_by"]))
+        if p.get("partition_by") else sql.SQL("")))
+    for ddl in p.get("constraints", []) + p.get("indexes", []):
+        conn.execute(sql.SQL(ddl))  # type: ignore[arg-type]
 
 
 def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
     """Recreate the partitions of an existing partitioned table that are gone; return notes.
 
     Without them the saved rows of a dropped partition have nowhere to go.  Runs in the
-    caller's transaction; a partition that cannot be created (its range now overlaps
-    another, or the default partition holds rows of it) fails the restore, whole.
+    caller's transaction; a partition that cannot be created now (its range overlaps a
+    partition made since, the default partition holds rows of it) is left out with a
+    note: its rows go where they fit now, or the restore fails on them, whole.
     """
     notes: list[str] = []
     if definition.get("partitions"):

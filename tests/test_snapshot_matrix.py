@@ -713,6 +713,14 @@ def test_dropped_partition_is_recreated_and_refilled(conn, sql_exec, store) -> N
     assert rows(conn, "ev") == before  # the later write is a change since: restored too
     assert _placed(conn) == placed
     assert _layout(conn) == layout
+    # A partition renamed since is not "missing": its range is taken, so it is not
+    # recreated under the old name (noted), and the rows go back into the renamed one.
+    sql_exec("ALTER TABLE ev_2026q1_eu RENAME TO ev_q1_europe; DELETE FROM ev_q1_europe")
+    done = restore(conn, found)
+    assert any(n.startswith("partition public.ev_2026q1_eu not recreated (")
+               for n in done.tables[0].notes)
+    assert rows(conn, "ev") == before
+    assert _placed(conn) == [(t.replace("ev_2026q1_eu", "ev_q1_europe"), i) for t, i in placed]
 
 
 def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
