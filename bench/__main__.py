@@ -64,12 +64,16 @@ BEGIN INSERT INTO floor_journal SELECT txid_current(), r.* FROM rec_old r; RETUR
 PGBENCH_NOOP = """
 CREATE OR REPLACE FUNCTION bench_noop() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$ BEGIN RETURN NULL; END $$;
+CREATE OR REPLACE FUNCTION bench_noop_b() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RETURN NULL; END $$;
 """
+# As capture has them: the BEFORE function plain (no SECURITY DEFINER, no SET), the
+# AFTER one SECURITY DEFINER with a pinned search_path.
 NOOP_TRIGGERS = [
-    ("BEFORE INSERT OR UPDATE OR DELETE", ""),
-    ("AFTER INSERT", "REFERENCING NEW TABLE AS rec_new"),
-    ("AFTER UPDATE", "REFERENCING OLD TABLE AS rec_old NEW TABLE AS rec_new"),
-    ("AFTER DELETE", "REFERENCING OLD TABLE AS rec_old"),
+    ("BEFORE INSERT OR UPDATE OR DELETE", "", "bench_noop_b"),
+    ("AFTER INSERT", "REFERENCING NEW TABLE AS rec_new", "bench_noop"),
+    ("AFTER UPDATE", "REFERENCING OLD TABLE AS rec_old NEW TABLE AS rec_new", "bench_noop"),
+    ("AFTER DELETE", "REFERENCING OLD TABLE AS rec_old", "bench_noop"),
 ]
 FLOOR_UNDO = "UPDATE floor_t t SET a = s.a FROM floor_saved s WHERE t.id = s.id"
 
@@ -197,6 +201,7 @@ class Bench:
             # Each UPDATE of every row starts from a freshly loaded table, and each
             # undo follows its UPDATE on that table: the same state in every mode.
             self.fresh(c, "floor_t")
+            c.execute("DROP TABLE IF EXISTS floor_saved")
             c.execute("CREATE TABLE floor_saved AS SELECT * FROM floor_t")
             c.execute("VACUUM ANALYZE floor_saved")
             figures["plain"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
@@ -640,10 +645,10 @@ class Bench:
                     # function with a pinned search_path) doing nothing.
                     c.execute(PGBENCH_NOOP)
                     for t in tables:
-                        for i, (when, ref) in enumerate(NOOP_TRIGGERS):
+                        for i, (when, ref, fn) in enumerate(NOOP_TRIGGERS):
                             c.execute(f"CREATE TRIGGER noop_{i} {when}"
                                       f" ON {t} {ref} FOR EACH STATEMENT EXECUTE FUNCTION"
-                                      " bench_noop()")
+                                      f" {fn}()")
                 elif mode == "classic":
                     c.execute(CLASSIC_TRIGGER)
                     for t in tables:

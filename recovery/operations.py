@@ -32,8 +32,11 @@ def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
     """Take the lock that says this session runs op_id; False if another session has it."""
     if op_id is None:
         return True
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                        [LOCK_CLASS, _key(op_id)]).fetchone()
+    if idle:
+        conn.rollback()  # leave the connection as it was (a session lock stays)
     return bool(row and row[0])
 
 
@@ -41,7 +44,10 @@ def release(conn: psycopg.Connection, op_id: int | None) -> None:
     """Let go of the lock of op_id (session level: outside or inside a transaction)."""
     if op_id is None or conn.closed:
         return
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, _key(op_id)])
+    if idle:
+        conn.rollback()  # not left idle in a transaction after the operation's commit
 
 
 @dataclass

@@ -127,8 +127,8 @@ def _current(conn: psycopg.Connection, item: dict[str, Any]) -> int | None:
     return int(row[0]) if row else None
 
 
-def _prepare_table(conn: psycopg.Connection, item: dict[str, Any], res: RestoreTable
-                   ) -> tuple[int, bool, list[str]]:
+def _prepare_table(conn: psycopg.Connection, item: dict[str, Any], res: RestoreTable,
+                   dry_run: bool = False) -> tuple[int, bool, list[str]]:
     """Make the table fit the snapshot: recreate it, add back dropped columns.
 
     Returns (relid, recreated, columns added back).  A saved column whose type
@@ -144,7 +144,7 @@ def _prepare_table(conn: psycopg.Connection, item: dict[str, Any], res: RestoreT
         recreated = True
     else:
         # A dropped partition: its saved rows need it back to have somewhere to go.
-        res.notes += tabledef.missing_partitions(conn, item["definition"])
+        res.notes += tabledef.missing_partitions(conn, item["definition"], dry_run)
     with tabledef.catalog_path(conn):
         now = {c["name"]: c for c in tabledef.columns(conn, relid)}
     added = []
@@ -429,7 +429,7 @@ def restore(
         prepared = []
         for item in items:
             res = RestoreTable(f"{item['schema']}.{item['table']}", item["rows"])
-            relid, recreated, added = _prepare_table(conn, item, res)
+            relid, recreated, added = _prepare_table(conn, item, res, dry_run)
             t = _table_info(conn, item["n"], relid, item)
             prepared.append((item, t, res, recreated, added))
         r.tables = _fk_order(conn, [p[1] for p in prepared])

@@ -48,6 +48,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SETTINGS = {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3",
             "client_encoding": "UTF8", "TimeZone": "UTC", "bytea_output": "hex"}
 ZSTD_LEVEL = 3
+# Checksum of a row x: "record" by the column types' hash functions, "text" by its text.
+# Schema-qualified, with exact argument types: no look-alike function can be chosen.
+CHECKSUM_EXPRS = {"record": "pg_catalog.hash_record_extended(x, 0::int8)",
+                  "text": "pg_catalog.hashtextextended(x::text, 0::int8)"}
 Progress = Callable[[int], None]
 
 
@@ -299,11 +303,22 @@ class _SideChecksum:
         if spec.where is not None or (spec.parts and not all(p.where is None
                                                              for p in spec.parts)):
             return None  # a WHERE may call now() or random(): read the copy instead
-        pages = conn.execute("SELECT coalesce(sum(relpages), 0) FROM pg_class WHERE oid = %s"
-                             " OR oid IN (SELECT relid FROM pg_partition_tree(%s))",
-                             [spec.relid, spec.relid]).fetchone()
-        if not pages or pages[0] < cls.MIN_PAGES:
+        facts = conn.execute(
+            "SELECT coalesce(sum(c.relpages), 0), coalesce(bool_or(c.relrowsecurity), false),"
+            " current_user = session_user, (SELECT format('%%I.%%I', n.nspname, t.relname)"
+            "  FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.oid = %s)"
+            " FROM pg_class c WHERE c.oid = %s"
+            " OR c.oid IN (SELECT relid FROM pg_partition_tree(%s))",
+            [spec.relid, spec.relid, spec.relid]).fetchone()
+        # Another role (SET ROLE) or row security could let a second session see other
+        # rows: then read the copy.
+        if not facts or facts[0] < cls.MIN_PAGES or facts[1] or not facts[2]:
             return None
+        # The copy's lock first: a DDL queued on the table then waits for this session,
+        # and the second session, which asks for the same lock with a short
+        # lock_timeout, gives up (the copy is read instead) rather than waiting behind
+        # that DDL while this session waits for it.
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(facts[3])))
         # (Not in a savepoint: a snapshot cannot be exported from a subtransaction.)
         snap_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         side = None
@@ -315,14 +330,17 @@ class _SideChecksum:
             _set_output(side)
             # One core for each session: no parallel workers competing with the copy.
             side.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        except psycopg.Error:
+            side.execute("SET LOCAL lock_timeout = '500ms'")
+            return cls(side, query)
+        except BaseException as exc:
             if side is not None:
                 side.close()
-            return None
-        return cls(side, query)
+            if isinstance(exc, psycopg.Error):
+                return None
+            raise
 
     def _run(self) -> None:
-        exprs = {"record": "hash_record_extended(x, 0)", "text": "hashtextextended(x::text, 0)"}
+        exprs = CHECKSUM_EXPRS
         try:
             for m in ("record", "text"):
                 try:
@@ -340,8 +358,14 @@ class _SideChecksum:
 
     def result(self) -> tuple[int, str, str] | None:
         """Wait for the checksum (None if it could not be had); close the session."""
-        self.thread.join()
-        self.side.close()
+        try:
+            self.thread.join()
+        except BaseException:  # interrupted while waiting: stop the server's scan too
+            self.side.cancel()
+            raise
+        finally:
+            if not self.thread.is_alive():
+                self.side.close()
         return self.out
 
 
@@ -434,7 +458,7 @@ def _db_checksum(conn: psycopg.Connection, schema: str, table: str,
     point...).  The record hash follows each type's equality, so it does not see a
     change between equal values (numeric 1.0 and 1.00); the text hash does.
     """
-    exprs = {"record": "hash_record_extended(x, 0)", "text": "hashtextextended(x::text, 0)"}
+    exprs = CHECKSUM_EXPRS
     for m in [method] if method else ["record", "text"]:
         # sum(bigint) adds in 128-bit integers: the same value as a numeric sum (so
         # checksums recorded by earlier versions still verify), without a numeric

@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .errors import RecoveryError
+
 
 @contextmanager
 def catalog_path(conn: psycopg.Connection) -> Iterator[None]:
@@ -261,7 +263,7 @@ def _local_extras(conn: psycopg.Connection, relid: int, nsp: str, rel: str
 
 def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
                        parts: list[dict[str, Any]], notes: list[str],
-                       only_missing: bool = False) -> None:
+                       only_missing: bool = False, dry_run: bool = False) -> None:
     """CREATE TABLE ... PARTITION OF for each partition (and theirs), in the caller's
     transaction.  With only_missing, partitions that exist are left alone."""
     for p in parts:
@@ -271,6 +273,10 @@ def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
         label = f"{p['schema']}.{p['table']}"
         if only_missing and exists and exists[0]:
             pass
+        elif only_missing and dry_run:
+            # No DDL in a dry run: it would lock the table for the whole plan.
+            notes.append(f"partition {label} is gone: the restore recreates it ({p['bound']})")
+            continue
         elif only_missing:
             # The layout may have changed since (partitions renamed, merged, the table
             # no longer partitioned): a partition that no longer fits is left out with
@@ -278,7 +284,11 @@ def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
             try:
                 with conn.transaction():
                     _create_one(conn, ident, parent, p)
-            except psycopg.Error as exc:
+            except (psycopg.errors.InvalidObjectDefinition, psycopg.errors.CheckViolation,
+                    psycopg.errors.WrongObjectType, psycopg.errors.DuplicateTable) as exc:
+                # Only a layout that no longer fits (overlap, rows of it in the default
+                # partition, no longer partitioned, name taken); any other error (a
+                # lock timeout, a privilege) stops the restore.
                 first = (str(exc).strip().splitlines() or ["error"])[0]
                 notes.append(f"partition {label} not recreated ({first})")
                 continue
@@ -287,12 +297,20 @@ def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
             _create_one(conn, ident, parent, p)
             notes.append(f"recreated partition {label} ({p['bound']})")
         if p.get("partitions"):
-            _create_partitions(conn, ident, p["partitions"], notes, only_missing)
+            _create_partitions(conn, ident, p["partitions"], notes, only_missing, dry_run)
+
+
+def _ensure_schema(conn: psycopg.Connection, name: str) -> None:
+    """CREATE SCHEMA only when it is missing (IF NOT EXISTS still needs the privilege)."""
+    row = conn.execute("SELECT to_regnamespace(%s) IS NULL",
+                       [sql.Identifier(name).as_string(conn)]).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
 
 
 def _create_one(conn: psycopg.Connection, ident: sql.Identifier, parent: sql.Composable,
                 p: dict[str, Any]) -> None:
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(p["schema"])))
+    _ensure_schema(conn, p["schema"])
     conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
         ident, parent, sql.SQL(p["bound"]),
         sql.SQL(" PARTITION BY {}").format(sql.SQL(p["partition_by"]))
@@ -301,7 +319,8 @@ def _create_one(conn: psycopg.Connection, ident: sql.Identifier, parent: sql.Com
         conn.execute(sql.SQL(ddl))  # type: ignore[arg-type]
 
 
-def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
+def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any],
+                       dry_run: bool = False) -> list[str]:
     """Recreate the partitions of an existing partitioned table that are gone; return notes.
 
     Without them the saved rows of a dropped partition have nowhere to go.  Runs in the
@@ -313,7 +332,8 @@ def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any]) -> 
     if definition.get("partitions"):
         with catalog_path(conn):
             _create_partitions(conn, sql.Identifier(definition["schema"], definition["table"]),
-                               definition["partitions"], notes, only_missing=True)
+                               definition["partitions"], notes, only_missing=True,
+                               dry_run=dry_run)
     return notes
 
 
@@ -323,6 +343,11 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
     Runs inside the caller's transaction (the restore's), so a failure leaves nothing.
     """
     label = f"{definition['schema']}.{definition['table']}"
+    if definition.get("relkind") == "p" and not definition.get("partition_by"):
+        # A manifest from before partitioned tables were kept whole.
+        raise RecoveryError(
+            f"table {label} is gone and was partitioned, and this snapshot does not keep "
+            "its partition layout: recreate it and its partitions first, then restore")
     notes: list[str] = []
     inherited: list[str] = []
     ident = sql.Identifier(definition["schema"], definition["table"])
@@ -332,8 +357,7 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
             parent = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                                   [part_of["parent"]]).fetchone()
             if parent and parent[0]:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(definition["schema"])))
+                _ensure_schema(conn, definition["schema"])
                 conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
                     ident, sql.SQL(part_of["parent"]), sql.SQL(part_of["bound"]),
                     sql.SQL(" PARTITION BY {}").format(sql.SQL(definition["partition_by"]))
@@ -353,8 +377,7 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
                 f"recreated as a plain table; attach it with ALTER TABLE {part_of['parent']}"
                 f" ATTACH PARTITION {label} {part_of['bound']}")
     with catalog_path(conn):
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-            sql.Identifier(definition["schema"])))
+        _ensure_schema(conn, definition["schema"])
         # A sequence a default draws from that is gone, and not the table's own (a
         # partition's default uses its parent's): created, and moved past the rows.
         for name, _col in _drawn_sequences(definition):
@@ -366,8 +389,7 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
             exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", [t["name"]]).fetchone()
             if exists and not exists[0]:
                 # A type may live in another schema than the table's.
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(t["schema"])))
+                _ensure_schema(conn, t["schema"])
                 conn.execute(sql.SQL(t["create"]))  # type: ignore[arg-type]
                 notes.append(f"created type {t['name']}")
         for s in definition.get("sequences", []):

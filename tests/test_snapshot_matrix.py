@@ -22,6 +22,7 @@ from psycopg.adapt import Loader
 
 from recovery import snapshot as snap
 from recovery.db import connect
+from recovery.errors import RecoveryError
 from recovery.restore import restore
 
 from .conftest import _with_db, rows
@@ -705,7 +706,15 @@ def test_dropped_partition_is_recreated_and_refilled(conn, sql_exec, store) -> N
     sql_exec("DROP TABLE ev_2026q1_eu; DROP TABLE arch.ev_2025")
     sql_exec("UPDATE ev SET note = 'later' WHERE id = 60")  # a row of a partition still there
     found = snap.find(conn, "p", store=store)
+    # A dry run says so, and runs no DDL (it would lock the table for the whole plan).
+    plan = restore(conn, found, dry_run=True)
+    assert "partition arch.ev_2025 is gone: the restore recreates it (FOR VALUES FROM " \
+           "('2025-01-01') TO ('2026-01-01'))" in plan.tables[0].notes
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert conn.execute("SELECT to_regclass('arch.ev_2025')").fetchone() == (None,)
+    conn.rollback()
     done = restore(conn, found)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     notes = done.tables[0].notes
     assert "recreated partition arch.ev_2025 (FOR VALUES FROM ('2025-01-01') TO " \
            "('2026-01-01'))" in notes
@@ -750,6 +759,24 @@ def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
     # Its default draws from the sequence again, past the saved rows.
     sql_exec("INSERT INTO arch.ev_2025 (at, region, v) VALUES ('2025-03-03', 'eu', 1)")
     assert rows(conn, "arch.ev_2025")[-1][0] == max(r[0] for r in saved) + 1
+
+
+def test_partitioned_table_from_a_manifest_without_its_layout_is_refused(
+        conn, sql_exec, tmp_path) -> None:
+    sql_exec(PARTITIONED)
+    store = str(tmp_path / "store")
+    snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
+    manifest = Path(store) / "p" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    for key in ("partition_by", "partitions"):  # as written before layouts were kept
+        doc["items"][0]["definition"].pop(key)
+    manifest.write_text(json.dumps(doc))
+    sql_exec("DROP TABLE ev")
+    with pytest.raises(RecoveryError, match="does not keep its partition layout"):
+        restore(conn, snap.find(None, "p", store=store))
+    conn.rollback()
+    assert conn.execute("SELECT to_regclass('ev')").fetchone() == (None,)
+    conn.rollback()
 
 
 def test_dropped_partitioned_table_into_a_second_database(conn, sql_exec, second_db,

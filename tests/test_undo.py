@@ -805,6 +805,24 @@ def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
 
 # -- 10. dry run, --json, --sql, operations ------------------------------------------------
 
+def test_operations_leave_the_connection_idle(conn, sql_exec, t):
+    """After an undo, a snapshot and a restore the caller's connection is not left
+    idle in a transaction (the operation's lock is taken and let go outside one)."""
+    from recovery import snapshot as snapshots
+    from recovery.restore import restore
+
+    idle = psycopg.pq.TransactionStatus.IDLE
+    _mixed_bad_change(sql_exec)
+    rollback(conn, BAD)
+    assert conn.info.transaction_status == idle
+    snapshots.create(conn, "s", snapshots.table_specs(conn, ["t"], []))
+    assert conn.info.transaction_status == idle
+    sql_exec("DELETE FROM t")
+    restore(conn, snapshots.find(conn, "s"))
+    assert conn.info.transaction_status == idle
+    assert snap(conn, "t") == ORIG
+
+
 def test_dry_run_changes_nothing(conn, sql_exec, t):
     _mixed_bad_change(sql_exec)
     state = snap(conn, "t")
