@@ -154,18 +154,8 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
         nsp, rel, relkind = row
         cols = columns(conn, relid)
         types = _user_types(conn, [c["type_oid"] for c in cols])
-        cons = conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid), contype::text FROM pg_constraint"
-            " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x', 'f') AND coninhcount = 0"
-            " ORDER BY contype = 'f', contype, conname", [relid]).fetchall()
-        # Not the indexes a partition has as clones of its parent's (PostgreSQL makes
-        # those when the partition is created or attached).
-        indexes = [r[0] for r in conn.execute(
-            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
-            " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid"
-            " AND c.conrelid = i.indrelid)"
-            " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
-            " ORDER BY i.indexrelid", [relid])]
+        cons = _constraint_rows(conn, relid)
+        indexes = _own_indexes(conn, relid)
         seqs = conn.execute(
             "SELECT s.oid::regclass::text, a.attname FROM pg_depend d"
             " JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
@@ -199,20 +189,13 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
             "SELECT i.inhparent::regclass::text, pg_get_expr(c.relpartbound, c.oid)"
             " FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid"
             " WHERE c.oid = %s AND c.relispartition", [relid]).fetchone()
-        local = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
-            for n, d, k in cons if k != "f"]
+        ident = sql.Identifier(nsp, rel)
+        local = _add_constraints(conn, ident, [c for c in cons if c[2] != "f"])
         # What it has from its parent (key, checks): kept for when it must be
         # recreated as a plain table, its parent gone too.
-        with_parent = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
-            for n, d in conn.execute(
-                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x') AND coninhcount > 0"
-                " ORDER BY contype, conname", [relid])]
-        fks = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            sql.Identifier(nsp, rel), sql.Identifier(n), sql.SQL(d)).as_string(conn)
-            for n, d, k in cons if k == "f"]
+        with_parent = _add_constraints(conn, ident, [
+            c for c in _constraint_rows(conn, relid, inherited=True) if c[2] != "f"])
+        fks = _add_constraints(conn, ident, [c for c in cons if c[2] == "f"])
     for c in cols:
         c.pop("type_oid")
     out = {"schema": nsp, "table": rel, "relkind": relkind, "columns": cols, "types": types,
@@ -243,22 +226,41 @@ def _partitioning(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
     return {"partition_by": key[0], "partitions": parts}
 
 
-def _local_extras(conn: psycopg.Connection, relid: int, nsp: str, rel: str
-                  ) -> dict[str, list[str]]:
-    """A partition's own constraints and indexes: those it has beyond its parent's."""
-    ident = sql.Identifier(nsp, rel)
-    cons = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-        ident, sql.Identifier(n), sql.SQL(d)).as_string(conn) for n, d in conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s"
-            " AND contype IN ('p', 'u', 'c', 'x') AND coninhcount = 0 ORDER BY conname",
-            [relid])]
-    indexes = [r[0] for r in conn.execute(
+def _constraint_rows(conn: psycopg.Connection, relid: int,
+                     inherited: bool = False) -> list[tuple[str, str, str]]:
+    """(name, definition, type) of a table's own constraints, or of those it has from a
+    parent; foreign keys last."""
+    return conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid), contype::text FROM pg_constraint"
+        " WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x', 'f')"
+        " AND (coninhcount > 0) = %s ORDER BY contype = 'f', contype, conname",
+        [relid, inherited]).fetchall()
+
+
+def _add_constraints(conn: psycopg.Connection, ident: sql.Identifier,
+                     rows: list[tuple[str, str, str]]) -> list[str]:
+    return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+        ident, sql.Identifier(n), sql.SQL(d)).as_string(conn) for n, d, _k in rows]
+
+
+def _own_indexes(conn: psycopg.Connection, relid: int) -> list[str]:
+    """CREATE INDEX of a table's indexes that no constraint makes, and that are not the
+    clones a partition has of its parent's (PostgreSQL makes those when the partition
+    is created or attached)."""
+    return [r[0] for r in conn.execute(
         "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid"
         " AND c.conrelid = i.indrelid)"
         " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
         " ORDER BY i.indexrelid", [relid])]
-    return {"constraints": cons, "indexes": indexes}
+
+
+def _local_extras(conn: psycopg.Connection, relid: int, nsp: str, rel: str
+                  ) -> dict[str, list[str]]:
+    """A partition's own constraints and indexes: those it has beyond its parent's."""
+    own = [c for c in _constraint_rows(conn, relid) if c[2] != "f"]
+    return {"constraints": _add_constraints(conn, sql.Identifier(nsp, rel), own),
+            "indexes": _own_indexes(conn, relid)}
 
 
 def _create_partitions(conn: psycopg.Connection, parent: sql.Composable,
