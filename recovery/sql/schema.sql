@@ -618,6 +618,23 @@ BEGIN
 END
 $fn$;
 
+-- Request req, locked for the rest of the calling transaction; RC003 when there is
+-- none.  For approve(), refuse_approval() and authorize(), which run as the owner
+-- (EXECUTE is revoked from PUBLIC with every function of the schema).
+CREATE OR REPLACE FUNCTION {s}._locked_request(req bigint) RETURNS {s}.approval_requests
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r  {s}.approval_requests;
+BEGIN
+    SELECT * INTO r FROM {s}.approval_requests x WHERE x.req_id = req FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'recovery: no approval request %', req USING ERRCODE = 'RC003',
+            HINT = '`recovery approve --list` lists the open ones';
+    END IF;
+    RETURN r;
+END
+$fn$;
+
 -- Records session_user's approval of request req for the plan whose hash the approver
 -- saw; returns the request's status ('approved' once enough users other than the
 -- requester approved it).  Approving twice is a no-op.
@@ -627,11 +644,7 @@ DECLARE
     r  {s}.approval_requests;
     n  bigint;
 BEGIN
-    SELECT * INTO r FROM {s}.approval_requests x WHERE x.req_id = req FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recovery: no approval request %', req USING ERRCODE = 'RC003',
-            HINT = '`recovery approve --list` lists the open ones';
-    END IF;
+    r := {s}._locked_request(req);
     IF r.status NOT IN ('pending', 'approved') THEN
         RAISE EXCEPTION 'recovery: approval request % is % already: it can no longer be approved',
             req, r.status USING ERRCODE = 'RC004';
@@ -663,11 +676,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     r  {s}.approval_requests;
 BEGIN
-    SELECT * INTO r FROM {s}.approval_requests x WHERE x.req_id = req FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recovery: no approval request %', req USING ERRCODE = 'RC003',
-            HINT = '`recovery approve --list` lists the open ones';
-    END IF;
+    r := {s}._locked_request(req);
     IF r.status NOT IN ('pending', 'approved') THEN
         RAISE EXCEPTION 'recovery: approval request % is % already: it can no longer be refused',
             req, r.status USING ERRCODE = 'RC004';
@@ -688,11 +697,7 @@ DECLARE
     r  {s}.approval_requests;
     n  bigint;
 BEGIN
-    SELECT * INTO r FROM {s}.approval_requests x WHERE x.req_id = req FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recovery: no approval request %', req USING ERRCODE = 'RC003',
-            HINT = '`recovery approve --list` lists the open ones';
-    END IF;
+    r := {s}._locked_request(req);
     IF r.status = 'executed' THEN
         RAISE EXCEPTION 'recovery: approval request % was used already (by % at %): an approval is good for one run',
             req, r.executed_by, r.executed_at USING ERRCODE = 'RC002';
