@@ -74,6 +74,38 @@ def _key_attnums(
     return attnums, "--key"
 
 
+def inheritance_problem(conn: psycopg.Connection, relid: int, label: str) -> str | None:
+    """Say why a table in a legacy (INHERITS) hierarchy cannot be captured, if it is in one.
+
+    Statement triggers fire only on the table a statement names, and transition
+    tables carry the rows of every child in the parent's shape, without the table
+    they came from: a write aimed at a child is not seen by the parent's capture, a
+    write through the parent is not seen by a child's, and a row put back through
+    the parent would land in the parent.  Rather than capture such a table in part,
+    recovery refuses it and says so.  (Declarative partitions are captured whole.)
+    """
+    children = [r[0] for r in conn.execute(
+        "SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p "
+        "ON p.oid = i.inhparent WHERE i.inhparent = %s AND p.relkind = 'r' ORDER BY 1",
+        [relid])]
+    if children:
+        more = f" and {len(children) - 3} more" if len(children) > 3 else ""
+        return (f"{label} has legacy inheritance children ({', '.join(children[:3])}{more}): "
+                "writes aimed at a child are not captured by the parent's hooks, and a row "
+                "put back through the parent would land in the parent; convert the hierarchy "
+                "to declarative partitioning (ATTACH PARTITION) to capture it")
+    parents = [r[0] for r in conn.execute(
+        "SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class p "
+        "ON p.oid = i.inhparent WHERE i.inhrelid = %s AND p.relkind = 'r' ORDER BY 1",
+        [relid])]
+    if parents:
+        return (f"{label} inherits from {', '.join(parents)} (legacy inheritance): writes "
+                "made through the parent (UPDATE of the parent reaching its rows) are not "
+                "captured by its hooks; convert the hierarchy to declarative partitioning "
+                "(ATTACH PARTITION) to capture it")
+    return None
+
+
 def enable(
     conn: psycopg.Connection,
     tables: Sequence[str],
@@ -84,114 +116,155 @@ def enable(
 ) -> list[str]:
     """Start capturing changes on the given tables; return their qualified names.
 
-    Idempotent: enabling a captured table rebuilds its hooks (useful after a
-    schema change on a server where DDL is not followed automatically).
+    All tables or none: the work runs in one transaction (a savepoint of the
+    caller's, when one is open, which the caller then commits).  Idempotent:
+    enabling a captured table rebuilds its hooks (useful after a schema change on a
+    server where DDL is not followed automatically).
     """
-    require_schema(conn, schema)
-    s = sql.Identifier(schema)
     if key and len(tables) != 1:
         raise RecoveryError("--key applies to one table at a time")
-    done = []
     try:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-        for name in tables:
-            relid, nsp, rel = resolve_table(conn, name)
-            label = f"{nsp}.{rel}"
-            if nsp == schema:
-                raise RecoveryError(f"{label} belongs to recovery itself and cannot be captured")
-            parent = conn.execute(
-                sql.SQL(
-                    "SELECT c.schema_name || '.' || c.table_name FROM {}.captured c"
-                    " WHERE c.enabled AND c.relid <> %s"
-                    " AND c.relid IN (SELECT relid FROM pg_partition_ancestors(%s))"
-                ).format(s),
-                [relid, relid],
-            ).fetchone()
-            if parent:
-                raise RecoveryError(
-                    f"{label} is a partition of {parent[0]}, which is captured already "
-                    "(writes to the partition are captured there)"
-                )
-            attnums, source = _key_attnums(conn, relid, label, key)
-            # One capture id per table for its whole life, so that history before a
-            # disable and after a later enable stays in one journal.
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT table_id, enabled FROM {}.captured WHERE relid = %s "
-                    "ORDER BY table_id DESC LIMIT 1"
-                ).format(s),
-                [relid],
-            ).fetchone()
-            if row:
-                tid = row[0]
-                if not row[1]:
-                    conn.execute(
-                        sql.SQL(
-                            "UPDATE {}.captured SET enabled = true, enabled_at = clock_timestamp(),"
-                            " disabled_at = NULL, stopped = NULL, key_attnums = %s, key_source = %s"
-                            " WHERE table_id = %s"
-                        ).format(s),
-                        [attnums, source, tid],
-                    )
-                if key:
-                    conn.execute(
-                        sql.SQL(
-                            "UPDATE {}.captured SET key_attnums = %s, key_source = %s "
-                            "WHERE table_id = %s"
-                        ).format(s),
-                        [attnums, source, tid],
-                    )
-            else:
-                tid = conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.captured (relid, schema_name, table_name, key_attnums,"
-                        " key_source) VALUES (%s, %s, %s, %s, %s) RETURNING table_id"
-                    ).format(s),
-                    [relid, nsp, rel, attnums, source],
-                ).fetchone()[0]  # type: ignore[index]
-            conn.execute(sql.SQL("SELECT {}.build_capture(%s)").format(s), [tid])
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {s}.events (table_id, kind, stmt_hwm) "
-                    "SELECT %s, 'enable', last_value FROM {s}.stmt_seq"
-                ).format(s=s),
-                [tid],
-            )
-            done.append(label)
-        conn.commit()
+        # The block comes first: a statement before it would open the transaction
+        # outside it, and the block would then be a savepoint that nobody commits.
+        with conn.transaction():
+            require_schema(conn, schema)
+            previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+            done = [_enable_one(conn, name, key, schema) for name in tables]
+            # Inside a caller's transaction, give it back its own lock_timeout.
+            conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                         [previous[0] if previous else "0"])
     except psycopg.errors.InsufficientPrivilege as exc:
-        conn.rollback()
         raise RecoveryError(
             f"not allowed to add capture triggers: {exc.diag.message_primary}; "
             "run as the table's owner"
         ) from None
     except psycopg.errors.LockNotAvailable:
-        conn.rollback()
         raise RecoveryError(
             f"could not lock the table within lock_timeout {lock_timeout}: a long transaction "
             "holds it; retry, or end that transaction"
         ) from None
-    except BaseException:
-        conn.rollback()
-        raise
     return done
+
+
+def _enable_one(
+    conn: psycopg.Connection, name: str, key: Sequence[str] | None, schema: str
+) -> str:
+    s = sql.Identifier(schema)
+    relid, nsp, rel = resolve_table(conn, name)
+    label = f"{nsp}.{rel}"
+    if nsp == schema:
+        raise RecoveryError(f"{label} belongs to recovery itself and cannot be captured")
+    parent = conn.execute(
+        sql.SQL(
+            "SELECT c.schema_name || '.' || c.table_name FROM {}.captured c"
+            " WHERE c.enabled AND c.relid <> %s"
+            " AND c.relid IN (SELECT relid FROM pg_partition_ancestors(%s))"
+        ).format(s),
+        [relid, relid],
+    ).fetchone()
+    if parent:
+        raise RecoveryError(
+            f"{label} is a partition of {parent[0]}, which is captured already "
+            "(writes to the partition are captured there)"
+        )
+    problem = inheritance_problem(conn, relid, label)
+    if problem:
+        raise RecoveryError(f"cannot capture {problem}")
+    attnums, source = _key_attnums(conn, relid, label, key)
+    # One capture id per table for its whole life, so that history before a
+    # disable and after a later enable stays in one journal.
+    row = conn.execute(
+        sql.SQL(
+            "SELECT table_id, enabled FROM {}.captured WHERE relid = %s "
+            "ORDER BY table_id DESC LIMIT 1"
+        ).format(s),
+        [relid],
+    ).fetchone()
+    if row:
+        tid = row[0]
+        if not row[1]:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {}.captured SET enabled = true, enabled_at = clock_timestamp(),"
+                    " disabled_at = NULL, stopped = NULL, key_attnums = %s, key_source = %s"
+                    " WHERE table_id = %s"
+                ).format(s),
+                [attnums, source, tid],
+            )
+        if key:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {}.captured SET key_attnums = %s, key_source = %s "
+                    "WHERE table_id = %s"
+                ).format(s),
+                [attnums, source, tid],
+            )
+    else:
+        new = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.captured (relid, schema_name, table_name, key_attnums,"
+                " key_source) VALUES (%s, %s, %s, %s, %s) RETURNING table_id"
+            ).format(s),
+            [relid, nsp, rel, attnums, source],
+        ).fetchone()
+        assert new is not None
+        tid = new[0]
+    conn.execute(sql.SQL("SELECT {}.build_capture(%s)").format(s), [tid])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {s}.events (table_id, kind, stmt_hwm) "
+            "SELECT %s, 'enable', last_value FROM {s}.stmt_seq"
+        ).format(s=s),
+        [tid],
+    )
+    return label
+
+
+@dataclass
+class AllTables:
+    """What `capture enable --all` would take in one schema, and what it leaves out, why."""
+
+    tables: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def all_tables(conn: psycopg.Connection, in_schema: str = "public") -> AllTables:
+    """The tables of a schema that `enable_all` captures, and the ones it skips with a reason."""
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), "
+            " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "ORDER BY c.relname",
+            [in_schema],
+        ).fetchall()
+        out = AllTables([], [])
+        for relid, label, has_key in rows:
+            problem = inheritance_problem(conn, relid, label)
+            if problem:
+                out.skipped.append((label, problem))
+            elif not has_key:
+                out.skipped.append((label, f"{label} has no primary key: capture it by name "
+                                           "with --key COL[,COL] (unique NOT NULL columns)"))
+            else:
+                out.tables.append(label)
+    return out
 
 
 def enable_all(
     conn: psycopg.Connection, *, in_schema: str = "public", schema: str = DEFAULT_SCHEMA
 ) -> list[str]:
-    """Enable capture on every table with a primary key in one schema."""
-    rows = conn.execute(
-        "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-        "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
-        "ORDER BY c.relname",
-        [in_schema],
-    ).fetchall()
-    if not rows:
+    """Enable capture on every table with a primary key in one schema.
+
+    Tables of a legacy inheritance hierarchy and tables without a primary key are
+    left out; `all_tables()` says which and why.
+    """
+    found = all_tables(conn, in_schema)
+    if not found.tables:
         raise RecoveryError(f"no table with a primary key in schema {in_schema}")
-    return enable(conn, [r[0] for r in rows], schema=schema)
+    return enable(conn, found.tables, schema=schema)
 
 
 def disable(
@@ -200,31 +273,36 @@ def disable(
     *,
     schema: str = DEFAULT_SCHEMA,
 ) -> list[str]:
-    """Stop capturing on the given tables (all when None); captured history is kept."""
-    require_schema(conn, schema)
+    """Stop capturing on the given tables (all when None); captured history is kept.
+
+    All or none, in one transaction (a savepoint of the caller's when one is open).
+    """
     s = sql.Identifier(schema)
     ids: list[tuple[int, str]] = []
-    if tables is None:
-        ids = [
-            (r[0], r[1])
-            for r in conn.execute(
-                sql.SQL(
-                    "SELECT table_id, schema_name || '.' || table_name FROM {}.captured "
-                    "WHERE enabled ORDER BY table_id"
-                ).format(s)
-            )
-        ]
-    else:
-        for name in tables:
-            relid, nsp, rel = resolve_table(conn, name)
-            row = conn.execute(
-                sql.SQL("SELECT table_id FROM {}.captured WHERE relid = %s AND enabled").format(s),
-                [relid],
-            ).fetchone()
-            if row is None:
-                raise RecoveryError(f"table {nsp}.{rel} is not captured")
-            ids.append((row[0], f"{nsp}.{rel}"))
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
+        if tables is None:
+            ids = [
+                (r[0], r[1])
+                for r in conn.execute(
+                    sql.SQL(
+                        "SELECT table_id, schema_name || '.' || table_name FROM {}.captured "
+                        "WHERE enabled ORDER BY table_id"
+                    ).format(s)
+                )
+            ]
+        else:
+            for name in tables:
+                relid, nsp, rel = resolve_table(conn, name)
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT table_id FROM {}.captured WHERE relid = %s AND enabled"
+                    ).format(s),
+                    [relid],
+                ).fetchone()
+                if row is None:
+                    raise RecoveryError(f"table {nsp}.{rel} is not captured")
+                ids.append((row[0], f"{nsp}.{rel}"))
         for tid, _ in ids:
             conn.execute(sql.SQL("SELECT {}.drop_capture(%s)").format(s), [tid])
             conn.execute(
@@ -241,16 +319,17 @@ def disable(
                 ).format(s=s),
                 [tid],
             )
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
     return [label for _, label in ids]
 
 
 def status(conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA) -> list[CaptureState]:
     """Report every captured table: state, key, volume, journal size and any problem."""
-    require_schema(conn, schema)
+    with conn.transaction():
+        require_schema(conn, schema)
+        return _status(conn, schema)
+
+
+def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
     s = sql.Identifier(schema)
     out = []
     rows = conn.execute(
@@ -288,6 +367,10 @@ def _problems(conn: psycopg.Connection, schema: str, tid: int, relid: int) -> li
     if not exists:
         return ["table was dropped: captured history is kept"]
     problems = []
+    label = conn.execute("SELECT %s::oid::regclass::text", [relid]).fetchone()
+    inherited = inheritance_problem(conn, relid, label[0] if label else str(relid))
+    if inherited:
+        problems.append(inherited)
     rels = conn.execute(
         "SELECT r.relid, r.relid::regclass::text, c.relkind FROM "
         "(SELECT %s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%s) ) r "

@@ -98,15 +98,19 @@ def resolve_table(conn: psycopg.Connection, name: str) -> tuple[int, str, str]:
     A name is split on the first unquoted dot; quoted parts keep their case, as in SQL.
     """
     try:
-        row = conn.execute(
-            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.oid = to_regclass(%s)",
-            [_as_regclass_text(name)],
-        ).fetchone()
-    except psycopg.errors.InvalidName:
-        conn.rollback()
-        row = None
+        # A savepoint when the caller's transaction is open: a name that is not valid
+        # SQL (`Mixed Table`) makes to_regclass raise, and that must not end the
+        # caller's transaction (capture enable of several tables runs in one).
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass(%s)",
+                [name.strip()],
+            ).fetchone()
+    except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError,
+            psycopg.errors.FeatureNotSupported):
+        row = None  # not SQL syntax for a name ("Mixed Table", "a.b.c.d"): try it as typed
     if row is None:
         # Unquoted mixed-case names are folded by PostgreSQL; try them as typed.
         parts = name.split(".", 1)
@@ -121,10 +125,6 @@ def resolve_table(conn: psycopg.Connection, name: str) -> tuple[int, str, str]:
             f"table {name!r} not found: check the name (schema.table; quote mixed case)"
         )
     return int(row[0]), row[1], row[2]
-
-
-def _as_regclass_text(name: str) -> str:
-    return name.strip()
 
 
 def qualified(schema: str, table: str) -> sql.Identifier:

@@ -11,7 +11,7 @@ from psycopg import sql
 from .db import DEFAULT_SCHEMA, check_schema_name
 from .errors import RecoveryError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass

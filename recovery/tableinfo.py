@@ -99,16 +99,24 @@ def load(conn: psycopg.Connection, schema: str, table_id: int) -> TableInfo:
         if not versions:
             continue  # added while capture could not follow: no history for it
         storage = conn.execute(
-            sql.SQL("SELECT {}.storage_type(atttypid, atttypmod) FROM pg_attribute "
-                    "WHERE attrelid = %s AND attnum = %s").format(s),
+            sql.SQL("SELECT {}.storage_type(a.atttypid, a.atttypmod), t.typcategory = 'A' "
+                    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                    "WHERE a.attrelid = %s AND a.attnum = %s").format(s),
             [relid, attnum],
         ).fetchone()
         assert storage is not None
-        # Values stored in the current storage type need no cast; a domain's
-        # value is assigned back to the domain column implicitly.
-        vers = tuple((j, int(since), t if t != storage[0] else typ) for j, since, t in versions)
+        # Values stored in the current storage type need no cast (a domain's value is
+        # assigned back to the domain column implicitly), except the text form of a
+        # non-built-in type (an enum, a composite): text is not assigned to those
+        # implicitly, so such a value keeps its cast (::text::type).
+        vers = tuple(
+            (j, int(since), t if t != storage[0] or t == "text" else typ)
+            for j, since, t in versions
+        )
+        # An array (or a domain over one, whose category is the array's), whatever
+        # its journal storage.
         cols.append(Column(attnum, name, typ, vers, bool(generated), bool(ident),
-                           storage[0].endswith("]")))
+                           storage[0].endswith("]") or bool(storage[1])))
     by_num = {c.attnum: c for c in cols}
     try:
         key = tuple(by_num[k] for k in key_attnums)

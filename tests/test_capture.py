@@ -24,6 +24,7 @@ from recovery import (
     init,
     rollback,
 )
+from recovery.schema import SCHEMA_VERSION
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -789,7 +790,8 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     captured_before = sql_exec("SELECT c::text FROM _recovery.captured c")
 
     res = init(conn)
-    assert (res.previous_version, res.version, res.ddl_follow) == (3, 3, True)
+    v = SCHEMA_VERSION
+    assert (res.previous_version, res.version, res.ddl_follow) == (v, v, True)
     init(conn)
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_before
     assert sql_exec("SELECT s::text FROM _recovery.stmt s ORDER BY stmt_id") == stmts_before
@@ -809,10 +811,10 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     journal_v1 = sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1")
     sql_exec("DROP TABLE _recovery.snapshots; "
              "UPDATE _recovery.meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(RecoveryError, match="version 1, this tool needs 3"):
+    with pytest.raises(RecoveryError, match=f"version 1, this tool needs {SCHEMA_VERSION}"):
         undo(conn, "bad3")
     res = init(conn)
-    assert (res.previous_version, res.version) == (1, 3)
+    assert (res.previous_version, res.version) == (1, SCHEMA_VERSION)
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_v1
     assert sql_exec("SELECT count(*) FROM _recovery.snapshots") == [(0,)]
     undo(conn, "bad3")

@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 from psycopg import sql
 
 from recovery.cli import main
+from recovery.schema import SCHEMA_VERSION
 from tests.conftest import rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,7 +430,7 @@ def test_json_is_one_document(cli, conn, db_url, shop):  # type: ignore[no-untyp
                 assert doc["status"] == "dry-run" and doc["dry_run"] is True
                 assert doc["tables"][0]["restore"] == 3 and doc["op_id"] is None
             if command == ("init",):
-                assert doc["version"] == 3 and doc["previous_version"] == 3
+                assert doc["version"] == doc["previous_version"] == SCHEMA_VERSION
 
 
 def test_json_in_subprocess(db_url, shop):  # type: ignore[no-untyped-def]

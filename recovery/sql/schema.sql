@@ -1,4 +1,5 @@
--- The recovery schema, version 3 (1 + snapshots in 2, approvals and runbooks in 3).
+-- The recovery schema, version 4 (1 + snapshots in 2, approvals and runbooks in 3, journal
+-- values of non-built-in types stored as text in 4).
 --
 -- This text is composed with psycopg.sql before it runs: every {s} becomes the
 -- quoted schema identifier and {s_lit} the schema name as a string literal.
@@ -172,8 +173,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
 $$;
 
--- Storage type of a column in the journal: a domain is stored as its base type,
--- so that a later change to the domain's constraints cannot reject journal rows.
+-- Storage type of a column in the journal.  The journal must never hold a
+-- dependency that blocks the application's DDL: a journal column of an enum,
+-- composite, range or extension type would make `DROP TYPE` (or DROP EXTENSION)
+-- fail, and with CASCADE silently drop that journal column and its history.  So
+-- only built-in types (oid below FirstNormalObjectId, 16384) are stored as
+-- themselves; any other type is stored as its text form (assignment from any type
+-- to text is an I/O conversion, so the capture INSERT needs no cast), and the undo
+-- casts it back to the column's current type.  A domain is stored as its base
+-- type (text when that is not built-in), so that a later change to the domain's
+-- constraints cannot reject journal rows, and DROP DOMAIN is not blocked either.
 CREATE OR REPLACE FUNCTION {s}.storage_type(typ oid, typmod int) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE d(t, m, depth) AS (
@@ -183,14 +192,17 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         FROM d JOIN pg_type pt ON pt.oid = d.t
         WHERE pt.typtype = 'd' AND d.depth < 20
     )
-    SELECT format_type(t, m) FROM d ORDER BY depth DESC LIMIT 1
+    SELECT CASE WHEN t >= 16384::oid THEN 'text' ELSE format_type(t, m) END
+    FROM d ORDER BY depth DESC LIMIT 1
 $$;
 
 -- Creates the journal chunk for the current generation, brings the journal's
 -- columns in line with the table, and (re)generates the capture function and
 -- triggers on the table and on every partition of it.
 CREATE OR REPLACE FUNCTION {s}.build_capture(tid int) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+    SET bytea_output = 'hex' AS $fn$
 DECLARE
     c          {s}.captured;
     gen        int;
@@ -203,6 +215,7 @@ DECLARE
     tgt        text;
     body       text;
     guard      text;
+    textform   boolean;
     hwm        bigint;
     missing    text;
 BEGIN
@@ -244,6 +257,21 @@ BEGIN
                        {s_lit}, 'stmt_' || gen, {s_lit}, gen);
         EXECUTE format('CREATE INDEX ON %I.%I USING brin (stmt_id)', {s_lit}, 'stmt_' || gen);
     END IF;
+
+    -- Journals written by versions before 4 stored non-built-in types as
+    -- themselves, which pins the type (see storage_type): convert such columns to
+    -- their text form, in place, once.  The function's SET clause fixes the output
+    -- settings the text forms are written with.
+    FOR cur IN
+        SELECT col.jcol FROM {s}.columns col
+        JOIN pg_attribute ja ON ja.attrelid = format('%I.%I', {s_lit}, jparent)::regclass
+                            AND ja.attname = col.jcol AND NOT ja.attisdropped
+        WHERE col.table_id = tid AND ja.atttypid >= 16384::oid
+    LOOP
+        EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I TYPE text USING %I::text',
+                       {s_lit}, jparent, cur.jcol, cur.jcol);
+        UPDATE {s}.columns SET type_name = 'text' WHERE table_id = tid AND jcol = cur.jcol;
+    END LOOP;
 
     -- Journal columns follow the table's live columns, by attribute number.
     FOR a IN
@@ -325,7 +353,13 @@ BEGIN
                         ARRAY(SELECT pa.attnum || ':' || pa.atttypid || ':' || pa.atttypmod
                               FROM pg_attribute pa WHERE pa.attrelid = rel.oid AND pa.attnum > 0
                               AND NOT pa.attisdropped ORDER BY pa.attnum)::text);
+        -- Every name the body declares is referenced qualified by its block label
+        -- inside SQL statements (cap.s), where a column of the captured table with
+        -- the same name (`s` is an ordinary column name: size, score) would
+        -- otherwise make the reference ambiguous and every write to the table fail.
+        -- No FROM item in the body is named cap.
         body := format($b$
+<<cap>>
 DECLARE
     s bigint;
     n bigint := 0;
@@ -341,21 +375,21 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-            SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r
+            SELECT %6$s, cap.s, row_number() OVER (), 'B', r.* FROM rec_old r
             UNION ALL
-            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
+            SELECT %6$s, cap.s, row_number() OVER (), 'A', r.* FROM rec_new r)
         %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0
         RETURNING nrows INTO n;
     ELSIF TG_OP = 'INSERT' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-            SELECT %6$s, s, row_number() OVER (), 'A', r.* FROM rec_new r)
+            SELECT %6$s, cap.s, row_number() OVER (), 'A', r.* FROM rec_new r)
         %11$s FROM (SELECT count(*) AS n FROM rec_new) c WHERE c.n > 0
         RETURNING nrows INTO n;
     ELSIF TG_OP = 'DELETE' THEN
         WITH j AS (
             INSERT INTO %4$s (rec_gen, rec_stmt, rec_ord, rec_img, %5$s)
-            SELECT %6$s, s, row_number() OVER (), 'B', r.* FROM rec_old r)
+            SELECT %6$s, cap.s, row_number() OVER (), 'B', r.* FROM rec_old r)
         %11$s FROM (SELECT count(*) AS n FROM rec_old) c WHERE c.n > 0
         RETURNING nrows INTO n;
     ELSE
@@ -366,9 +400,9 @@ BEGIN
         IF n > 0 THEN
             INSERT INTO %7$s (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth,
                               nrows)
-            VALUES (%6$s, s, %8$s, 'T', txid_current(), clock_timestamp(), session_user,
+            VALUES (%6$s, cap.s, %8$s, 'T', txid_current(), clock_timestamp(), session_user,
                     current_setting('application_name', true),
-                    nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
+                    nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), cap.n);
         END IF;
     END IF;
     -- Blast-radius caps (recovery guard --max-rows, or SET recovery.max_rows): only
@@ -392,14 +426,27 @@ $b$,
             'recovery.depth_' || rel.oid,
             -- The statement row, the same for INSERT, UPDATE and DELETE.
             format('INSERT INTO %I.%I (gen, stmt_id, table_id, op, txid, at, db_user, app, tag,'
-                   ' depth, nrows) SELECT %s, s, %s, left(TG_OP, 1), txid_current(),'
+                   ' depth, nrows) SELECT %s, cap.s, %s, left(TG_OP, 1), txid_current(),'
                    ' clock_timestamp(), session_user, current_setting(''application_name'', true),'
                    ' nullif(current_setting(''recovery.tag'', true), ''''),'
                    ' coalesce(nullif(current_setting(%L, true), '''')::int, 1), c.n',
                    {s_lit}, 'stmt_' || gen, gen, tid, 'recovery.depth_' || rel.oid));
+        -- Values of non-built-in types reach the journal as their text form (see
+        -- storage_type): written with fixed output settings, so that they read back
+        -- the same in any session.  Only such tables pay for the extra settings.
+        textform := EXISTS (
+            SELECT 1 FROM pg_attribute pa
+            WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped
+              AND {s}.storage_type(pa.atttypid, pa.atttypmod) = 'text'
+              AND pa.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
+                                      'name'::regtype));
         EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
-                       'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
-                       {s_lit}, fname, body);
+                       'SECURITY DEFINER SET search_path = pg_catalog, pg_temp %s AS %L',
+                       {s_lit}, fname,
+                       CASE WHEN textform THEN
+                           'SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'' '
+                           'SET extra_float_digits = 3 SET bytea_output = ''hex''' ELSE '' END,
+                       body);
         EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname);
 
         -- Before the statement, pg_trigger_depth() tells a statement the application
@@ -568,10 +615,25 @@ BEGIN
             WHERE c.enabled AND (c.relid = r.objid
                   OR c.relid IN (SELECT relid FROM pg_partition_ancestors(r.objid)))
         LOOP
-            PERFORM {s}.build_capture(t.table_id);
-            INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
-            VALUES (t.table_id, 'ddl', 'capture rebuilt after ' || tg_tag,
-                    (SELECT last_value FROM {s}.stmt_seq));
+            -- Capture never makes the application's DDL fail: if the rebuild does
+            -- (a privilege, a limit), it is undone alone (the block is a
+            -- subtransaction), the table is marked stopped with the reason, its
+            -- capture function skips capture from now on (its shape check no longer
+            -- matches), and `capture status` says so until `capture enable` again.
+            BEGIN
+                PERFORM {s}.build_capture(t.table_id);
+                INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
+                VALUES (t.table_id, 'ddl', 'capture rebuilt after ' || tg_tag,
+                        (SELECT last_value FROM {s}.stmt_seq));
+            EXCEPTION WHEN OTHERS THEN
+                UPDATE {s}.captured
+                SET stopped = format('capture could not follow %s (%s): run `recovery capture enable` again',
+                                     tg_tag, SQLERRM)
+                WHERE table_id = t.table_id;
+                INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
+                VALUES (t.table_id, 'ddl', 'capture stopped after ' || tg_tag || ': ' || SQLERRM,
+                        (SELECT last_value FROM {s}.stmt_seq));
+            END;
         END LOOP;
     END LOOP;
 END
