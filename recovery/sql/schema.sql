@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS {s}.columns (
     PRIMARY KEY (table_id, jcol)
 );
 
+-- Labels of the enums that captured columns use (directly, in an array or through a
+-- domain), by the oid of each enum value (version 4).  The journal holds enum values
+-- as their labels (see storage_type); when `ALTER TYPE ... RENAME VALUE` renames one,
+-- on_type_ddl() compares with this table and rewrites the journal's labels, so that
+-- older changes still read back as the same enum value.
+CREATE TABLE IF NOT EXISTS {s}.enum_labels (
+    enum_oid   oid PRIMARY KEY,
+    enumtypid  oid NOT NULL,
+    label      text NOT NULL
+);
+
 CREATE SEQUENCE IF NOT EXISTS {s}.stmt_seq;
 
 -- One row per captured statement that changed rows; partitioned by generation
@@ -196,6 +207,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM d ORDER BY depth DESC LIMIT 1
 $$;
 
+-- The enum a column of type typ holds values of: typ itself, the element of an
+-- array, either through domains; NULL for any other type.
+CREATE OR REPLACE FUNCTION {s}.enum_of(typ oid) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE d(t, depth) AS (
+        SELECT typ, 0
+        UNION ALL
+        SELECT CASE WHEN pt.typtype = 'd' THEN pt.typbasetype ELSE pt.typelem END, d.depth + 1
+        FROM d JOIN pg_type pt ON pt.oid = d.t
+        WHERE (pt.typtype = 'd' OR (pt.typcategory = 'A' AND pt.typelem <> 0)) AND d.depth < 20
+    )
+    SELECT d.t FROM d JOIN pg_type pt ON pt.oid = d.t WHERE pt.typtype = 'e' LIMIT 1
+$$;
+
 -- Creates the journal chunk for the current generation, brings the journal's
 -- columns in line with the table, and (re)generates the capture function and
 -- triggers on the table and on every partition of it.
@@ -314,6 +339,14 @@ BEGIN
             VALUES (tid, a.attnum, 'c' || a.attnum || '_' || (hwm + 1), a.typ, hwm + 1);
         END IF;
     END LOOP;
+
+    -- Remember the labels of the enums its columns use (new ones only: a label
+    -- already known is updated by on_type_ddl() when it is renamed).
+    INSERT INTO {s}.enum_labels (enum_oid, enumtypid, label)
+    SELECT e.oid, e.enumtypid, e.enumlabel FROM pg_enum e
+    WHERE e.enumtypid IN (SELECT {s}.enum_of(att.atttypid) FROM pg_attribute att
+                          WHERE att.attrelid = c.relid AND att.attnum > 0 AND NOT att.attisdropped)
+    ON CONFLICT (enum_oid) DO NOTHING;
 
     -- One capture function per relation that can be written: the table and,
     -- when partitioned, every partition (a write aimed at a partition fires only
@@ -635,6 +668,71 @@ BEGIN
                         (SELECT last_value FROM {s}.stmt_seq));
             END;
         END LOOP;
+    END LOOP;
+END
+$fn$;
+
+-- Event trigger body for ALTER TYPE: when a value of an enum that captured columns
+-- use was renamed, rewrite the labels in the journal columns holding that enum (as
+-- a value or in an array, directly or through a domain), so that older changes read
+-- back as the same value.  (A label inside a composite value is left as it was: an
+-- undo reading it says which value no longer exists.)  Like on_ddl, it never makes
+-- the DDL fail: an error here is recorded as an event and the journal left as is.
+CREATE OR REPLACE FUNCTION {s}.on_type_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r    record;
+    x    record;
+    col  record;
+BEGIN
+    FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+             WHERE classid = 'pg_type'::regclass AND objid IS NOT NULL
+    LOOP
+        BEGIN
+            FOR x IN
+                SELECT l.enum_oid, l.label AS old_label, e.enumlabel AS new_label
+                FROM {s}.enum_labels l JOIN pg_enum e ON e.oid = l.enum_oid
+                WHERE l.enumtypid = r.objid AND e.enumlabel <> l.label
+            LOOP
+                FOR col IN
+                    SELECT 'j_' || c.table_id AS journal, v.jcol, pt.typcategory = 'A' AS arr
+                    FROM {s}.captured c
+                    JOIN pg_attribute a ON a.attrelid = c.relid AND a.attnum > 0
+                                       AND NOT a.attisdropped
+                    JOIN pg_type pt ON pt.oid = a.atttypid
+                    JOIN LATERAL (SELECT jcol, type_name FROM {s}.columns
+                                  WHERE table_id = c.table_id AND attnum = a.attnum
+                                  ORDER BY since_stmt DESC LIMIT 1) v ON v.type_name = 'text'
+                    WHERE {s}.enum_of(a.atttypid) = r.objid
+                LOOP
+                    IF col.arr THEN
+                        EXECUTE format('UPDATE %I.%I SET %I = array_replace(%I::text[], $1, $2)::text '
+                                       'WHERE $1 = ANY (%I::text[])',
+                                       {s_lit}, col.journal, col.jcol, col.jcol, col.jcol)
+                        USING x.old_label, x.new_label;
+                    ELSE
+                        EXECUTE format('UPDATE %I.%I SET %I = $2 WHERE %I = $1',
+                                       {s_lit}, col.journal, col.jcol, col.jcol)
+                        USING x.old_label, x.new_label;
+                    END IF;
+                END LOOP;
+                UPDATE {s}.enum_labels SET label = x.new_label WHERE enum_oid = x.enum_oid;
+                INSERT INTO {s}.events (kind, detail, stmt_hwm)
+                VALUES ('ddl', format('enum value %s of %s renamed to %s: journal labels rewritten',
+                                      x.old_label, r.objid::regtype, x.new_label),
+                        (SELECT last_value FROM {s}.stmt_seq));
+            END LOOP;
+            -- Values added since (ADD VALUE): known from now on.
+            INSERT INTO {s}.enum_labels (enum_oid, enumtypid, label)
+            SELECT e.oid, e.enumtypid, e.enumlabel FROM pg_enum e
+            WHERE e.enumtypid = r.objid
+              AND EXISTS (SELECT 1 FROM {s}.enum_labels l WHERE l.enumtypid = r.objid)
+            ON CONFLICT (enum_oid) DO NOTHING;
+        EXCEPTION WHEN OTHERS THEN
+            INSERT INTO {s}.events (kind, detail, stmt_hwm)
+            VALUES ('ddl', 'journal labels not rewritten after ' || tg_tag || ': ' || SQLERRM,
+                    (SELECT last_value FROM {s}.stmt_seq));
+        END;
     END LOOP;
 END
 $fn$;
