@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from .db import DEFAULT_SCHEMA
+from .errors import RecoveryError
 from .schema import require_schema
 
 # First half of the advisory lock key; the second is the operation id (an int4 key).
@@ -28,15 +29,26 @@ def _key(op_id: int) -> int:
     return op_id % 2147483647
 
 
+def refuse_in_transaction(conn: psycopg.Connection, what: str, why: str) -> None:
+    """Raise RecoveryError when conn has a transaction open: `what` commits as it goes
+    (`why`), so it cannot run inside a caller's transaction without committing (or
+    rolling back) the caller's work with its own."""
+    if conn.info.transaction_status in (psycopg.pq.TransactionStatus.INTRANS,
+                                        psycopg.pq.TransactionStatus.INERROR):
+        raise RecoveryError(f"{what} commits as it goes ({why}): call it outside an open "
+                            "transaction (commit or roll back first)")
+
+
 def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
-    """Take the lock that says this session runs op_id; False if another session has it."""
+    """Take the lock that says this session runs op_id; False if another session has it.
+
+    A session lock: it outlives the block it is taken in (and a rollback of it); the
+    connection is left as it was found (idle, or in the caller's transaction)."""
     if op_id is None:
         return True
-    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                       [LOCK_CLASS, _key(op_id)]).fetchone()
-    if idle:
-        conn.rollback()  # leave the connection as it was (a session lock stays)
+    with conn.transaction():
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                           [LOCK_CLASS, _key(op_id)]).fetchone()
     return bool(row and row[0])
 
 
@@ -44,10 +56,8 @@ def release(conn: psycopg.Connection, op_id: int | None) -> None:
     """Let go of the lock of op_id (session level: outside or inside a transaction)."""
     if op_id is None or conn.closed:
         return
-    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, _key(op_id)])
-    if idle:
-        conn.rollback()  # not left idle in a transaction after the operation's commit
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, _key(op_id)])
 
 
 @dataclass
@@ -73,8 +83,8 @@ def list_operations(
     conn: psycopg.Connection, *, limit: int = 50, schema: str = DEFAULT_SCHEMA
 ) -> list[Operation]:
     """Return the most recent operations, newest first."""
-    require_schema(conn, schema)
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
         rows = conn.execute(sql.SQL(
             "SELECT op_id, kind, status, requested_by, started_at::text, finished_at::text,"
             " selector, summary, error, tag, status = ANY(%s) AND NOT EXISTS ("
@@ -84,6 +94,4 @@ def list_operations(
             "  AND l.objsubid = 2)"
             " FROM {}.operations ORDER BY op_id DESC LIMIT %s"
         ).format(sql.Identifier(schema)), [list(UNDER_WAY), LOCK_CLASS, limit]).fetchall()
-    finally:
-        conn.rollback()
     return [Operation(*r) for r in rows]
