@@ -35,9 +35,11 @@ def changes(
     conn: psycopg.Connection, selector: Selector, *, schema: str = DEFAULT_SCHEMA,
     max_transactions: int = 50,
 ) -> ChangesSummary:
-    """Count the captured changes a selector covers, per table and operation, tag, transaction."""
-    require_schema(conn, schema)
-    try:
+    """Count the captured changes a selector covers, per table and operation, tag, transaction.
+
+    Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
+    with conn.transaction():
+        require_schema(conn, schema)
         where = where_clause(conn, selector, schema)
         s = sql.Identifier(schema)
         head = conn.execute(sql.SQL(
@@ -64,9 +66,7 @@ def changes(
                     s, where, sql.Literal(max_transactions))):
             out.by_transaction.append({"txid": txid, "tag": tag, "user": user, "app": app,
                                        "statements": n, "rows": int(rows), "first": first})
-        return out
-    finally:
-        conn.rollback()
+    return out
 
 
 @dataclass
@@ -85,11 +85,13 @@ def diff(
     conn: psycopg.Connection, selector: Selector, *, limit: int = 20,
     schema: str = DEFAULT_SCHEMA,
 ) -> list[RowChange]:
-    """Return up to `limit` changed rows per table with column-level before/after values."""
-    require_schema(conn, schema)
+    """Return up to `limit` changed rows per table with column-level before/after values.
+
+    Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
     s = sql.Identifier(schema)
     out: list[RowChange] = []
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
         where = where_clause(conn, selector, schema)
         tids = [r[0] for r in conn.execute(sql.SQL(
             "SELECT DISTINCT table_id FROM {}.stmt st WHERE {} ORDER BY 1").format(s, where))]
@@ -122,6 +124,4 @@ def diff(
                     lim=sql.Literal(limit))).fetchall()
             for op, txid, at, tag, key, values in rows:
                 out.append(RowChange(t.label, OPS.get(op, op), txid, at, tag, key, values))
-    finally:
-        conn.rollback()
     return out

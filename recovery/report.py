@@ -314,16 +314,11 @@ def _series(conn: psycopg.Connection, schema: str, names: list[str], tags: list[
 def build(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA) -> dict[str, Any]:
     """The report document of runbook run `run_id` (JSON-ready: str, int, float, list, dict).
 
-    Reads only; a transaction it opens is rolled back, one already open is left as it is.
+    Reads only, in a transaction of its own or a savepoint of the caller's (left open).
     """
-    idle = (not conn.autocommit
-            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
-    try:
+    with conn.transaction():
         require_schema(conn, schema)
         return _build(conn, run_id, schema)
-    finally:
-        if idle:
-            conn.rollback()
 
 
 def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]:

@@ -212,15 +212,12 @@ def _out_columns(sel: Any) -> int | None:
     return None if stars or not sel.targetList else len(sel.targetList)
 
 
-def _was_idle(conn: psycopg.Connection) -> bool:
-    return not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-
-
 def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> list[Statement]:
     """Per statement of a migration file, the rows and columns of existing tables it could
-    destroy (see the module docstring). Reads the catalog only; a connection idle before is
-    rolled back to idle after. Raises RecoveryError for a file that does not parse, has no
-    statement, or destroys nothing in any existing table."""
+    destroy (see the module docstring). Reads the catalog only, in a transaction of its own
+    or a savepoint of the caller's, rolled back (a caller's transaction is left open).
+    Raises RecoveryError for a file that does not parse, has no statement, or destroys
+    nothing in any existing table."""
     try:
         raws = pglast.parse_sql(text)
         starts = [t.start for t in pglast.parser.scan(text)
@@ -233,8 +230,7 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
     if not raws:
         raise RecoveryError(f"{source}: no SQL statement in the file: pass the migration's "
                             "SQL file to --for-sql")
-    idle = _was_idle(conn)
-    try:
+    with conn.transaction() as tx:
         a, stmts = _Analyzer(conn), []
         for number, raw in enumerate(raws, 1):
             end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
@@ -245,9 +241,7 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
                            _kind(raw.stmt, body), [], [])
             a.statement(st, raw.stmt)
             stmts.append(st)
-    finally:
-        if idle:
-            conn.rollback()
+        raise psycopg.Rollback(tx)
     if not any(st.targets for st in stmts):
         blind = [st for st in stmts if any(n.startswith("cannot bound") for n in st.notes)]
         if blind:
@@ -869,9 +863,9 @@ def estimate(conn: psycopg.Connection, stmts: list[Statement]) -> None:
     Rows * Plan Width of `SELECT * FROM {from_sql} WHERE {where}` (for a columns target:
     `SELECT ctid, <columns>`, ctid standing in for the key). A statement's estimate is the
     sum over its targets that could be estimated (0 without targets, None when none could).
-    Each EXPLAIN runs in a savepoint: a failure (e.g. a table the file creates) is a note."""
-    idle = _was_idle(conn)
-    try:
+    Each EXPLAIN runs in a savepoint: a failure (e.g. a table the file creates) is a note.
+    Reads only, in a transaction of its own or a savepoint of the caller's, rolled back."""
+    with conn.transaction() as tx:
         for st in stmts:
             st.est_rows, st.est_bytes = (None, None) if st.targets else (0, 0)
             for t in st.targets:
@@ -895,6 +889,4 @@ def estimate(conn: psycopg.Connection, stmts: list[Statement]) -> None:
                 t.est_bytes = t.est_rows * int(plan.get("Plan Width", 0))
                 st.est_rows = (st.est_rows or 0) + t.est_rows
                 st.est_bytes = (st.est_bytes or 0) + t.est_bytes
-    finally:
-        if idle:
-            conn.rollback()
+        raise psycopg.Rollback(tx)
