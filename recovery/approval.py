@@ -8,7 +8,9 @@ when it comes from a database user other than the requester, for that plan; the
 operation consumes the request with authorize() inside the transaction that applies
 it, so a failed apply leaves it unconsumed, and a second run needs a new approval.
 
-`gate()` is what rollback() and restore() call between planning and applying.
+`gate()` is what rollback() and restore() call between planning and applying; a plan
+that needs a request raises ApprovalNeeded there, and `pending()` records the request
+once the applying transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ class ApprovalPending(ApprovalRequired):
     def __init__(self, message: str, req_id: int) -> None:
         super().__init__(message)
         self.req_id = req_id
+
+
+class ApprovalNeeded(ApprovalRequired):
+    """Raised by gate() inside the applying transaction: the plan needs an approved request
+    and has none.  The caller lets that transaction roll back, then turns this into
+    ApprovalPending with pending(), which records the request."""
+
+    def __init__(self, kind: str, plan: dict[str, Any], rows: int, tables: int, *,
+                 schema: str, problem: str | None, limit_rows: int, limit_tables: int,
+                 what: str) -> None:
+        super().__init__(f"{what} needs an approval (the request is not recorded yet)")
+        self.kind, self.plan, self.rows, self.tables = kind, plan, rows, tables
+        self.schema, self.problem, self.what = schema, problem, what
+        self.limit_rows, self.limit_tables = limit_rows, limit_tables
 
 
 @dataclass
@@ -188,11 +204,9 @@ def _fetch(conn: psycopg.Connection, req_id: int, schema: str) -> Request | None
 
 def get(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA) -> Request:
     """Approval request req_id; RecoveryError (exit 1) if there is none."""
-    require_schema(conn, schema)
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
         req = _fetch(conn, req_id, schema)
-    finally:
-        conn.rollback()
     if req is None:
         raise RecoveryError(f"no approval request {req_id}: `recovery approve --list` lists "
                             "the open ones")
@@ -202,15 +216,13 @@ def get(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA) -> 
 def list_requests(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA,
                   status: str | Sequence[str] | None = None) -> list[Request]:
     """Approval requests, oldest first; only those of the given status(es) if any."""
-    require_schema(conn, schema)
     statuses = [status] if isinstance(status, str) else list(status or [])
     where = sql.SQL(" WHERE r.status = ANY(%s)" if statuses else "")
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
         rows = conn.execute(sql.SQL(_SELECT).format(s=_s(schema)) + where
                             + sql.SQL(" ORDER BY r.req_id"),
                             [statuses] if statuses else None).fetchall()
-    finally:
-        conn.rollback()
     return [Request(*r) for r in rows]
 
 
@@ -218,30 +230,29 @@ def request(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int
             schema: str = DEFAULT_SCHEMA) -> Request:
     """Record a pending request for this plan, or find the open one this user made for it.
 
-    Commits (the request must outlive the refused operation).
+    Committed in a transaction of its own (the request must outlive the refused
+    operation); inside a caller's open transaction, written in a savepoint of it: the
+    request exists for others once the caller commits.
     """
-    try:
+    with conn.transaction():
         req_id = _call(conn, sql.SQL(
             "SELECT {}.request_approval(%s::text, %s::jsonb, %s::text, %s::bigint, %s::int)"
         ).format(_s(schema)), [kind, Jsonb(plan), plan_hash(plan), rows, tables])
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return get(conn, int(req_id), schema)
+        return get(conn, int(req_id), schema)
 
 
 def approve(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA,
             refuse: bool = False) -> Request:
-    """Approve request req_id as this connection's database user (or refuse it); commits.
+    """Approve request req_id as this connection's database user (or refuse it); committed
+    in a transaction of its own (a savepoint of the caller's, when one is open).
 
     The approval is for the plan as stored with the request (shown to the approver
     first): a stored plan that does not match its hash is refused here.  The database
     refuses an approval by the requester (ApprovalRequired, exit 3) and one of a
     request already executed or refused (RecoveryError, exit 1).
     """
-    req = get(conn, req_id, schema)
-    try:
+    with conn.transaction():
+        req = get(conn, req_id, schema)
         if refuse:
             _call(conn, sql.SQL("SELECT {}.refuse_approval(%s::bigint)").format(_s(schema)),
                   [req_id])
@@ -252,11 +263,7 @@ def approve(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA,
                     "it was not written by recovery; not approved")
             _call(conn, sql.SQL("SELECT {}.approve(%s::bigint, %s::text)").format(_s(schema)),
                   [req_id, req.plan_hash])
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return get(conn, req_id, schema)
+        return get(conn, req_id, schema)
 
 
 def authorize(conn: psycopg.Connection, req_id: int, hash: str,
@@ -292,8 +299,10 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
 
     Returns None when the plan is within the thresholds, or the id of the approved
     request it consumed (request `approval`, else one approved for exactly this plan).
-    Otherwise rolls the transaction back, records the plan as a pending request (or
-    finds this user's open one) and raises ApprovalPending (exit 3): nothing changed.
+    Otherwise raises ApprovalNeeded: the caller lets the applying transaction (or
+    savepoint) roll back, then raises `pending(conn, needed)`, which records the plan as
+    a pending request (or finds this user's open one): ApprovalPending (exit 3).
+    No transaction is ended here.
     """
     th = thresholds(conn, schema)
     # Given limits can only lower the meta table's (see needs_approval).
@@ -320,8 +329,20 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
             return candidate
         except ApprovalRequired as exc:
             problem = str(exc)
-    conn.rollback()
-    req = request(conn, kind, plan, rows, tables, schema)
+    raise ApprovalNeeded(kind, plan, rows, tables, schema=schema, problem=problem,
+                         limit_rows=limit_rows, limit_tables=limit_tables, what=what)
+
+
+def pending(conn: psycopg.Connection, needed: ApprovalNeeded) -> ApprovalPending:
+    """Record the request gate() found missing (once the applying transaction is rolled
+    back) and return the ApprovalPending to raise, saying what to do next.
+
+    Committed on its own; inside a caller's open transaction, recorded in it (and said)."""
+    kind, plan, rows, tables = needed.kind, needed.plan, needed.rows, needed.tables
+    what, problem = needed.what, needed.problem
+    limit_rows, limit_tables = needed.limit_rows, needed.limit_tables
+    yours = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    req = request(conn, kind, plan, rows, tables, needed.schema)
     head = f"{problem}; " if problem else ""
     size = (f"{what} changes {rows} rows in {tables} tables, more than the approval threshold "
             f"({limit_rows} rows or {limit_tables} tables): nothing was changed; ")
@@ -334,7 +355,10 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
         who = ("another database user must run" if need == 1
                else f"{need} more database users must each run")
         tail = f"{who} `recovery approve {req.req_id}`, then run this command again"
-    raise ApprovalPending(head + size + tail, req.req_id)
+    if yours:
+        tail += (f" (request {req.req_id} is recorded in your open transaction: others see "
+                 "it once you commit)")
+    return ApprovalPending(head + size + tail, req.req_id)
 
 
 # -- text for the CLI ---------------------------------------------------------------

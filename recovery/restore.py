@@ -205,6 +205,8 @@ def _load(conn: psycopg.Connection, info: SnapshotInfo, item: dict[str, Any],
         return _i(schema, item["data"])
     name = f"_snapdata_{item['n']}"
     with tabledef.catalog_path(conn):
+        # (Left by an earlier restore in the same open transaction of a caller.)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(_i(name)))
         conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
             _i(name), sql.SQL(", ").join(sql.SQL("{} {}").format(_i(c["name"]), sql.SQL(c["type"]))
                                          for c in item["columns"])))
@@ -385,6 +387,10 @@ def restore(
     or a directory snapshot's file does not match its manifest; nothing changes then.
     A restore larger than the approval thresholds needs an approved request, as an
     undo does (see rollback()): else ApprovalPending (exit 3), nothing changes.
+
+    The operation's record is committed first, then the restore in one transaction;
+    inside the caller's open transaction both go into it instead, as rollback() does
+    (its settings put back after, its constraint modes left as they are).
     """
     items = _pick(info, tables)
     if delete_new:
@@ -402,6 +408,7 @@ def restore(
                 f"--delete-new needs a snapshot of whole tables; {narrowed[0]} was saved with "
                 "--where, and a row moved into that WHERE since cannot be told from a new "
                 "one: restore without --delete-new (rows added since are kept and counted)")
+    nested = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     if info.store == "db":
         from .snapshot import _db_snapshots
 
@@ -409,103 +416,129 @@ def restore(
             raise RecoveryError(f"snapshot {info.name} is in another database's store: restore "
                                 "from a directory snapshot to reach another database")
     started = time.monotonic()
-    op_id = None if dry_run else _record_start(
-        conn, schema, "restore", {"snapshot": info.name, "store": info.store,
-                                  "tables": list(tables), "delete_new": delete_new})
-    conn.commit()
+    op_id = None
+    if not dry_run:
+        # The record first, in a transaction of its own; inside a caller's, in that one.
+        with conn.transaction():
+            op_id = _record_start(
+                conn, schema, "restore", {"snapshot": info.name, "store": info.store,
+                                          "tables": list(tables), "delete_new": delete_new})
     tag = f"recovery-restore-{op_id}" if op_id is not None else "recovery-restore"
     # The undo engine's transaction setup (lock_timeout, work_mem, deferred foreign
     # keys, the tag) and its suspension of the tables' own triggers.
     r = _Run(conn, schema, op_id, "_restore", "overwrite", fire_triggers, lock_timeout,
              None, None, tag=None if dry_run else tag)
+    r.nested = nested
     report = RestoreReport(op_id, info.name, info.store, "planned", dry_run, [],
                            None if dry_run else tag)
     try:
-        r.begin_tx()
-        settings = {**SETTINGS, "lc_monetary": info.manifest["settings"].get("lc_monetary")}
-        for k, v in settings.items():
-            if v:
-                conn.execute("SELECT set_config(%s, %s, true)", [k, v])
-        prepared = []
-        for item in items:
-            res = RestoreTable(f"{item['schema']}.{item['table']}", item["rows"])
-            relid, recreated, added = _prepare_table(conn, item, res, dry_run)
-            t = _table_info(conn, item["n"], relid, item)
-            prepared.append((item, t, res, recreated, added))
-        r.tables = _fk_order(conn, [p[1] for p in prepared])
-        by_id = {p[1].table_id: p for p in prepared}
-        plans: dict[int, _Plan] = {}
-        for t in r.tables:
-            item, _t, res, _rec, _add = by_id[t.table_id]
-            src = _load(conn, info, item, schema, progress)
-            plans[t.table_id] = _Plan(conn, t, src, item, delete_new)
-            for name in plans[t.table_id].fixed:
-                res.notes.append(f"column {name} is GENERATED ALWAYS AS IDENTITY: its values "
-                                 "are not restored in rows that exist (re-inserted rows keep "
-                                 "theirs)")
-            report.tables.append(res)
-        if dry_run:
-            for t in r.tables:
-                plans[t.table_id].counts(by_id[t.table_id][2])
-            conn.rollback()
-            report.status = "dry-run"
-            report.seconds = time.monotonic() - started
-            return report
-        if require_approval:
-            report.approval = _gate(conn, info, items, r.tables, plans, by_id, schema,
-                                    delete_new, approval, max_rows_without_approval,
-                                    max_tables_without_approval)
         try:
-            # Parents first for inserts, children first for deletes.
-            for t in r.tables:
-                r.suspend_triggers(t)
-                by_id[t.table_id][2].inserted = plans[t.table_id].insert()
-            for t in r.tables:
-                by_id[t.table_id][2].updated = plans[t.table_id].update()
-            for t in reversed(r.tables):
-                plan, res = plans[t.table_id], by_id[t.table_id][2]
-                plan.count_new(res)
-                res.deleted = plan.delete()
-            r.restore_triggers()
-            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation,
-                psycopg.errors.ExclusionViolation) as exc:
-            raise ConflictError(
-                f"restore refused, nothing was restored: {first_line(exc)} (a row added or "
-                "changed since the snapshot holds that value)", report) from None
-        for t in r.tables:
-            item, _t, res, recreated, added = by_id[t.table_id]
-            res.reinsert, res.restore = res.inserted, res.updated
-            res.already = res.saved - res.inserted - res.updated
-            if not item["all_columns"]:
-                res.already -= _missing(plans[t.table_id], res)
-            res.notes += _finish_columns(conn, item, added)
-            if recreated:
-                res.notes += tabledef.after_load(conn, item["definition"])
-        report.status = "done"
-        report.seconds = time.monotonic() - started
-        _record_end(conn, schema, op_id, "done", report.to_dict(), None, started)
-        if op_id is not None:
-            conn.execute(sql.SQL("UPDATE {}.operations SET tag = %s WHERE op_id = %s").format(
-                _i(schema)), [tag, op_id])
-        conn.commit()
-        operations.release(conn, op_id)
-        return report
+            with conn.transaction() as tx:
+                _apply(r, report, info, items, dry_run, delete_new, progress, approval,
+                       max_rows_without_approval, max_tables_without_approval,
+                       require_approval, started)
+                if dry_run:
+                    raise psycopg.Rollback(tx)  # a dry run leaves nothing
+        except ap.ApprovalNeeded as need:
+            raise ap.pending(conn, need) from None  # recorded now that nothing is applied
     except ApprovalRequired as exc:
-        conn.rollback()
         report.approval = getattr(exc, "req_id", None)
         _fail(conn, schema, op_id, report, "approval pending", started, "refused")
         raise
     except psycopg.errors.LockNotAvailable:
-        conn.rollback()
         _fail(conn, schema, op_id, report, "lock timeout", started)
         raise RecoveryError(
             f"rows or tables to restore are locked by another transaction beyond lock_timeout "
             f"{lock_timeout}: nothing was restored; retry, or raise --lock-timeout") from None
     except BaseException as exc:
-        conn.rollback()
         _fail(conn, schema, op_id, report, first_line(exc), started)
         raise
+    if dry_run:
+        report.status = "dry-run"
+        report.seconds = time.monotonic() - started
+        return report
+    operations.release(conn, op_id)
+    return report
+
+
+def _apply(r: _Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[str, Any]],
+           dry_run: bool, delete_new: bool, progress: Progress | None, approval: int | None,
+           max_rows: int | None, max_tables: int | None, require_approval: bool,
+           started: float) -> None:
+    """The restore in the current transaction: plan, approval, apply, record the end (a
+    dry run stops after the counts; its caller rolls the transaction back)."""
+    conn, schema = r.conn, r.schema
+    r.begin_tx()
+    settings = {**SETTINGS, "lc_monetary": info.manifest["settings"].get("lc_monetary")}
+    for k, v in settings.items():
+        if v:
+            r.set_local(k, v)
+    prepared = []
+    for item in items:
+        res = RestoreTable(f"{item['schema']}.{item['table']}", item["rows"])
+        relid, recreated, added = _prepare_table(conn, item, res, dry_run)
+        t = _table_info(conn, item["n"], relid, item)
+        prepared.append((item, t, res, recreated, added))
+    r.tables = _fk_order(conn, [p[1] for p in prepared])
+    by_id = {p[1].table_id: p for p in prepared}
+    plans: dict[int, _Plan] = {}
+    for t in r.tables:
+        item, _t, res, _rec, _add = by_id[t.table_id]
+        src = _load(conn, info, item, schema, progress)
+        plans[t.table_id] = _Plan(conn, t, src, item, delete_new)
+        for name in plans[t.table_id].fixed:
+            res.notes.append(f"column {name} is GENERATED ALWAYS AS IDENTITY: its values "
+                             "are not restored in rows that exist (re-inserted rows keep "
+                             "theirs)")
+        report.tables.append(res)
+    if dry_run:
+        for t in r.tables:
+            plans[t.table_id].counts(by_id[t.table_id][2])
+        return
+    if require_approval:
+        report.approval = _gate(conn, info, items, r.tables, plans, by_id, schema,
+                                delete_new, approval, max_rows, max_tables)
+    try:
+        # Parents first for inserts, children first for deletes.
+        for t in r.tables:
+            r.suspend_triggers(t)
+            by_id[t.table_id][2].inserted = plans[t.table_id].insert()
+        for t in r.tables:
+            by_id[t.table_id][2].updated = plans[t.table_id].update()
+        for t in reversed(r.tables):
+            plan, res = plans[t.table_id], by_id[t.table_id][2]
+            plan.count_new(res)
+            res.deleted = plan.delete()
+        r.restore_triggers()
+        if not r.nested:
+            # The checks deferred by begin_tx() now, to be told as a conflict.  (In a
+            # caller's transaction nothing was deferred: its modes are its own.)
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation,
+            psycopg.errors.ExclusionViolation) as exc:
+        raise ConflictError(
+            f"restore refused, nothing was restored: {first_line(exc)} (a row added or "
+            "changed since the snapshot holds that value)", report) from None
+    for t in r.tables:
+        item, _t, res, recreated, added = by_id[t.table_id]
+        res.reinsert, res.restore = res.inserted, res.updated
+        res.already = res.saved - res.inserted - res.updated
+        if not item["all_columns"]:
+            res.already -= _missing(plans[t.table_id], res)
+        res.notes += _finish_columns(conn, item, added)
+        if recreated:
+            res.notes += tabledef.after_load(conn, item["definition"])
+    report.status = "done"
+    report.seconds = time.monotonic() - started
+    _record_end(conn, schema, r.op_id, "done", report.to_dict(), None, started)
+    if r.op_id is not None:
+        conn.execute(sql.SQL("UPDATE {}.operations SET tag = %s WHERE op_id = %s").format(
+            _i(schema)), [r.tag, r.op_id])
+    if r.nested and info.store != "db":
+        for item in items:  # the loaded copies of the files (else kept to the caller's end)
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
+                _i(f"_snapdata_{item['n']}")))
+    r.end_tx()
 
 
 def _missing(plan: _Plan, res: RestoreTable) -> int:
@@ -525,8 +558,8 @@ def _fail(conn: psycopg.Connection, schema: str, op_id: int | None, report: Rest
     if op_id is None:
         return
     report.status = status
-    _record_end(conn, schema, op_id, status, report.to_dict(), error, started)
-    conn.commit()
+    with conn.transaction():
+        _record_end(conn, schema, op_id, status, report.to_dict(), error, started)
     operations.release(conn, op_id)
 
 

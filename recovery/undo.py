@@ -108,6 +108,10 @@ class _Run:
         self.batched = False
         # Dry run with sql_out: record the statements that change data, run none.
         self.record_only = False
+        # Running inside the caller's open transaction (its blocks are savepoints):
+        # settings it changes are put back by end_tx(), constraint modes are left alone.
+        self.nested = False
+        self._saved: dict[str, str | None] = {}
 
     def run(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> Any:
         if self.sql_out is not None:
@@ -119,15 +123,38 @@ class _Run:
     def net(self, t: TableInfo) -> str:
         return f"{self.prefix}_{t.table_id}"
 
+    def set_local(self, name: str, value: str) -> None:
+        """Set a setting to the end of the transaction (nested: until end_tx())."""
+        if self.nested and name not in self._saved:
+            row = self.conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()
+            self._saved[name] = row[0] if row else None
+        self.conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+
     def begin_tx(self) -> None:
-        self.conn.execute("SELECT set_config('lock_timeout', %s, true)", [self.lock_timeout])
+        self.set_local("lock_timeout", self.lock_timeout)
         # The plan's joins are hash joins over the damaged rows: give them memory, so
         # they do not spill to disk (only this transaction's work_mem changes).
-        self.conn.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
-        # Deferrable foreign keys are checked once, at commit.
-        self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        self.set_local("work_mem", WORK_MEM)
+        if not self.nested:
+            # Deferrable foreign keys are checked once, at commit.  (Not in a caller's
+            # transaction: its constraint modes are its own, and cannot be put back.)
+            self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
         if self.tag is not None:
-            self.conn.execute("SELECT set_config('recovery.tag', %s, true)", [self.tag])
+            self.set_local("recovery.tag", self.tag)
+
+    def end_tx(self) -> None:
+        """At the end of a block that succeeded inside a caller's transaction: give it
+        back its settings (the caller's later writes must not carry the undo's tag) and
+        drop this run's temporary tables.  A transaction of its own ends them itself."""
+        if not self.nested:
+            return
+        for name, value in self._saved.items():
+            self.conn.execute("SELECT set_config(%s, %s, true)", [name, value or ""])
+        self._saved = {}
+        for t in self.tables:
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
+                sql.Identifier("pg_temp", f"_rb_{t.table_id}"),
+                sql.Identifier("pg_temp", f"_rs_{t.table_id}")))
 
     # -- the table's own triggers ------------------------------------------------
     def suspend_triggers(self, t: TableInfo) -> None:
@@ -375,7 +402,15 @@ def rollback(
 
     Raises ConflictError (exit 2) when on_conflict is "fail" and a row or cell was
     changed after the selected changes by anything not selected; nothing changes then.
-    With batch_size, commits every batch and can be resumed with resume_rollback().
+    With batch_size, commits every batch and can be resumed with resume_rollback();
+    it is then refused inside an open transaction (RecoveryError).
+
+    Without batch_size the operation's record is committed first, then the undo in one
+    transaction.  Called inside the caller's open transaction, both go into it instead
+    (savepoints: a failed undo leaves the caller's work as it was, a successful one
+    commits with it), its settings are put back after, and its constraint modes are
+    left as they are (deferrable foreign keys are checked as that transaction checks
+    them).  A dry run leaves nothing behind either way.
 
     A plan larger than the approval thresholds (meta approval_rows / approval_tables,
     or the max_*_without_approval given here) runs only under an approved request for
@@ -392,100 +427,114 @@ def rollback(
             "no selector given: name what to undo with --tag, --txid, --since/--until, "
             "--table, --user or --app"
         )
-    require_schema(conn, schema)
+    nested = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    if batch_size is not None and not dry_run:
+        operations.refuse_in_transaction(
+            conn, "a batched rollback", f"a transaction per batch of {batch_size} rows")
     started = time.monotonic()
-    try:
-        where = where_clause(conn, selector, schema)
-        matching = _matching(conn, schema, where)
-    except BaseException:
-        conn.rollback()
-        raise
-    if not matching:
-        conn.rollback()
-        raise RecoveryError(f"no captured change matches {selector.describe()}")
     options = {"on_conflict": on_conflict, "batch_size": batch_size, "lock_timeout": lock_timeout,
                "fire_triggers": fire_triggers}
     op_id = None
-    if not dry_run:
-        op_id = conn.execute(sql.SQL(
-            "INSERT INTO {}.operations (kind, status, selector, options) "
-            "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id").format(
-                sql.Identifier(schema)),
-            [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
-        conn.commit()
-        operations.hold(conn, op_id)  # says "this session runs it" until the end
+    # The record first, in a transaction of its own (`recovery operations` shows the
+    # undo under way while it runs); inside a caller's transaction, in that one.
+    with conn.transaction():
+        require_schema(conn, schema)
+        where = where_clause(conn, selector, schema)
+        matching = _matching(conn, schema, where)
+        if not matching:
+            raise RecoveryError(f"no captured change matches {selector.describe()}")
+        if not dry_run:
+            op_id = conn.execute(sql.SQL(
+                "INSERT INTO {}.operations (kind, status, selector, options) "
+                "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id").format(
+                    sql.Identifier(schema)),
+                [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
+    operations.hold(conn, op_id)  # says "this session runs it" until the end
     prefix = f"undo_{op_id}" if op_id is not None else f"undo_dry_{conn.info.backend_pid}"
     r = _Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
              progress)
+    r.nested = nested
     report = RollbackReport(op_id, "planned", selector.as_dict(), on_conflict, dry_run, [],
                             undo_tag(op_id) if op_id is not None else None)
+    single = batch_size is None and not dry_run
     try:
-        r.begin_tx()
-        infos = [load(conn, schema, tid) for tid, *_ in matching]
-        r.tables = _fk_order(conn, infos)
-        changes = {tid: n for tid, _lo, _hi, n in matching}
-        _analyze_journal(conn, schema, [t.table_id for t in r.tables])
-        for t in r.tables:
-            tid, lo, hi, _n = next(m for m in matching if m[0] == t.table_id)
-            r.build_net(t, where, lo, hi)
-            # Fresh statistics: without them the planner guesses one row and nests loops.
-            r.run(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, r.net(t))))
-        single = batch_size is None and not dry_run
-        for t in r.tables:
-            r.fill_batch(t, None, None)
-            res = r.status(t, lock=single)
-            res.changes = int(changes[t.table_id])
-            r.results[t.table_id] = res
-        report.tables = [r.results[t.table_id] for t in r.tables]
-        if dry_run:
-            if sql_out is not None:
-                # --dry-run --sql: also write the statements the undo would apply.
-                r.record_only = True
-                _apply_all(r, report)
-            conn.rollback()
-            report.status = "dry-run"
-            report.seconds = time.monotonic() - started
-            return report
-        if report.conflicts and on_conflict == "fail":
-            raise ConflictError(
-                f"{report.conflicts} row(s) changed after the selected changes: nothing was "
-                "undone; see the conflicts, then use --on-conflict skip or overwrite", report)
-        if require_approval:
-            # In the applying transaction (batched: the one that commits the plan).
-            report.approval = _gate(r, report, selector, approval,
-                                    max_rows_without_approval, max_tables_without_approval)
-        if single:
-            _apply_all(r, report)
-            _finish(r, report, "done", started)
-            conn.commit()
-            operations.release(conn, op_id)
-            return report
-        # Batched: keep the plan, then work through it in committed batches.
-        _set_status(r, "applying", report)
-        conn.commit()
+        try:
+            with conn.transaction() as tx:
+                _plan(r, report, where, matching, lock=single)
+                if dry_run:
+                    if sql_out is not None:
+                        # --dry-run --sql: also write the statements the undo would apply.
+                        r.record_only = True
+                        _apply_all(r, report)
+                    raise psycopg.Rollback(tx)  # a dry run leaves nothing (net tables)
+                if report.conflicts and on_conflict == "fail":
+                    raise ConflictError(
+                        f"{report.conflicts} row(s) changed after the selected changes: nothing "
+                        "was undone; see the conflicts, then use --on-conflict skip or "
+                        "overwrite", report)
+                if require_approval:
+                    # In the applying transaction (batched: the one that commits the plan).
+                    report.approval = _gate(r, report, selector, approval,
+                                            max_rows_without_approval,
+                                            max_tables_without_approval)
+                if single:
+                    _apply_all(r, report)
+                    _finish(r, report, "done", started)
+                    r.end_tx()
+                else:
+                    # Batched: keep the plan, then work through it in committed batches.
+                    _set_status(r, "applying", report)
+        except ap.ApprovalNeeded as need:
+            raise ap.pending(conn, need) from None  # recorded now that nothing is applied
     except ConflictError:
-        conn.rollback()
         if op_id is not None:
             _record_end(conn, schema, op_id, "refused", report, "conflicts")
         raise
     except ApprovalRequired as exc:
-        conn.rollback()
         report.approval = getattr(exc, "req_id", None)
         _record_end(conn, schema, op_id, "refused", report, "approval pending")
         raise
     except psycopg.errors.LockNotAvailable:
-        conn.rollback()
         if op_id is not None:
             _record_end(conn, schema, op_id, "failed", report, "lock timeout")
         raise RecoveryError(
             f"rows or tables to undo are locked by another transaction beyond lock_timeout "
             f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout") from None
     except BaseException as exc:
-        conn.rollback()
         if op_id is not None:
             _record_end(conn, schema, op_id, "failed", report, first_line(exc))
         raise
+    if dry_run:
+        report.status = "dry-run"
+        report.seconds = time.monotonic() - started
+        return report
+    if single:
+        operations.release(conn, op_id)
+        return report
     return _run_batches(r, report, batch_size or 0, started)
+
+
+def _plan(r: _Run, report: RollbackReport, where: sql.Composable,
+          matching: list[tuple[int, int, int, int]], lock: bool) -> None:
+    """Build the net tables of the matching tables and compare them with the tables now
+    (locking the rows to undo when `lock`): the report's per-table counts."""
+    conn, schema = r.conn, r.schema
+    r.begin_tx()
+    infos = [load(conn, schema, tid) for tid, *_ in matching]
+    r.tables = _fk_order(conn, infos)
+    changes = {tid: n for tid, _lo, _hi, n in matching}
+    _analyze_journal(conn, schema, [t.table_id for t in r.tables])
+    for t in r.tables:
+        tid, lo, hi, _n = next(m for m in matching if m[0] == t.table_id)
+        r.build_net(t, where, lo, hi)
+        # Fresh statistics: without them the planner guesses one row and nests loops.
+        r.run(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, r.net(t))))
+    for t in r.tables:
+        r.fill_batch(t, None, None)
+        res = r.status(t, lock=lock)
+        res.changes = int(changes[t.table_id])
+        r.results[t.table_id] = res
+    report.tables = [r.results[t.table_id] for t in r.tables]
 
 
 def _gate(r: _Run, report: RollbackReport, selector: Selector, approval: int | None,
@@ -516,61 +565,68 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
 
 def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float
                  ) -> RollbackReport:
+    """Apply the saved plan in batches, each committed in a transaction of its own (the
+    caller checked that no transaction of its caller is open)."""
     conn = r.conn
     r.batched = True
     try:
-        # A table whose rows reference each other re-inserts (and deletes) its rows in
-        # one statement: split by key, a child could come before its parent.
-        self_ref = {t.table_id for t in r.tables if conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
-            " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()[0]}
-        conn.rollback()
+        with conn.transaction():
+            # A table whose rows reference each other re-inserts (and deletes) its rows
+            # in one statement: split by key, a child could come before its parent.
+            self_ref = {t.table_id for t in r.tables if conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
+                " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()[0]}
         for phase, order in (("insert", r.tables), ("update", r.tables),
                              ("delete", list(reversed(r.tables)))):
             for t in order:
                 res = r.results[t.table_id]
                 limit = None if phase != "update" and t.table_id in self_ref else batch_size
                 while True:
-                    r.begin_tx()
-                    if r.fill_batch(t, phase, limit) == 0:
-                        conn.rollback()
+                    with conn.transaction():
+                        r.begin_tx()
+                        written = None
+                        if r.fill_batch(t, phase, limit):
+                            written = _batch(r, t, res, report)
+                    if written is None:
                         break
-                    now = r.status(t, lock=True)
-                    if now.conflicts and r.on_conflict == "fail":
-                        raise ConflictError(
-                            f"{now.conflicts} row(s) of {t.label} changed while the undo ran: "
-                            f"stopped after {report.batches} committed batch(es); resume with "
-                            f"`recovery rollback --resume {r.op_id} --on-conflict skip`", report)
-                    r.suspend_triggers(t)
-                    ins, upd, dele = r.apply(t, ("insert", "update", "delete"))
-                    r.restore_triggers()
-                    res.inserted += ins
-                    res.updated += upd
-                    res.deleted += dele
-                    report.batches += 1
-                    _set_status(r, "applying", report)
-                    conn.commit()
                     if r.progress:
-                        r.progress(t.label, ins + upd + dele)
-        r.begin_tx()
-        _finish(r, report, "done", started)
-        conn.commit()
+                        r.progress(t.label, written)
+        with conn.transaction():
+            r.begin_tx()
+            _finish(r, report, "done", started)
         operations.release(conn, r.op_id)
     except ConflictError:
-        conn.rollback()
         _record_end(conn, r.schema, r.op_id, "stopped", report, "conflicts during batches")
         raise
     except psycopg.errors.LockNotAvailable:
-        conn.rollback()
         _record_end(conn, r.schema, r.op_id, "stopped", report, "lock timeout")
         raise RecoveryError(
             f"a batch waited beyond lock_timeout {r.lock_timeout}: {report.batches} batch(es) "
             f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
     except BaseException as exc:
-        conn.rollback()
         _record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))
         raise
     return report
+
+
+def _batch(r: _Run, t: TableInfo, res: TableResult, report: RollbackReport) -> int:
+    """Apply the batch of t (in its _rb_ table) in the current transaction; the rows
+    written."""
+    now = r.status(t, lock=True)
+    if now.conflicts and r.on_conflict == "fail":
+        raise ConflictError(
+            f"{now.conflicts} row(s) of {t.label} changed while the undo ran: "
+            f"stopped after {report.batches} committed batch(es); resume with "
+            f"`recovery rollback --resume {r.op_id} --on-conflict skip`", report)
+    r.suspend_triggers(t)
+    ins, upd, dele = r.apply(t, ("insert", "update", "delete"))
+    r.restore_triggers()
+    res.inserted += ins
+    res.updated += upd
+    res.deleted += dele
+    report.batches += 1
+    _set_status(r, "applying", report)
+    return ins + upd + dele
 
 
 def _set_status(r: _Run, status: str, report: RollbackReport) -> None:
@@ -597,11 +653,12 @@ def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status
     if op_id is None:
         return
     report.status = status
-    conn.execute(sql.SQL(
-        "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
-        " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
-        [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error, op_id])
-    conn.commit()
+    with conn.transaction():
+        conn.execute(sql.SQL(
+            "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+            " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
+            [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error,
+             op_id])
     operations.release(conn, op_id)
 
 
@@ -613,13 +670,17 @@ def resume_rollback(
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
 ) -> RollbackReport:
-    """Continue a batched undo from its last committed batch."""
-    require_schema(conn, schema)
-    row = conn.execute(sql.SQL(
-        "SELECT status, selector, options, summary FROM {}.operations "
-        "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)),
-        [op_id]).fetchone()
-    conn.rollback()
+    """Continue a batched undo from its last committed batch.
+
+    Commits every batch: refused inside an open transaction (RecoveryError)."""
+    operations.refuse_in_transaction(conn, f"resuming undo operation {op_id}",
+                                     "a transaction per batch")
+    with conn.transaction():
+        require_schema(conn, schema)
+        row = conn.execute(sql.SQL(
+            "SELECT status, selector, options, summary FROM {}.operations "
+            "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)),
+            [op_id]).fetchone()
     if row is None:
         raise RecoveryError(f"no undo operation {op_id}: `recovery operations` lists them")
     status, selector, options, summary = row
@@ -636,23 +697,22 @@ def resume_rollback(
     # resume running at the same time finds the rows of each batch locked, then
     # restored, so it applies nothing twice.
     operations.hold(conn, op_id)
-    conn.rollback()
     r = _Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
              options.get("lock_timeout", "5s"), None, progress)
     ids = [t["table_id"] for t in (summary or {}).get("tables", [])]
-    infos = [load(conn, schema, tid) for tid in ids]
-    missing = [t.label for t in infos if conn.execute(
-        "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
-    if missing:
-        raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
-    r.tables = _fk_order(conn, infos)
+    with conn.transaction():
+        infos = [load(conn, schema, tid) for tid in ids]
+        missing = [t.label for t in infos if conn.execute(
+            "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
+        if missing:
+            raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
+        r.tables = _fk_order(conn, infos)
     results = []
     for t in r.tables:
         saved = next(x for x in summary["tables"] if x["table_id"] == t.table_id)
         res = TableResult(**{k: v for k, v in saved.items()})
         r.results[t.table_id] = res
         results.append(res)
-    conn.rollback()
     report = RollbackReport(op_id, status, selector, oc, False, results, undo_tag(op_id),
                             batches=int((summary or {}).get("batches", 0)))
     return _run_batches(r, report, int(options["batch_size"]), time.monotonic())
