@@ -60,39 +60,41 @@ def require_schema(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> No
 
 
 def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
-    """Install the recovery schema, or upgrade it in place; safe to run again."""
+    """Install the recovery schema, or upgrade it in place; safe to run again.
+
+    One transaction of its own, committed; inside a caller's open transaction, a
+    savepoint of it (the schema is there once the caller commits)."""
     check_schema_name(schema)
-    previous = installed_version(conn, schema)
-    if previous is not None and previous > SCHEMA_VERSION:
-        raise RecoveryError(
-            f"schema {schema} is version {previous}, newer than this tool ({SCHEMA_VERSION}): "
-            "upgrade the recovery package"
-        )
     try:
-        # Serialise concurrent `init` runs.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recovery-init:{schema}"])
-        conn.execute(_schema_sql(schema))
-        # Upgrades from older versions go here, each a step from N to N+1, run in
-        # this same transaction.  1 -> 2 adds the snapshots table, 2 -> 3 the approval
-        # and runbook tables; the idempotent script above creates them, nothing
-        # captured is touched.
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ).format(sql.Identifier(schema)),
-            [str(SCHEMA_VERSION)],
-        )
-        ddl_follow = _install_event_trigger(conn, schema)
-        # Rebuild capture functions so that they match this version's generator.
-        conn.execute(
-            sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled").format(
-                s=sql.Identifier(schema)
+        with conn.transaction():
+            previous = installed_version(conn, schema)
+            if previous is not None and previous > SCHEMA_VERSION:
+                raise RecoveryError(
+                    f"schema {schema} is version {previous}, newer than this tool "
+                    f"({SCHEMA_VERSION}): upgrade the recovery package"
+                )
+            # Serialise concurrent `init` runs.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                         [f"recovery-init:{schema}"])
+            conn.execute(_schema_sql(schema))
+            # Upgrades from older versions go here, each a step from N to N+1, run in
+            # this same transaction.  1 -> 2 adds the snapshots table, 2 -> 3 the approval
+            # and runbook tables; the idempotent script above creates them, nothing
+            # captured is touched.
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ).format(sql.Identifier(schema)),
+                [str(SCHEMA_VERSION)],
             )
-        )
-        conn.commit()
+            ddl_follow = _install_event_trigger(conn, schema)
+            # Rebuild capture functions so that they match this version's generator.
+            conn.execute(
+                sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled")
+                .format(s=sql.Identifier(schema))
+            )
     except psycopg.errors.InsufficientPrivilege as exc:
-        conn.rollback()
         raise RecoveryError(
             f"cannot install schema {schema}: {exc.diag.message_primary}; "
             "run `recovery init` as a role with CREATE on the database"
