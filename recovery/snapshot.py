@@ -191,74 +191,81 @@ def create(
     on failure: the database store writes in that transaction, the directory store
     under a hidden temporary directory that is removed (or, if the process dies,
     never lists).
+
+    It commits as it goes (the operation's record, then the snapshot in a transaction
+    of its own, whose rows a second session may read): refused inside an open
+    transaction (RecoveryError).  save_in_transaction() saves inside one.
     """
     check_name(name)
     if not specs:
         raise RecoveryError("nothing to save: name a table with --table, or a file with --for-sql")
+    operations.refuse_in_transaction(
+        conn, "snapshot create", "the operation's record, then a REPEATABLE READ transaction "
+        "of its own; save_in_transaction() saves inside yours")
     in_db = store in (None, "db")
-    if in_db:
-        require_schema(conn, schema)
-        exists = conn.execute(sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
-            sql.Identifier(schema)), [name]).fetchone()
-        if exists:
-            conn.rollback()
-            raise RecoveryError(f"snapshot {name} exists already: drop it or choose another name")
-    else:
-        base = _store_dir(store, create=True)
-        if (base / name).exists():
-            raise RecoveryError(f"snapshot {name} exists already in {base}: drop it or choose "
-                                "another name")
-    conn.rollback()
-    # Bad input (a table without a key, a --key or column that is not there) is
-    # refused before the operation is recorded: exit 1 leaves no trace, as elsewhere.
-    for spec in specs:
-        _item(conn, 0, spec, key)
-    conn.rollback()
+    # Bad input (a snapshot that exists, a table without a key, a --key or column that
+    # is not there) is refused before the operation is recorded: exit 1 leaves no
+    # trace, as elsewhere.
+    with conn.transaction():
+        if in_db:
+            require_schema(conn, schema)
+            exists = conn.execute(sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
+                sql.Identifier(schema)), [name]).fetchone()
+            if exists:
+                raise RecoveryError(
+                    f"snapshot {name} exists already: drop it or choose another name")
+        else:
+            base = _store_dir(store, create=True)
+            if (base / name).exists():
+                raise RecoveryError(f"snapshot {name} exists already in {base}: drop it or "
+                                    "choose another name")
+        for spec in specs:
+            _item(conn, 0, spec, key)
     started = time.monotonic()
-    op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
-    conn.commit()
-    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    manifest = _manifest_head(conn, name, source)
+    with conn.transaction():
+        op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
     tmp: Path | None = None
     try:
-        items = []
-        for n, spec in enumerate(specs, 1):
-            items.append(_item(conn, n, spec, key))
-        _set_output(conn)
-        if in_db:
-            _save_db(conn, name, specs, items, manifest, schema, progress, concurrent=True)
-            where = "db"
-        else:
-            base = _store_dir(store)
-            tmp = base / f".{name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for (item, cols), spec in zip(items, specs):
-                fname = f"{item['n']:04d}-{_safe(item['schema'])}.{_safe(item['table'])}.copy.zst"
-                rows, size, digest = _copy_out(conn, _select(conn, spec, cols), tmp / fname,
-                                               progress)
-                item.update(data=fname, rows=rows, bytes=size, sha256=digest)
-                manifest["items"].append(item)
-            _write_durably(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-            _fsync_dir(tmp)
-            os.rename(tmp, base / name)
-            tmp = None
-            _fsync_dir(base)
-            where = str(base)
-        info = _info(manifest, where)
-        _record_end(conn, schema, op_id, "done", info.to_dict(), None, started)
-        conn.commit()
-        operations.release(conn, op_id)
-        return info
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            manifest = _manifest_head(conn, name, source)
+            items = []
+            for n, spec in enumerate(specs, 1):
+                items.append(_item(conn, n, spec, key))
+            _set_output(conn)
+            if in_db:
+                _save_db(conn, name, specs, items, manifest, schema, progress, concurrent=True)
+                where = "db"
+            else:
+                base = _store_dir(store)
+                tmp = base / f".{name}.tmp-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                for (item, cols), spec in zip(items, specs):
+                    fname = (f"{item['n']:04d}-{_safe(item['schema'])}."
+                             f"{_safe(item['table'])}.copy.zst")
+                    rows, size, digest = _copy_out(conn, _select(conn, spec, cols),
+                                                   tmp / fname, progress)
+                    item.update(data=fname, rows=rows, bytes=size, sha256=digest)
+                    manifest["items"].append(item)
+                _write_durably(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+                _fsync_dir(tmp)
+                os.rename(tmp, base / name)
+                tmp = None
+                _fsync_dir(base)
+                where = str(base)
+            info = _info(manifest, where)
+            _record_end(conn, schema, op_id, "done", info.to_dict(), None, started)
     except BaseException as exc:
-        conn.rollback()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", None, first_line(exc), started)
-            conn.commit()
+            with conn.transaction():
+                _record_end(conn, schema, op_id, "failed", None, first_line(exc), started)
             operations.release(conn, op_id)
         raise
+    operations.release(conn, op_id)
+    return info
 
 
 def _manifest_head(conn: psycopg.Connection, name: str,
@@ -414,23 +421,24 @@ def save_in_transaction(
     source: dict[str, Any] | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> SnapshotInfo:
-    """Save into the database store inside the caller's open transaction (no commit).
+    """Save into the database store inside the caller's open transaction (no commit): in
+    a savepoint of it (with none open, in a transaction of its own).
 
     For hooks that snapshot just before a statement of a migration runs, in the
     migration's own transaction: the snapshot commits with the migration, or goes
     with it when it rolls back (then nothing was destroyed).  The output settings
-    are changed for this transaction only while saving, then put back.
+    are changed for this transaction only while saving, then put back (on failure,
+    the savepoint's rollback puts them back).
     """
     check_name(name)
-    require_schema(conn, schema)
-    items = [_item(conn, n, spec, None) for n, spec in enumerate(specs, 1)]
-    manifest = _manifest_head(conn, name, source)
-    saved = {k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0]  # type: ignore[index]
-             for k in SETTINGS}
-    _set_output(conn)
-    try:
+    with conn.transaction():
+        require_schema(conn, schema)
+        items = [_item(conn, n, spec, None) for n, spec in enumerate(specs, 1)]
+        manifest = _manifest_head(conn, name, source)
+        saved = {k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0]  # type: ignore[index]
+                 for k in SETTINGS}
+        _set_output(conn)
         _save_db(conn, name, specs, items, manifest, schema, None)
-    finally:
         for k, v in saved.items():
             # Local: a value the migration SET LOCAL stays local, a session one is unchanged.
             conn.execute("SELECT set_config(%s, %s, true)", [k, v])
@@ -581,12 +589,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 # -- finding snapshots -------------------------------------------------------------
 def _db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, Any]]:
-    if installed_version(conn, schema) is None:
-        return {}
-    require_schema(conn, schema)
-    rows = conn.execute(sql.SQL("SELECT name, manifest FROM {}.snapshots ORDER BY snap_id")
-                        .format(sql.Identifier(schema))).fetchall()
-    conn.rollback()
+    with conn.transaction():
+        if installed_version(conn, schema) is None:
+            return {}
+        require_schema(conn, schema)
+        rows = conn.execute(sql.SQL("SELECT name, manifest FROM {}.snapshots ORDER BY snap_id")
+                            .format(sql.Identifier(schema))).fetchall()
     return {n: m for n, m in rows}
 
 
@@ -691,18 +699,21 @@ def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
         label = f"{item['schema']}.{item['table']}"
         if info.store == "db":
             assert conn is not None
-            try:
+            # Rolled back: the output settings go with it (a caller's transaction,
+            # when one is open, keeps its own).
+            with conn.transaction() as tx:
                 _set_output(conn)
-                rows, check, _m = _db_checksum(conn, schema, item["data"],
-                                               item.get("checksum_method", "text"))
-                problem = None
-                if rows != item["rows"]:
-                    problem = f"{rows} rows, the manifest says {item['rows']}"
-                elif check != item["checksum"]:
-                    problem = "checksum differs from the one recorded at creation"
-            except psycopg.errors.UndefinedTable:
-                problem = "data table is missing"
-            conn.rollback()
+                try:
+                    rows, check, _m = _db_checksum(conn, schema, item["data"],
+                                                   item.get("checksum_method", "text"))
+                    problem = None
+                    if rows != item["rows"]:
+                        problem = f"{rows} rows, the manifest says {item['rows']}"
+                    elif check != item["checksum"]:
+                        problem = "checksum differs from the one recorded at creation"
+                except psycopg.errors.UndefinedTable:
+                    problem = "data table is missing"
+                raise psycopg.Rollback(tx)
             where = f"{schema}.{item['data']}"
         else:
             path = Path(info.store) / info.name / item["data"]
@@ -729,15 +740,16 @@ def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
 
 
 def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFAULT_SCHEMA) -> None:
-    """Remove a snapshot and its data."""
+    """Remove a snapshot and its data (a database one in a transaction of its own, or a
+    savepoint of the caller's)."""
     if info.store == "db":
         assert conn is not None
-        for item in info.manifest["items"]:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                sql.Identifier(schema, item["data"])))
-        conn.execute(sql.SQL("DELETE FROM {}.snapshots WHERE name = %s").format(
-            sql.Identifier(schema)), [info.name])
-        conn.commit()
+        with conn.transaction():
+            for item in info.manifest["items"]:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier(schema, item["data"])))
+            conn.execute(sql.SQL("DELETE FROM {}.snapshots WHERE name = %s").format(
+                sql.Identifier(schema)), [info.name])
         return
     path = Path(info.store) / info.name
     # Hide it first (a rename is atomic), then delete: never a half-deleted snapshot.
@@ -750,11 +762,12 @@ def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFA
 def _record_start(conn: psycopg.Connection, schema: str, kind: str,
                   options: dict[str, Any]) -> int | None:
     """Record an operation when the recovery schema is here (a restore into a fresh
-    database, or a directory snapshot of a database without it, works without)."""
+    database, or a directory snapshot of a database without it, works without).
+    Call inside a transaction: it is not ended here."""
     try:
-        version = installed_version(conn, schema)
+        with conn.transaction():  # a savepoint: an unreadable schema leaves it usable
+            version = installed_version(conn, schema)
     except psycopg.Error:
-        conn.rollback()
         return None
     if version is None or version < 2:
         return None
@@ -780,10 +793,18 @@ def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status
 
 def table_specs(conn: psycopg.Connection, tables: Sequence[str],
                 wheres: Sequence[str]) -> list[Spec]:
-    """Specs for `--table T [--where SQL]`: one --where for one table, or one per table."""
+    """Specs for `--table T [--where SQL]`: one --where for one table, or one per table.
+
+    Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
     if wheres and len(wheres) != len(tables):
         raise RecoveryError(
             "give one --where per --table, in the same order (--where true for a whole table)")
+    with conn.transaction():
+        return _table_specs(conn, tables, wheres)
+
+
+def _table_specs(conn: psycopg.Connection, tables: Sequence[str],
+                 wheres: Sequence[str]) -> list[Spec]:
     specs = []
     seen = set()
     for n, t in enumerate(tables):
@@ -811,7 +832,6 @@ def table_specs(conn: psycopg.Connection, tables: Sequence[str],
                 raise RecoveryError(f"--where {where!r} on {_s}.{_t}: name the columns without "
                                     f"the table name ({_t}.col -> col)") from None
         specs.append(Spec(relid, where=where))
-    conn.rollback()
     return specs
 
 
