@@ -7,7 +7,9 @@ function (capture, marks, snapshots, the journal, the undo engine, restore, appr
 directly.  Each step's start and end is committed in a transaction of its own in
 `{schema}.runbook_steps`, so a crash leaves the truth in the tables, and `resume()`
 continues from the first step not finished, never repeating one that finished (see
-`_recover` for a step that a crash left 'started').
+`_recover` for a step that a crash left 'started').  Because it commits as it goes,
+`run()` and `resume()` refuse a connection with a transaction open: the run then owns
+the connection until it returns.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pglast.parser import ParseError
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import approval, capture, journal, marks, snapshot, sqlscope
+from . import approval, capture, journal, marks, operations, snapshot, sqlscope
 from .db import DEFAULT_SCHEMA, resolve_table
 from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .restore import restore as restore_fn
@@ -147,7 +149,6 @@ def _analyze(x: _Exec, path: str) -> tuple[list[sqlscope.Statement], dict[str, A
         raise RecoveryError(f"cannot read {path}: {exc}") from None
     stmts = sqlscope.analyze(x.conn, text, source=path)
     sqlscope.estimate(x.conn, stmts)
-    x.conn.rollback()
     out: list[dict[str, Any]] = [
         {"number": s.number, "line": s.line, "kind": s.kind, "text": s.text, "notes": s.notes,
          "est_rows": s.est_rows, "est_bytes": s.est_bytes,
@@ -262,12 +263,12 @@ def _k_sql_check(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
         raise RecoveryError(f"sql_check query must be one SELECT that parses: {query!r}") from None
     if not isinstance(stmt, pg_ast.SelectStmt):
         raise RecoveryError(f"sql_check query must be a SELECT: {query!r}")
-    x.conn.rollback()
-    try:
+    # A read-only transaction of its own (the run's connection is idle between steps),
+    # rolled back: the check changes nothing, whatever the query calls.
+    with x.conn.transaction() as tx:
         x.conn.execute("SET TRANSACTION READ ONLY")
         rows = x.conn.execute(query).fetchall()
-    finally:
-        x.conn.rollback()
+        raise psycopg.Rollback(tx)
     out: dict[str, Any] = {"query": query, "expect": expect, "rows": len(rows)}
     if isinstance(expect, dict):
         out.update(actual={"rows": len(rows)}, ok=len(rows) == expect["rows"])
@@ -311,9 +312,10 @@ def _k_approval(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     if res is None:
         raise RecoveryError(f"step {a['for']} did not run (skipped): there is no plan to approve")
     kind, plan, rows, tables = _approval_plan(x.kind_of(a["for"]), res)
-    needed = approval.needs_approval(x.conn, rows, tables, schema=x.schema,
-                                     max_rows=a.get("max_rows"), max_tables=a.get("max_tables"))
-    x.conn.rollback()
+    with x.conn.transaction():
+        needed = approval.needs_approval(x.conn, rows, tables, schema=x.schema,
+                                         max_rows=a.get("max_rows"),
+                                         max_tables=a.get("max_tables"))
     if not needed or x.dry_run:
         return {"needed": needed, "req_id": None, "status": None, "rows": rows, "tables": tables}
     req = approval.request(x.conn, kind, plan, rows, tables, x.schema)
@@ -392,47 +394,56 @@ def _plain(value: Any) -> Any:
 def _record(x: _Exec, n: int, step: Step, status: str, result: Any, error: str | None = None,
             *, start: bool = False) -> None:
     """Write a step's state in a transaction of its own (started_at kept unless start)."""
-    x.conn.rollback()
-    x.conn.execute(sql.SQL(
-        "INSERT INTO {s}.runbook_steps AS r (run_id, step_no, step_id, kind, status, started_at,"
-        " finished_at, result, error) VALUES (%(run)s, %(n)s, %(id)s, %(kind)s, %(status)s,"
-        " CASE WHEN %(start)s THEN clock_timestamp() END,"
-        " CASE WHEN %(fin)s THEN clock_timestamp() END, %(result)s, %(error)s)"
-        " ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,"
-        " started_at = CASE WHEN %(start)s THEN excluded.started_at ELSE r.started_at END,"
-        " finished_at = excluded.finished_at, result = excluded.result, error = excluded.error"
-    ).format(s=sql.Identifier(x.schema)), {
-        "run": x.run_id, "n": n, "id": step.id, "kind": step.kind, "status": status,
-        "start": start, "fin": status in ("done", "skipped", "failed"),
-        "result": Jsonb(_plain(result)), "error": error})
-    x.conn.commit()
+    _settle(x.conn)
+    with x.conn.transaction():
+        x.conn.execute(sql.SQL(
+            "INSERT INTO {s}.runbook_steps AS r (run_id, step_no, step_id, kind, status,"
+            " started_at, finished_at, result, error) VALUES (%(run)s, %(n)s, %(id)s,"
+            " %(kind)s, %(status)s, CASE WHEN %(start)s THEN clock_timestamp() END,"
+            " CASE WHEN %(fin)s THEN clock_timestamp() END, %(result)s, %(error)s)"
+            " ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,"
+            " started_at = CASE WHEN %(start)s THEN excluded.started_at ELSE r.started_at END,"
+            " finished_at = excluded.finished_at, result = excluded.result, error = excluded.error"
+        ).format(s=sql.Identifier(x.schema)), {
+            "run": x.run_id, "n": n, "id": step.id, "kind": step.kind, "status": status,
+            "start": start, "fin": status in ("done", "skipped", "failed"),
+            "result": Jsonb(_plain(result)), "error": error})
 
 
 def _set_run(x: _Exec, status: str, error: str | None = None) -> None:
-    x.conn.rollback()
-    x.conn.execute(sql.SQL(
-        "UPDATE {}.runbook_runs SET status = %s, error = %s, finished_at = CASE WHEN %s"
-        " THEN clock_timestamp() END WHERE run_id = %s").format(sql.Identifier(x.schema)),
-        [status, error, status != "running", x.run_id])
-    x.conn.commit()
+    _settle(x.conn)
+    with x.conn.transaction():
+        x.conn.execute(sql.SQL(
+            "UPDATE {}.runbook_runs SET status = %s, error = %s, finished_at = CASE WHEN %s"
+            " THEN clock_timestamp() END WHERE run_id = %s").format(sql.Identifier(x.schema)),
+            [status, error, status != "running", x.run_id])
+
+
+def _settle(conn: psycopg.Connection) -> None:
+    """Roll back what a step left open (the library's functions leave none; before the
+    run's records, as ever).  The run owns its connection (run() and resume() refuse
+    one with a transaction open), so any transaction open here is the run's own."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
 
 
 def _find_op(x: _Exec, step: Step, kind: str, match: sql.Composable) -> int | None:
     """The newest operation of this kind that a step started (after the step's start)."""
-    row = x.conn.execute(sql.SQL(
-        "SELECT op_id FROM {s}.operations WHERE kind = %s AND {m} AND started_at >= (SELECT"
-        " started_at FROM {s}.runbook_steps WHERE run_id = %s AND step_id = %s)"
-        " ORDER BY op_id DESC LIMIT 1").format(s=sql.Identifier(x.schema), m=match),
-        [kind, x.run_id, step.id]).fetchone()
-    x.conn.rollback()
+    with x.conn.transaction():
+        row = x.conn.execute(sql.SQL(
+            "SELECT op_id FROM {s}.operations WHERE kind = %s AND {m} AND started_at >= (SELECT"
+            " started_at FROM {s}.runbook_steps WHERE run_id = %s AND step_id = %s)"
+            " ORDER BY op_id DESC LIMIT 1").format(s=sql.Identifier(x.schema), m=match),
+            [kind, x.run_id, step.id]).fetchone()
     return int(row[0]) if row else None
 
 
 def _op(x: _Exec, op_id: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    row = x.conn.execute(sql.SQL("SELECT status, coalesce(options, '{{}}'), coalesce(summary,"
-                                 " '{{}}') FROM {}.operations WHERE op_id = %s").format(
-                                     sql.Identifier(x.schema)), [op_id]).fetchone()
-    x.conn.rollback()
+    with x.conn.transaction():
+        row = x.conn.execute(sql.SQL(
+            "SELECT status, coalesce(options, '{{}}'), coalesce(summary, '{{}}')"
+            " FROM {}.operations WHERE op_id = %s").format(sql.Identifier(x.schema)),
+            [op_id]).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
 
@@ -484,8 +495,8 @@ def _recover(x: _Exec, n: int, step: Step, args: dict[str, Any], old: dict[str, 
 
 
 def _after(x: _Exec, when: str, started: Any) -> bool:
-    row = x.conn.execute("SELECT %s::timestamptz >= %s", [when, started]).fetchone()
-    x.conn.rollback()
+    with x.conn.transaction():
+        row = x.conn.execute("SELECT %s::timestamptz >= %s", [when, started]).fetchone()
     return bool(row and row[0])
 
 
@@ -532,10 +543,11 @@ def _step(x: _Exec, n: int, step: Step, old: dict[str, Any] | None) -> None:
 
 def _steps(x: _Exec) -> tuple[str, int, str | None]:
     _set_run(x, "running")
-    prev = {r[0]: {"status": r[1], "result": r[2], "started_at": r[3]} for r in x.conn.execute(
-        sql.SQL("SELECT step_id, status, result, started_at FROM {}.runbook_steps"
-                " WHERE run_id = %s").format(sql.Identifier(x.schema)), [x.run_id])}
-    x.conn.rollback()
+    with x.conn.transaction():
+        prev = {r[0]: {"status": r[1], "result": r[2], "started_at": r[3]}
+                for r in x.conn.execute(sql.SQL(
+                    "SELECT step_id, status, result, started_at FROM {}.runbook_steps"
+                    " WHERE run_id = %s").format(sql.Identifier(x.schema)), [x.run_id])}
     for n, step in enumerate(x.rb.steps, 1):
         x.step, x.n, old = step, n, prev.get(step.id)
         if old and old["status"] in ("done", "skipped"):
@@ -548,7 +560,7 @@ def _steps(x: _Exec) -> tuple[str, int, str | None]:
             _set_run(x, "waiting", str(w))
             return "waiting", w.exit_code, str(w)
         except (RecoveryError, psycopg.Error) as exc:
-            x.conn.rollback()
+            _settle(x.conn)
             msg = f"step {step.id} ({step.kind}) failed: {first_line(exc)}"
             seen = getattr(exc, "report", None)  # what a failed check saw
             result = {**(seen if isinstance(seen, dict) else {}), "args": x.args}
@@ -558,7 +570,7 @@ def _steps(x: _Exec) -> tuple[str, int, str | None]:
             _set_run(x, "failed", msg)
             return "failed", exc.exit_code if isinstance(exc, RecoveryError) else 1, msg
         except Exception as exc:
-            x.conn.rollback()
+            _settle(x.conn)
             _record(x, n, step, "failed", {"args": x.args}, f"{type(exc).__name__}: {exc}")
             _set_run(x, "failed", f"step {step.id} ({step.kind}) failed: {exc}")
             raise
@@ -570,8 +582,9 @@ def _execute(conn: psycopg.Connection, rb: Runbook, run_id: int, params: dict[st
              dry_run: bool, schema: str, echo: Echo | None, report_dir: str | None) -> RunResult:
     x = _Exec(conn, rb, run_id, params, dry_run, schema, echo)
     key = f"{schema}.runbook_runs.{run_id}"
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key]).fetchone()
-    conn.commit()
+    with conn.transaction():  # a session lock: held across the steps' commits
+        got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                           [key]).fetchone()
     if not (got and got[0]):
         raise RecoveryError(f"run {run_id} is being executed by another session right now: "
                             "wait for it to finish")
@@ -579,9 +592,9 @@ def _execute(conn: psycopg.Connection, rb: Runbook, run_id: int, params: dict[st
         status, code, message = _steps(x)
     finally:
         try:
-            conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
-            conn.commit()
+            _settle(conn)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
         except psycopg.Error:
             pass  # the connection is gone, and its session lock with it
     report = _report(x, report_dir)
@@ -599,10 +612,9 @@ def _report(x: _Exec, report_dir: str | None) -> str | None:
         return None
     out = Path(report_dir or "runbook-reports") / f"run-{x.run_id}"
     try:
-        x.conn.rollback()
         got = report.write_report(x.conn, x.run_id, out, schema=x.schema)
     except Exception as exc:  # the run's outcome stands; only its report is missing
-        x.conn.rollback()
+        _settle(x.conn)
         x.echo(f"warning: the report of run {x.run_id} could not be written: {exc}")
         return None
     return str(Path(got["md"]).parent) if isinstance(got, dict) and "md" in got else str(out)
@@ -611,11 +623,11 @@ def _report(x: _Exec, report_dir: str | None) -> str | None:
 def _precheck(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any]) -> None:
     """Before a run is recorded: tables named by parameters exist, and every argument
     that depends on parameters only has the right type."""
-    for name, p in rb.params.items():
-        if p.type == "table" and params.get(name):
-            for t in str(params[name]).split(","):
-                resolve_table(conn, t.strip())
-    conn.rollback()
+    with conn.transaction():
+        for name, p in rb.params.items():
+            if p.type == "table" and params.get(name):
+                for t in str(params[name]).split(","):
+                    resolve_table(conn, t.strip())
     x = _Exec(conn, rb, 0, params, False, "", None)
     for step in rb.steps:
         static = {k: v for k, v in step.args.items()
@@ -629,27 +641,35 @@ def _precheck(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any]) -> 
 def run(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any], *, dry_run: bool = False,
         schema: str = DEFAULT_SCHEMA, echo: Echo | None = None,
         report_dir: str | None = None) -> RunResult:
-    """Record a run of rb with bound parameters (see bind_params) and execute its steps."""
-    require_schema(conn, schema)
-    _precheck(conn, rb, params)
-    row = conn.execute(sql.SQL(
-        "INSERT INTO {}.runbook_runs (name, file, params, definition, status, dry_run)"
-        " VALUES (%s, %s, %s, %s, 'running', %s) RETURNING run_id").format(
-            sql.Identifier(schema)),
-        [rb.name, rb.file, Jsonb(_plain(params)), Jsonb(rb.definition), dry_run]).fetchone()
-    conn.commit()
+    """Record a run of rb with bound parameters (see bind_params) and execute its steps.
+
+    Each step's start and end is committed as it goes: refused inside an open
+    transaction (RecoveryError)."""
+    operations.refuse_in_transaction(conn, "a runbook run", "a transaction per step record")
+    with conn.transaction():
+        require_schema(conn, schema)
+        _precheck(conn, rb, params)
+        row = conn.execute(sql.SQL(
+            "INSERT INTO {}.runbook_runs (name, file, params, definition, status, dry_run)"
+            " VALUES (%s, %s, %s, %s, 'running', %s) RETURNING run_id").format(
+                sql.Identifier(schema)),
+            [rb.name, rb.file, Jsonb(_plain(params)), Jsonb(rb.definition), dry_run]).fetchone()
     assert row is not None
     return _execute(conn, rb, int(row[0]), params, dry_run, schema, echo, report_dir)
 
 
 def resume(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA,
            echo: Echo | None = None, report_dir: str | None = None) -> RunResult:
-    """Continue a run from its first step not done or skipped; finished steps never repeat."""
-    require_schema(conn, schema)
-    row = conn.execute(sql.SQL("SELECT name, file, params, definition, status, dry_run FROM"
-                               " {}.runbook_runs WHERE run_id = %s").format(
-                                   sql.Identifier(schema)), [run_id]).fetchone()
-    conn.rollback()
+    """Continue a run from its first step not done or skipped; finished steps never repeat.
+
+    Refused inside an open transaction, as run() is."""
+    operations.refuse_in_transaction(conn, f"resuming runbook run {run_id}",
+                                     "a transaction per step record")
+    with conn.transaction():
+        require_schema(conn, schema)
+        row = conn.execute(sql.SQL("SELECT name, file, params, definition, status, dry_run FROM"
+                                   " {}.runbook_runs WHERE run_id = %s").format(
+                                       sql.Identifier(schema)), [run_id]).fetchone()
     if row is None:
         raise RecoveryError(f"no runbook run {run_id}: `recovery runbook list --runs` lists them")
     name, file, params, definition, status, dry_run = row
@@ -661,11 +681,11 @@ def resume(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEM
 
 def run_steps(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA
               ) -> list[dict[str, Any]]:
-    rows = conn.execute(sql.SQL(
-        "SELECT step_no, step_id, kind, status, started_at::text, finished_at::text, result,"
-        " error FROM {}.runbook_steps WHERE run_id = %s ORDER BY step_no").format(
-            sql.Identifier(schema)), [run_id]).fetchall()
-    conn.rollback()
+    with conn.transaction():
+        rows = conn.execute(sql.SQL(
+            "SELECT step_no, step_id, kind, status, started_at::text, finished_at::text,"
+            " result, error FROM {}.runbook_steps WHERE run_id = %s ORDER BY step_no").format(
+                sql.Identifier(schema)), [run_id]).fetchall()
     keys = ("step_no", "step_id", "kind", "status", "started_at", "finished_at", "result", "error")
     return [dict(zip(keys, r)) for r in rows]
 
@@ -673,14 +693,15 @@ def run_steps(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SC
 def list_runs(conn: psycopg.Connection, *, limit: int = 20, schema: str = DEFAULT_SCHEMA
               ) -> list[dict[str, Any]]:
     """Recent runs, newest first, with the step each stopped at (if not done)."""
-    require_schema(conn, schema)
-    rows = conn.execute(sql.SQL(
-        "SELECT r.run_id, r.name, r.file, r.status, r.dry_run, r.started_by, r.started_at::text,"
-        " r.finished_at::text, r.error, (SELECT s.step_id FROM {s}.runbook_steps s WHERE"
-        " s.run_id = r.run_id AND s.status NOT IN ('done', 'skipped') ORDER BY s.step_no"
-        " LIMIT 1) FROM {s}.runbook_runs r ORDER BY r.run_id DESC LIMIT %s").format(
-            s=sql.Identifier(schema)), [limit]).fetchall()
-    conn.rollback()
+    with conn.transaction():
+        require_schema(conn, schema)
+        rows = conn.execute(sql.SQL(
+            "SELECT r.run_id, r.name, r.file, r.status, r.dry_run, r.started_by,"
+            " r.started_at::text, r.finished_at::text, r.error, (SELECT s.step_id FROM"
+            " {s}.runbook_steps s WHERE s.run_id = r.run_id AND s.status NOT IN ('done',"
+            " 'skipped') ORDER BY s.step_no LIMIT 1) FROM {s}.runbook_runs r"
+            " ORDER BY r.run_id DESC LIMIT %s").format(s=sql.Identifier(schema)),
+            [limit]).fetchall()
     keys = ("run_id", "name", "file", "status", "dry_run", "started_by", "started_at",
             "finished_at", "error", "at_step")
     return [dict(zip(keys, r)) for r in rows]
