@@ -205,11 +205,10 @@ _APPROVAL_HELP = ("Run under approval request REQ (approved with `recovery appro
 
 @contextmanager
 def _conn(c: Ctx) -> Iterator[psycopg.Connection]:
-    conn = connect(c.db)
-    try:
+    """The command's connection, its own: what is left open is committed when the command
+    succeeds, rolled back when it fails (the library ends only what it opens)."""
+    with connect(c.db) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def _confirm(c: Ctx, question: str) -> None:
@@ -416,7 +415,7 @@ def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
         current = approval_mod.get(conn, req, c.schema)
         c.out(approval_mod.describe(current))
         me = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
-        conn.rollback()
+        conn.rollback()  # not open while the question waits; approve() then commits its own
         _confirm(c, f"{'Refuse' if refuse else 'Approve'} request {req} as database user {me}?")
         done = approval_mod.approve(conn, req, c.schema, refuse=refuse)
     if c.json:
@@ -583,7 +582,6 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
 
             stmts = sqlscope.analyze(conn, text, source=for_sql or "FILE")
             sqlscope.estimate(conn, stmts)
-            conn.rollback()
             more = snap.specs_for_sql(stmts)
             twice = {s.relid for s in specs} & {s.relid for s in more}
             if twice:

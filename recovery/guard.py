@@ -125,14 +125,13 @@ def _prepare(conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping
     """Make sure capture is on (for `tables`, or some table at all); return the start time."""
     if tables:
         enable(conn, list(tables), schema=schema)
-    elif not _captured_tables(conn, schema):
-        conn.rollback()
-        raise RecoveryError(
-            "no table is captured: name the tables with --table, or run `recovery capture "
-            "enable` first")
-    _check_cap_tables(conn, per_table, schema)
-    started = conn.execute("SELECT clock_timestamp()::text").fetchone()
-    conn.rollback()
+    with conn.transaction():
+        if not tables and not _captured_tables(conn, schema):
+            raise RecoveryError(
+                "no table is captured: name the tables with --table, or run `recovery capture "
+                "enable` first")
+        _check_cap_tables(conn, per_table, schema)
+        started = conn.execute("SELECT clock_timestamp()::text").fetchone()
     assert started is not None
     return str(started[0])
 
@@ -332,12 +331,11 @@ def _applied_psycopg(conn: psycopg.Connection, values: Mapping[str, str]) -> Ite
     idle = psycopg.pq.TransactionStatus.IDLE
     if conn.info.transaction_status != idle:
         raise _busy()
-    prev = {k: conn.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
-            for k in values}
-    for k, v in values.items():
-        conn.execute("SELECT set_config(%s, %s, false)", [k, v])
-    if not conn.autocommit:
-        conn.commit()  # on their own: a rollback in the block keeps them
+    with conn.transaction():  # on their own: a rollback in the block keeps them
+        prev = {k: conn.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
+                for k in values}
+        for k, v in values.items():
+            conn.execute("SELECT set_config(%s, %s, false)", [k, v])
     failed = False
     try:
         yield _psycopg_url(conn)
@@ -348,12 +346,20 @@ def _applied_psycopg(conn: psycopg.Connection, values: Mapping[str, str]) -> Ite
         if not conn.closed:
             status = conn.info.transaction_status
             if status == psycopg.pq.TransactionStatus.INERROR or (failed and status != idle):
-                conn.rollback()  # the block failed; its exception goes on
-            left_open = conn.info.transaction_status != idle
-            for k, v in prev.items():
-                conn.execute("SELECT set_config(%s, %s, false)", [k, v or ""])
-            if not conn.autocommit and not left_open:
-                conn.commit()  # else the block's own commit takes it along
+                # The block failed: its transaction (opened inside the block, which began
+                # on an idle connection) goes, as `with conn.transaction()` would end it;
+                # its exception goes on.  The settings can then be put back for good.
+                conn.rollback()
+            if conn.info.transaction_status == idle:
+                with conn.transaction():
+                    _put_back(conn, prev)
+            else:
+                _put_back(conn, prev)  # the block's own commit takes it along
+
+
+def _put_back(conn: psycopg.Connection, prev: Mapping[str, str | None]) -> None:
+    for k, v in prev.items():
+        conn.execute("SELECT set_config(%s, %s, false)", [k, v or ""])
 
 
 def _psycopg_url(conn: psycopg.Connection) -> str:

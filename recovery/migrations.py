@@ -305,7 +305,8 @@ def guard_alembic(
             "postgresql+psycopg:// URL, or pass snapshot=False")
     url = bind.engine.url.render_as_string(hide_password=False)
     # Capture is switched on over a connection of its own, committed before the
-    # migration's transaction takes any lock.
+    # migration's transaction takes any lock.  (enable and enable_all run in a
+    # transaction of their own there: one that fails leaves nothing open.)
     with connect(url) as conn:
         if tables:
             enable(conn, list(tables), schema=schema)
@@ -313,7 +314,7 @@ def guard_alembic(
             try:
                 enable_all(conn, in_schema=capture_schema, schema=schema)
             except RecoveryError:  # no table with a key yet: nothing to capture
-                conn.rollback()
+                pass
     hook = _HOOKS.get(bind)
     if snapshot:
         version_table = getattr(context.get_context(), "version_table", "alembic_version")
