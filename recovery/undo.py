@@ -194,7 +194,9 @@ class _Run:
     # -- status and apply ---------------------------------------------------------
     def fill_batch(self, t: TableInfo, action: str | None, limit: int | None) -> int:
         b = f"_rb_{t.table_id}"
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(b)))
+        # pg_temp: with no temporary table of that name yet, an unqualified name could
+        # reach a table of the application's.
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("pg_temp", b)))
         cond = sql.SQL("NOT done") if action is None else sql.SQL(
             "NOT done AND action = {}").format(sql.Literal(action))
         lim = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
@@ -254,7 +256,8 @@ class _Run:
         st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
         if lock:
             self.run(q.lock_rows(t, self.net_schema, self.net(t), b))
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(st)))
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier("pg_temp", st)))
         active, only_updates = self.activity(t)
         self.run(q.build_status(t, self.net_schema, self.net(t), st, b, self.references(t),
                                 active, only_updates))
