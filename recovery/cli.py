@@ -260,7 +260,8 @@ def capture_group() -> None:
 
 @command(capture_group, "enable")
 @click.argument("tables", nargs=-1)
-@click.option("--all", "all_tables", is_flag=True, help="Every table with a primary key.")
+@click.option("--all", "all_tables", is_flag=True, help="Every table with a primary key "
+              "(tables it leaves out are named, with the reason).")
 @click.option("--schema", "in_schema", default="public", show_default=True,
               help="With --all: the schema whose tables to capture.")
 @click.option("--key", help="Row key for a table without primary key: unique NOT NULL "
@@ -270,17 +271,25 @@ def capture_enable(c: Ctx, tables: tuple[str, ...], all_tables: bool, in_schema:
     """Start capturing INSERT, UPDATE, DELETE and TRUNCATE on TABLES."""
     if bool(tables) == all_tables:
         raise RecoveryError("name the tables to capture, or pass --all")
+    skipped: list[tuple[str, str]] = []
     with _conn(c) as conn:
         if all_tables:
-            done = capture_mod.enable_all(conn, in_schema=in_schema, schema=c.schema)
+            found = capture_mod.all_tables(conn, in_schema)
+            skipped = found.skipped
+            if not found.tables:
+                raise RecoveryError(f"no table with a primary key in schema {in_schema}")
+            done = capture_mod.enable(conn, found.tables, schema=c.schema)
         else:
             keys = [k.strip() for k in key.split(",")] if key else None
             done = capture_mod.enable(conn, list(tables), key=keys, schema=c.schema)
     if c.json:
-        c.emit({"enabled": done})
+        c.emit({"enabled": done, "skipped": [{"table": t, "reason": r} for t, r in skipped]})
     else:
         for t in done:
             c.out(f"capturing {t}")
+    for _t, reason in skipped:
+        # Never silent: a table --all leaves out is named, with the reason, on stderr.
+        click.echo(f"not captured: {reason}", err=True)
 
 
 @command(capture_group, "disable")

@@ -102,28 +102,41 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
     return InitResult(schema, previous, SCHEMA_VERSION, ddl_follow)
 
 
-def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
-    """Install the DDL-following event trigger when this role may; report whether it exists.
+# The event triggers recovery installs: name suffix, the command tags they follow,
+# and the function they run.  on_ddl rebuilds a captured table's capture after its
+# DDL; on_type_ddl rewrites journal labels after an enum value is renamed.
+_EVENT_TRIGGERS = (
+    ("follow_ddl", ("ALTER TABLE", "CREATE TABLE"), "on_ddl"),
+    ("follow_types", ("ALTER TYPE",), "on_type_ddl"),
+)
 
-    It is enabled ALWAYS, so that DDL run by a session in replica mode is followed too.
+
+def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
+    """Install the DDL-following event triggers when this role may; report whether the
+    one following table DDL (follow_ddl) exists.
+
+    They are enabled ALWAYS, so that DDL run by a session in replica mode is followed too.
     """
-    name = f"{schema}_follow_ddl"
-    row = conn.execute("SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s",
-                       [name]).fetchone()
     is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-    if not is_super or not is_super[0]:
-        # Event triggers need a superuser.  Without one, a capture function that
-        # sees a changed table shape skips capture (the write still succeeds) and
-        # `capture status` reports the table as stopped until `capture enable`.
-        return row is not None
-    if row is None:
-        conn.execute(
-            sql.SQL(
-                "CREATE EVENT TRIGGER {} ON ddl_command_end "
-                "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE') EXECUTE FUNCTION {}.on_ddl()"
-            ).format(sql.Identifier(name), sql.Identifier(schema))
-        )
-    if row is None or row[0] != "A":
-        conn.execute(sql.SQL("ALTER EVENT TRIGGER {} ENABLE ALWAYS").format(
-            sql.Identifier(name)))
-    return True
+    present = True
+    for suffix, tags, fn in _EVENT_TRIGGERS:
+        name = f"{schema}_{suffix}"
+        row = conn.execute("SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s",
+                           [name]).fetchone()
+        if not is_super or not is_super[0]:
+            # Event triggers need a superuser.  Without one, a capture function that
+            # sees a changed table shape skips capture (the write still succeeds) and
+            # `capture status` reports the table as stopped until `capture enable`.
+            present = present and (row is not None or suffix != "follow_ddl")
+            continue
+        if row is None:
+            conn.execute(
+                sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ({}) "
+                        "EXECUTE FUNCTION {}.{}()").format(
+                    sql.Identifier(name), sql.SQL(", ").join(map(sql.Literal, tags)),
+                    sql.Identifier(schema), sql.Identifier(fn))
+            )
+        if row is None or row[0] != "A":
+            conn.execute(sql.SQL("ALTER EVENT TRIGGER {} ENABLE ALWAYS").format(
+                sql.Identifier(name)))
+    return present

@@ -8,6 +8,8 @@ journal must not pin, and legacy inheritance children.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -207,6 +209,14 @@ def test_inheritance_parent_and_child_are_refused(conn, sql_exec, cli):
     assert [t for t, _ in found.skipped] == ["public.child", "public.nokey", "public.parent"]
     out = cli("--json", "capture", "enable", "--all")
     assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["enabled"] == ["public.plain"]
+    assert [(d["table"], d["reason"].split(":")[0]) for d in doc["skipped"]] == [
+        ("public.child", "public.child inherits from parent (legacy inheritance)"),
+        ("public.nokey", "public.nokey has no primary key"),
+        ("public.parent", "public.parent has legacy inheritance children (child)")]
+    # Named on stderr too, one line each.
+    assert [ln.split(":")[0] for ln in out.stderr.splitlines()] == ["not captured"] * 3
     assert captured_names(sql_exec) == ["public.plain"]
 
 
@@ -247,3 +257,16 @@ def test_a_rebuild_that_fails_after_ddl_never_fails_the_ddl(conn, sql_exec):
     tagged(sql_exec, "after", "UPDATE wide SET c3 = 3")
     assert sql_exec("SELECT count(*) FROM _recovery.stmt WHERE tag = 'after'") == [(1,)]
     assert sql_exec("SELECT count(*) FROM _recovery.stmt WHERE tag IS NULL") == [(0,)]
+
+
+def test_enum_value_renamed_after_capture_reads_back_as_the_same_value(conn, sql_exec):
+    sql_exec("CREATE TYPE mood AS ENUM ('calm', 'sad'); CREATE DOMAIN dm AS mood;"
+             "CREATE TABLE t (id int PRIMARY KEY, m mood, ms mood[], d dm);"
+             "INSERT INTO t VALUES (1, 'calm', '{calm,sad}', 'sad'), (2, 'sad', NULL, 'calm')")
+    enable_capture(conn, ["t"])
+    tagged(sql_exec, "bad", "UPDATE t SET m = 'calm', ms = '{calm}', d = 'calm'")
+    sql_exec("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'; ALTER TYPE mood ADD VALUE 'new'")
+    tagged(sql_exec, "bad2", "UPDATE t SET m = 'new' WHERE id = 1")
+    sql_exec("ALTER TYPE mood RENAME VALUE 'new' TO 'newer'")
+    rollback(conn, Selector(tags=("bad", "bad2")))
+    assert texts(conn, "t") == ["(1,calm,\"{calm,blue}\",blue)", "(2,blue,,calm)"]
