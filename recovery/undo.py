@@ -550,10 +550,28 @@ def _gate(r: _Run, report: RollbackReport, selector: Selector, approval: int | N
                    max_rows=max_rows, max_tables=max_tables, what="this undo")
 
 
+def _phases(r: _Run) -> list[tuple[str, list[TableInfo]]]:
+    """The apply phases in order, each with its tables in the order to visit them.
+
+    Re-inserts go parents first and deletes children first, so that foreign keys hold
+    at every statement.  In a table that no foreign key references, deleting first
+    cannot break a reference, and it frees the unique values that the re-inserted and
+    restored rows take back: an undone key change re-inserts the old key while the new
+    one still holds the row's other unique values (UNIQUE (email) would fail).
+    """
+    free = [t for t in r.tables if not r.conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid IN"
+        " (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)))",
+        [t.relid, t.relid]).fetchone()[0]]  # type: ignore[index]
+    ids = {t.table_id for t in free}
+    back = list(reversed(r.tables))
+    return [("delete", [t for t in back if t.table_id in ids]), ("insert", r.tables),
+            ("update", r.tables), ("delete", [t for t in back if t.table_id not in ids])]
+
+
 def _apply_all(r: _Run, report: RollbackReport) -> None:
     """Apply every phase in one transaction, status already computed and rows locked."""
-    for phase, order in (("insert", r.tables), ("update", r.tables),
-                         ("delete", list(reversed(r.tables)))):
+    for phase, order in _phases(r):
         for t in order:
             res = r.results[t.table_id]
             if not (res.reinsert or res.restore or res.delete or res.partial):
@@ -579,8 +597,8 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
             self_ref = {t.table_id for t in r.tables if conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
                 " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()[0]}
-        for phase, order in (("insert", r.tables), ("update", r.tables),
-                             ("delete", list(reversed(r.tables)))):
+            phases = _phases(r)
+        for phase, order in phases:
             for t in order:
                 res = r.results[t.table_id]
                 limit = None if phase != "update" and t.table_id in self_ref else batch_size

@@ -276,7 +276,17 @@ def available(url: str, ext: str) -> bool:
 # -- the matrix ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# Known gap, left for the undo engine's rework (issue 13): a column added with a
+# volatile default has values for the rows present at the DDL that no journal row
+# holds; an undo of an earlier change of such a row reports a conflict (the current
+# value differs from the journal's NULL) or, for a re-insert into a NOT NULL column,
+# fails (atomically, nothing changed) instead of taking the column's default.
+KNOWN_GAPS = {"add column with volatile default", "add not null column with volatile default"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="volatile default: issue 13"))
+    if n in KNOWN_GAPS else n for n in CASES])
 def test_ddl(db_url, twin_url, conn, name):
     case = CASES[name]
     for ext in case.needs:
