@@ -1,6 +1,6 @@
 """Two-person approval: an operation larger than the thresholds waits for another user.
 
-The database keeps the record and enforces the rules (sql/schema.sql): the functions
+The database keeps the record and enforces the rules (sql/approval.sql): the functions
 request_approval, approve, refuse_approval and authorize are the only writers of
 `approval_requests` and `approvals`, and record session_user and the time.  A request
 is for one exact plan (the SHA-256 of its canonical JSON); an approval only counts

@@ -22,8 +22,15 @@ class InitResult:
     ddl_follow: bool
 
 
+# The server-side SQL, by concern, in the order it is installed: the tables, the
+# capture generator and DDL followers, the caps the capture hooks enforce, two-person
+# approval, then the privileges over all of it.
+SQL_FILES = ("tables.sql", "capture.sql", "guard.sql", "approval.sql", "grants.sql")
+
+
 def _schema_sql(schema: str) -> sql.Composed:
-    text = resources.files("recovery").joinpath("sql/schema.sql").read_text()
+    text = "\n".join(resources.files("recovery").joinpath("sql", name).read_text()
+                     for name in SQL_FILES)
     return sql.SQL(text).format(s=sql.Identifier(schema), s_lit=sql.Literal(schema))
 
 
