@@ -131,7 +131,7 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
     def deco(f: F) -> F:
         @functools.wraps(f)
         @click.pass_context
-        def wrapper(ctx: click.Context, **kw: Any) -> Any:
+        def wrapper(ctx: click.Context, /, **kw: Any) -> Any:
             c = _merge(ctx, kw)
             try:
                 return f(c, **kw)
@@ -168,6 +168,7 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
                 ctx.exit(1)
 
         wrapper = _global_options(wrapper)
+        # click returns a Command, not F: callers only register it, never call it as F
         return group.command(name, **attrs)(wrapper)  # type: ignore[return-value]
 
     return deco
@@ -224,7 +225,7 @@ def _confirm(c: Ctx, question: str) -> None:
 @click.version_option(package_name="recovery")
 @_global_options
 @click.pass_context
-def main(ctx: click.Context, **kw: Any) -> None:
+def main(ctx: click.Context, /, **kw: Any) -> None:
     """Undo a bad deploy's data damage on PostgreSQL: capture, selective undo, guardrails.
 
     Exit codes: 0 done; 1 error, nothing changed; 2 refused because of conflicts;
@@ -423,6 +424,7 @@ def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
         assert req is not None
         current = approval_mod.get(conn, req, c.schema)
         c.out(approval_mod.describe(current))
+        # fetchone() is typed Optional; a SELECT without FROM returns one row
         me = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
         conn.rollback()  # not open while the question waits; approve() then commits its own
         _confirm(c, f"{'Refuse' if refuse else 'Approve'} request {req} as database user {me}?")
@@ -548,7 +550,11 @@ def _tqdm(c: Ctx, what: str) -> Iterator[Callable[[int], None] | None]:
 
     with tqdm(desc=what, unit="B", unit_scale=True, leave=False, mininterval=0.5,
               delay=2.0) as bar:
-        yield bar.update
+
+        def update(n: int) -> None:  # tqdm's update returns a bool, a Progress returns None
+            bar.update(n)
+
+        yield update
 
 
 @command(snapshot_group, "create")

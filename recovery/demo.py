@@ -115,6 +115,7 @@ def _shop(conn: psycopg.Connection, orders: int) -> int:
     conn.commit()
     total = 0
     for t in TABLES:
+        # fetchone() is typed Optional; count(*) returns one row
         total += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(t))).fetchone()[0]  # type: ignore[index]
     conn.execute("ANALYZE")
@@ -157,6 +158,7 @@ def _verify(conn: psycopg.Connection) -> dict[str, int]:
         extra = sql.SQL("")
         if t == "customers":
             extra = sql.SQL(" OR (e.updated_at IS NOT NULL AND r.updated_at <> e.updated_at)")
+        # fetchone() is typed Optional; count(*) returns one row
         n = conn.execute(sql.SQL(
             "SELECT count(*) FROM {r} r FULL JOIN {e} e USING ({k})"
             " WHERE ROW({rr})::text IS DISTINCT FROM ROW({ee})::text{extra}").format(
@@ -196,7 +198,7 @@ def run_demo(
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         info = psycopg.conninfo.conninfo_to_dict(admin_url)
         info["dbname"] = dbname
-        url = psycopg.conninfo.make_conninfo(**info)
+        url = psycopg.conninfo.make_conninfo("", **info)
         try:
             return _story(url, orders, timings, say)
         finally:

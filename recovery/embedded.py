@@ -131,7 +131,9 @@ def start_pgserver() -> Cluster:
         with warnings.catch_warnings():
             # platformdirs warns, at import, when XDG_RUNTIME_DIR is unset: harmless.
             warnings.simplefilter("ignore")
-            import pgserver  # type: ignore[import-untyped]
+            # pgserver's __init__ re-exports get_server without __all__: import it from
+            # the module that defines it (what `pgserver.get_server` is).
+            from pgserver.postgres_server import get_server
     except ImportError:
         raise RecoveryError(
             "no PostgreSQL binaries found and pgserver is not installed: "
@@ -141,7 +143,7 @@ def start_pgserver() -> Cluster:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI): harmless.
         warnings.simplefilter("ignore")
-        server = pgserver.get_server(root / "data", cleanup_mode="delete")
+        server = get_server(root / "data", cleanup_mode="delete")
         uri = server.get_uri()
 
     def stop() -> None:

@@ -123,5 +123,6 @@ def diff(
                     keys=keys, pairs=pairs, s=s, tid=sql.Literal(tid), w=where, j=j,
                     lim=sql.Literal(limit))).fetchall()
             for op, txid, at, tag, key, values in rows:
-                out.append(RowChange(t.label, OPS.get(op, op), txid, at, tag, key, values))
+                out.append(RowChange(t.label, OPS[op] if op in OPS else op, txid, at, tag, key,
+                                     values))
     return out

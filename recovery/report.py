@@ -60,9 +60,8 @@ COUNT_FIELDS = ("reinsert", "restore", "delete", "conflicts", "inserted", "updat
 
 def _iso(v: Any) -> str | None:
     if isinstance(v, datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
-        return v.astimezone(timezone.utc).isoformat()
+        dt = v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v
+        return dt.astimezone(timezone.utc).isoformat()
     return None if v is None else str(v)
 
 
@@ -224,12 +223,13 @@ def _load_run(conn: psycopg.Connection, run_id: int, schema: str
         SELECT step_no, step_id, kind, status, started_at, finished_at, result, error
         FROM {s}.runbook_steps WHERE run_id = %s
         ORDER BY step_no, started_at NULLS LAST, step_id"""), [run_id]).fetchall()
+    # fetchone() is typed Optional; a SELECT without FROM returns one row
     now = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     return run, steps, now
 
 
-def _load_approvals(conn: psycopg.Connection, schema: str, wanted: list[tuple[str, int, dict]]
-                    ) -> list[dict[str, Any]]:
+def _load_approvals(conn: psycopg.Connection, schema: str,
+                    wanted: list[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:
     ids = sorted({req for _step, req, _res in wanted})
     found: dict[int, dict[str, Any]] = {}
     if ids:
@@ -267,7 +267,8 @@ def _load_approvals(conn: psycopg.Connection, schema: str, wanted: list[tuple[st
 
 
 def _series(conn: psycopg.Connection, schema: str, names: list[str], tags: list[str],
-            run_start: datetime, end: datetime) -> tuple[dict[str, Any], dict[str, list]]:
+            run_start: datetime, end: datetime
+            ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """The chart window and rows changed per table per minute in it (see the module doc)."""
     aff = _q(schema, """
         WITH aff AS (
@@ -275,6 +276,7 @@ def _series(conn: psycopg.Connection, schema: str, names: list[str], tags: list[
             WHERE %(all)s OR schema_name || '.' || table_name = ANY(%(names)s))""")
     args: dict[str, Any] = {"all": not names, "names": names, "tags": tags, "end": end,
                             "lookback": run_start - LOOKBACK, "re": RECOVERY_TAG_RE}
+    # fetchone() is typed Optional; a SELECT of two scalar subqueries returns one row
     first_tagged, first_any = conn.execute(aff + _q(schema, """
         SELECT (SELECT min(st.at) FROM {s}.stmt st JOIN aff USING (table_id)
                 WHERE st.tag = ANY(%(tags)s) AND st.at <= %(end)s),
@@ -294,7 +296,7 @@ def _series(conn: psycopg.Connection, schema: str, names: list[str], tags: list[
                 "(no captured change of the affected tables in the 24 h before it)")
     start = min(start, end)
     args["start"] = start
-    series: dict[str, list] = {n: [] for n in names}
+    series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for name, minute, selected, other, repair in conn.execute(aff + _q(schema, """
         SELECT a.name, date_trunc('minute', st.at AT TIME ZONE 'UTC') AS minute,
                coalesce(sum(st.nrows) FILTER (WHERE st.tag = ANY(%(tags)s)), 0)::bigint,
@@ -345,9 +347,12 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
                           "status": "not run", "started_at": None, "finished_at": None,
                           "result": {}, "error": None})
 
-    wanted = [(s["id"], _int(s["result"].get("req_id")), s["result"]) for s in steps
-              if _int(s["result"].get("req_id")) is not None]
-    approvals = _load_approvals(conn, schema, wanted)  # type: ignore[arg-type]
+    wanted: list[tuple[str, int, dict[str, Any]]] = []
+    for s in steps:
+        req_id = _int(s["result"].get("req_id"))
+        if req_id is not None:
+            wanted.append((s["id"], req_id, s["result"]))
+    approvals = _load_approvals(conn, schema, wanted)
     by_req = {a["req_id"]: a for a in approvals}
 
     timeline = [{
@@ -660,7 +665,7 @@ def _e(v: Any) -> str:
 def _nice(n: int) -> int:
     if n <= 0:
         return 1
-    base = 10 ** (len(str(n)) - 1)
+    base: int = 10 ** (len(str(n)) - 1)  # int ** int is typed Any (a negative power is a float)
     for m in (1, 2, 5, 10):
         if n <= m * base:
             return m * base

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from .errors import RecoveryError
 from .prune import parse_duration
@@ -407,8 +407,9 @@ def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], in
             if key in seen:
                 dups.append((k.start_mark.line + 1, str(key)))
             seen.add(key)
-            out[(*path, key)] = k.start_mark.line + 1
-            _lines(v, (*path, key), out, dups)
+            sub = (*path, key)  # named: mypy takes `out[(*path, key)]` for 3.11 syntax
+            out[sub] = k.start_mark.line + 1
+            _lines(v, sub, out, dups)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             _lines(v, (*path, i), out, dups)

@@ -180,12 +180,15 @@ def _kind(node: Any, text: str) -> str:
         return "INSERT ... ON CONFLICT DO " + ("UPDATE" if upd else "NOTHING")
     if isinstance(node, (ast.DropStmt, ast.AlterTableStmt)):
         drop = isinstance(node, ast.DropStmt)
-        obj = ObjectType(node.removeType if drop else node.objtype)
+        objtype = node.removeType if isinstance(node, ast.DropStmt) else node.objtype
+        assert objtype is not None  # the parser always sets the object type
+        obj = ObjectType(objtype)
         return ("DROP " if drop else "ALTER ") + obj.name[7:].replace("_", " ")
     if type(node).__name__ in _KINDS:
         return _KINDS[type(node).__name__]
     skip = {"OR", "REPLACE", "UNIQUE", "TEMP", "TEMPORARY", "UNLOGGED", "GLOBAL", "LOCAL"}
-    words = [w.upper() for w in re.findall(r"[A-Za-z]+", text)[:6]] or [type(node).__name__]
+    words: list[str] = ([w.upper() for w in re.findall(r"[A-Za-z]+", text)[:6]]
+                        or [type(node).__name__])
     if words[0] in ("CREATE", "ALTER", "DROP"):
         return " ".join([words[0], *[w for w in words[1:] if w not in skip][:1]])
     return words[0]
@@ -233,9 +236,11 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
     with conn.transaction() as tx:
         a, stmts = _Analyzer(conn), []
         for number, raw in enumerate(raws, 1):
-            end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
-            i = bisect.bisect_left(starts, raw.stmt_location)  # first token, past comments
-            start = starts[i] if i < len(starts) else raw.stmt_location
+            loc = raw.stmt_location
+            assert loc is not None  # the parser always sets it (0 for the first statement)
+            end = loc + raw.stmt_len if raw.stmt_len else len(text)
+            i = bisect.bisect_left(starts, loc)  # first token, past comments
+            start = starts[i] if i < len(starts) else loc
             body = text[start:end].strip()
             st = Statement(number, text.count("\n", 0, start) + 1, body,
                            _kind(raw.stmt, body), [], [])
@@ -265,8 +270,9 @@ class _Analyzer:
 
     # -- catalog ---------------------------------------------------------------------
 
-    def q(self, query: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
-        return self.conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+    def q(self, query: str | sql.SQL | sql.Composed, params: Any = None
+          ) -> list[tuple[Any, ...]]:
+        return self.conn.execute(query, params).fetchall()
 
     def rels(self, query: str, params: Any) -> list[_Rel]:
         return [_Rel(*r) for r in self.q(_REL + query, params)]
@@ -330,6 +336,7 @@ class _Analyzer:
             ctes = {n.ctename for n in _walk(node) if isinstance(n, ast.CommonTableExpr)}
             for rv in _walk(node):
                 if isinstance(rv, ast.RangeVar) and not rv.schemaname and rv.relname not in ctes:
+                    assert rv.relname is not None  # the parser always names the relation
                     rel = self.resolve([rv.relname])
                     rv.schemaname = rel.schema if rel else None
         if isinstance(node, ast.ExplainStmt) and any(  # EXPLAIN ANALYZE runs its statement
@@ -363,6 +370,7 @@ class _Analyzer:
             if rel:
                 self.written.setdefault(rel.relid, st.number)
         if isinstance(node, ast.PrepareStmt):
+            assert node.name is not None  # PREPARE always names its statement
             self.prepared[node.name] = node.query
         if isinstance(node, ast.VariableSetStmt) and node.name in ("search_path", None):
             self.set_path(st, node)
@@ -382,6 +390,7 @@ class _Analyzer:
             self.path = None
             return
         user = self.q("SELECT current_user")[0][0]
+        assert node.args is not None  # SET ... TO <value> always has a value
         names = [user if a.val.sval == "$user" else a.val.sval for a in node.args
                  if isinstance(a.val, ast.String) and a.val.sval]
         self.path = ([] if "pg_catalog" in names else ["pg_catalog"]) + names
@@ -507,10 +516,12 @@ class _Analyzer:
         where: str | None = None
         if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
             verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
-            extra = list((node.fromClause if verb == "UPDATE" else node.usingClause) or ())
+            extra = list((node.fromClause if isinstance(node, ast.UpdateStmt)
+                          else node.usingClause) or ())
             parts: Any = (node.whereClause, extra)
             ops = frozenset({verb.lower()})
-            if verb == "UPDATE":
+            if isinstance(node, ast.UpdateStmt):
+                assert node.targetList is not None  # UPDATE always has a SET list
                 setcols = {rt.name for rt in node.targetList}
             prefix, ok = self.with_prefix(wc, parts, outer)
             if isinstance(node.whereClause, ast.CurrentOfExpr):
@@ -526,6 +537,7 @@ class _Analyzer:
         elif isinstance(node, ast.InsertStmt):
             oc = node.onConflictClause
             if oc is None or oc.action != OnConflictAction.ONCONFLICT_UPDATE:
+                assert node.relation is not None  # INSERT always names its table
                 rel = self.resolve(_parts(node.relation))
                 if rel:
                     self.written.setdefault(rel.relid, st.number)
@@ -535,6 +547,7 @@ class _Analyzer:
             where, reason = self.upsert(node, outer)
             ok = where is not None
         elif isinstance(node, ast.MergeStmt):
+            assert node.mergeWhenClauses is not None  # MERGE always has a WHEN clause
             acts = [w for w in node.mergeWhenClauses
                     if w.commandType in (CmdType.CMD_UPDATE, CmdType.CMD_DELETE)]
             if not acts:
@@ -565,6 +578,7 @@ class _Analyzer:
         inserted row's: `(t.k) IN (SELECT CAST(_ins.k AS type) FROM (<rows>) _ins(<cols>))`.
         (None, reason) when the key cannot be mapped to inserted values."""
         oc, rv, sel = node.onConflictClause, node.relation, node.selectStmt
+        assert oc is not None and rv is not None  # called for ON CONFLICT DO UPDATE only
         rel, no = self.resolve(_parts(rv)), "cannot bound, whole table"
         if rel is None or rel.relkind not in ("r", "p"):
             return None, no
@@ -576,6 +590,7 @@ class _Analyzer:
                 "a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i",
                 [rel.relid, oc.infer.conname])]
         elif oc.infer is not None and all(e.name for e in oc.infer.indexElems or ()):
+            assert oc.infer.indexElems is not None  # ON CONFLICT (...) lists one key at least
             keys = [e.name for e in oc.infer.indexElems]
         else:
             return None, f"ON CONFLICT with an expression key: {no}"
@@ -595,7 +610,9 @@ class _Analyzer:
         prefix, ok = self.with_prefix(node.withClause, sel, outer)
         if not ok:
             return None, f"the INSERT reads a data-modifying CTE: {no}"
-        ref = _ident(rv.alias.aliasname if rv.alias else rv.relname)
+        refname = rv.alias.aliasname if rv.alias else rv.relname
+        assert refname is not None  # the parser always names an alias and a relation
+        ref = _ident(refname)
         lhs = ", ".join(f"{ref}.{_ident(k)}" for k in keys)
         rhs = ", ".join(f"CAST(_ins.{_ident(k)} AS {cols[k]})" for k in keys)
         return (f"({lhs}) IN ({prefix}SELECT {rhs} FROM ({_sql(sel)}) AS _ins("
@@ -637,6 +654,7 @@ class _Analyzer:
                                      True, reason))
 
     def truncate(self, st: Statement, node: ast.TruncateStmt) -> None:
+        assert node.relations is not None  # TRUNCATE always names a table
         rels = [(rv, self.resolve(_parts(rv))) for rv in node.relations]
         for rv, rel in rels:
             self.whole(st, rel, _sql(rv), "TRUNCATE: whole table")
@@ -648,6 +666,7 @@ class _Analyzer:
     def drop(self, st: Statement, node: ast.DropStmt) -> None:
         """DROP TABLE (with CASCADE: plain inheritance children too), DROP SCHEMA CASCADE,
         DROP TYPE / DOMAIN CASCADE (the columns of that type or its array type)."""
+        assert node.removeType is not None and node.objects is not None  # parser sets both
         cascade, kind = node.behavior == DropBehavior.DROP_CASCADE, ObjectType(node.removeType)
         if kind == ObjectType.OBJECT_TABLE:
             rels = []
@@ -688,6 +707,7 @@ class _Analyzer:
     def alter(self, st: Statement, node: ast.AlterTableStmt) -> None:
         """ALTER TABLE: the columns it drops or retypes (every row); any ALTER TABLE counts
         as writing the table for the widening of later statements."""
+        assert node.cmds is not None and node.relation is not None  # parser sets both
         cmds = [c for c in node.cmds if c.subtype in _COLUMN_CMDS]
         if node.objtype == ObjectType.OBJECT_TYPE and cmds:
             st.notes.append("cannot bound: ALTER TYPE on attributes changes every column of "
@@ -738,6 +758,7 @@ class _Analyzer:
         it calls. calls_only: only follow function calls."""
         for n in _walk(node):
             if isinstance(n, ast.FuncCall):
+                assert n.funcname is not None  # a call always names its function
                 self.scan_function([s.sval for s in n.funcname], scan)
             elif calls_only:
                 continue
@@ -745,15 +766,18 @@ class _Analyzer:
                     isinstance(n, ast.InsertStmt) and n.onConflictClause is not None
                     and n.onConflictClause.action == OnConflictAction.ONCONFLICT_UPDATE) or (
                     isinstance(n, ast.AlterTableStmt) and any(
-                        c.subtype in _COLUMN_CMDS for c in n.cmds)):
+                        c.subtype in _COLUMN_CMDS for c in n.cmds or ())):
+                assert n.relation is not None  # the parser always names the table
                 self.found(self.resolve(_parts(n.relation)), scan)
             elif isinstance(n, ast.TruncateStmt):
+                assert n.relations is not None  # TRUNCATE always names a table
                 rels = [r for r in (self.resolve(_parts(rv)) for rv in n.relations) if r]
                 if n.behavior == DropBehavior.DROP_CASCADE:
                     rels += self.fk_closure([r.relid for r in rels])
                 for r in rels:
                     self.found(r, scan)
             elif isinstance(n, ast.DropStmt) and n.removeType == ObjectType.OBJECT_TABLE:
+                assert n.objects is not None  # DROP TABLE always names a table
                 for obj in n.objects:
                     self.found(self.resolve([s.sval for s in obj][-2:]), scan)
             elif isinstance(n, ast.DropOwnedStmt) or (isinstance(n, ast.DropStmt)
@@ -810,14 +834,18 @@ class _Analyzer:
             elif lang == "sql":
                 try:
                     fn = pglast.parse_sql(src)[0].stmt
+                    # pg_get_functiondef() always returns a CREATE FUNCTION / PROCEDURE
+                    assert isinstance(fn, ast.CreateFunctionStmt)
                     self.collect(fn.sql_body or [pglast.parse_sql(o.arg[0].sval)
-                                                 for o in fn.options if o.defname == "as"], scan)
+                                                 for o in fn.options or () if o.defname == "as"],
+                                 scan)
                 except ParseError:
                     scan.gaps.append(f"the body of {nsp}.{proname}() does not parse")
             elif lang not in ("c", "internal"):  # compiled code: assumed not to write tables
                 scan.gaps.append(f"{nsp}.{proname}() is LANGUAGE {lang}")
 
     def scan_do(self, node: ast.DoStmt, scan: _Scan) -> _Scan:
+        assert node.args is not None  # DO always has a body
         opts = {o.defname: o.arg.sval for o in node.args}
         if opts.get("language", "plpgsql") != "plpgsql":
             scan.gaps.append(f"DO block in LANGUAGE {opts['language']}")

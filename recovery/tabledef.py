@@ -318,7 +318,7 @@ def _create_one(conn: psycopg.Connection, ident: sql.Identifier, parent: sql.Com
         sql.SQL(" PARTITION BY {}").format(sql.SQL(p["partition_by"]))
         if p.get("partition_by") else sql.SQL("")))
     for ddl in p.get("constraints", []) + p.get("indexes", []):
-        conn.execute(sql.SQL(ddl))  # type: ignore[arg-type]
+        conn.execute(sql.SQL(ddl))
 
 
 def missing_partitions(conn: psycopg.Connection, definition: dict[str, Any],
@@ -365,9 +365,9 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
                     sql.SQL(" PARTITION BY {}").format(sql.SQL(definition["partition_by"]))
                     if definition.get("partition_by") else sql.SQL("")))
                 for con in part_of.get("constraints", []):
-                    conn.execute(sql.SQL(con))  # type: ignore[arg-type]
+                    conn.execute(sql.SQL(con))
                 for ix in definition.get("indexes", []):
-                    conn.execute(sql.SQL(ix))  # type: ignore[arg-type]
+                    conn.execute(sql.SQL(ix))
                 if definition.get("partitions"):
                     _create_partitions(conn, ident, definition["partitions"], notes)
                 return [f"recreated table {label} as a partition of {part_of['parent']} "
@@ -392,13 +392,13 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
             if exists and not exists[0]:
                 # A type may live in another schema than the table's.
                 _ensure_schema(conn, t["schema"])
-                conn.execute(sql.SQL(t["create"]))  # type: ignore[arg-type]
+                conn.execute(sql.SQL(t["create"]))
                 notes.append(f"created type {t['name']}")
         for s in definition.get("sequences", []):
             conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(s["name"])))
-        conn.execute(sql.SQL(definition["create"]))  # type: ignore[arg-type]
+        conn.execute(sql.SQL(definition["create"]))
         for con in inherited:
-            conn.execute(sql.SQL(con))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(con))
         for s in definition.get("sequences", []):
             conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
                 sql.SQL(s["name"]), sql.Identifier(definition["schema"], definition["table"]),
@@ -406,7 +406,7 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
         for ix in definition.get("indexes", []):
             # On a partitioned table with no partition yet, an index ON ONLY it is
             # valid, and each partition created below gets a clone of it.
-            conn.execute(sql.SQL(ix))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(ix))
         if definition.get("partitions"):
             _create_partitions(conn, ident, definition["partitions"], notes)
     return [f"recreated table {label} from the snapshot's definition"] + notes
@@ -453,7 +453,7 @@ def after_load(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str
         for fk in definition.get("foreign_keys", []):
             try:
                 with conn.transaction():
-                    conn.execute(sql.SQL(fk))  # type: ignore[arg-type]
+                    conn.execute(sql.SQL(fk))
             except psycopg.Error as exc:
                 first = (str(exc).strip().splitlines() or ["error"])[0]
                 notes.append(f"foreign key not recreated ({first}): {fk}")

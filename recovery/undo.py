@@ -113,7 +113,7 @@ class _Run:
         self.nested = False
         self._saved: dict[str, str | None] = {}
 
-    def run(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> Any:
+    def run(self, stmt: sql.SQL | sql.Composed, params: Sequence[Any] | None = None) -> Any:
         if self.sql_out is not None:
             self.sql_out.append(stmt.as_string(self.conn) + ";")
         if self.record_only:
@@ -206,7 +206,8 @@ class _Run:
         # Temporary tables get no statistics from autovacuum: without them the planner
         # assumes one row and picks a nested loop over the whole batch.
         self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(b)))
-        return cur.rowcount
+        rowcount: int = cur.rowcount  # a Cursor or a _NotRun: run() returns either
+        return rowcount
 
     def references(self, t: TableInfo) -> list[q.Reference]:
         """Foreign keys into t (a row to delete must not be referenced by a kept row)."""
@@ -447,6 +448,7 @@ def rollback(
         if not matching:
             raise RecoveryError(f"no captured change matches {selector.describe()}")
         if not dry_run:
+            # fetchone() is typed Optional; INSERT ... VALUES (one row) RETURNING returns one
             op_id = conn.execute(sql.SQL(
                 "INSERT INTO {}.operations (kind, status, selector, options) "
                 "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id").format(
@@ -559,6 +561,7 @@ def _phases(r: _Run) -> list[tuple[str, list[TableInfo]]]:
     restored rows take back: an undone key change re-inserts the old key while the new
     one still holds the row's other unique values (UNIQUE (email) would fail).
     """
+    # fetchone() is typed Optional; SELECT EXISTS (...) returns one row
     free = [t for t in r.tables if not r.conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid IN"
         " (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)))",
@@ -594,9 +597,14 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
         with conn.transaction():
             # A table whose rows reference each other re-inserts (and deletes) its rows
             # in one statement: split by key, a child could come before its parent.
-            self_ref = {t.table_id for t in r.tables if conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
-                " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()[0]}
+            self_ref: set[int] = set()
+            for t in r.tables:
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
+                    " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()
+                assert row is not None  # SELECT EXISTS (...) returns one row
+                if row[0]:
+                    self_ref.add(t.table_id)
             phases = _phases(r)
         for phase, order in phases:
             for t in order:
@@ -723,6 +731,7 @@ def resume_rollback(
     ids = [t["table_id"] for t in (summary or {}).get("tables", [])]
     with conn.transaction():
         infos = [load(conn, schema, tid) for tid in ids]
+        # fetchone() is typed Optional; a SELECT without FROM returns one row
         missing = [t.label for t in infos if conn.execute(
             "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
         if missing:

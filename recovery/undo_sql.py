@@ -177,8 +177,10 @@ def build_net_single(
         return [c.value(alias) for c in cols]
 
     b, a = img("b"), img("a")
-    nulls = [sql.SQL("NULL::{}").format(sql.SQL(c.type_name)) for c in cols]
+    nulls: list[sql.Composable] = [sql.SQL("NULL::{}").format(sql.SQL(c.type_name))
+                                   for c in cols]
     key_idx = [cols.index(k) for k in t.key]
+    kchg: sql.Composable
     if op == "U":
         src = sql.SQL(
             "{j} b JOIN {j} a ON a.rec_stmt = b.rec_stmt AND a.rec_ord = b.rec_ord"
