@@ -29,7 +29,7 @@ SQL_FILES = ("tables.sql", "capture.sql", "guard.sql", "approval.sql", "grants.s
 
 
 def _schema_sql(schema: str) -> sql.Composed:
-    text = "\n".join(resources.files("recovery").joinpath("sql", name).read_text()
+    text = "\n".join(resources.files("recovery").joinpath("sql").joinpath(name).read_text()
                      for name in SQL_FILES)
     return sql.SQL(text).format(s=sql.Identifier(schema), s_lit=sql.Literal(schema))
 
