@@ -175,8 +175,12 @@ def _table_info(conn: psycopg.Connection, n: int, relid: int, item: dict[str, An
         " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         [relid]).fetchall()
-    saved = {c["name"] for c in item["columns"]}
-    cols = tuple(Column(attnum, name, typ, ((name, 0, typ),), False, bool(ident), bool(arr))
+    # A column the database store saved in another type (the text form of a type
+    # that is not built in) is read back through a cast to its type now, as the undo
+    # reads the journal's; a manifest without "stored" saved it in its own type.
+    saved = {c["name"]: c.get("stored") for c in item["columns"]}
+    cols = tuple(Column(attnum, name, typ, ((name, 0, saved[name] or typ),), False,
+                        bool(ident), bool(arr))
                  for attnum, name, typ, gen, ident, arr, _n, _c in rows
                  if name in saved and not gen)
     by_name = {c.name: c for c in cols}
@@ -195,6 +199,39 @@ def _table_info(conn: psycopg.Connection, n: int, relid: int, item: dict[str, An
             "create one, then restore")
     return TableInfo(n, relid, rows[0][6], rows[0][7], cols,
                      tuple(by_name[k] for k in item["key"]), "")
+
+
+def _check_types(conn: psycopg.Connection, items: Sequence[dict[str, Any]]) -> None:
+    """Refuse, before anything changes, a saved column whose type does not exist now
+    (a migration dropped it, or its extension): the message names the column, the
+    type and the statements that create it again.  A table that is gone gets its
+    enum, domain, composite and range types back with it (tabledef.recreate)."""
+    for item in items:
+        label = f"{item['schema']}.{item['table']}"
+        gone = _current(conn, item) is None
+        defined = {t["name"]: t["create"] for t in item["definition"].get("types", [])}
+        with tabledef.catalog_path(conn):
+            for c in item["columns"]:
+                if _type_exists(conn, c["type"]):
+                    continue
+                # (A manifest from before "requires": the table's types that are gone.)
+                needs = c.get("requires") or [{"type": n, "create": d}
+                                              for n, d in defined.items()]
+                missing = [n for n in needs if not _type_exists(conn, n["type"])]
+                if gone and all(n["type"] in defined for n in missing):
+                    continue  # recreated with the table
+                names = ", ".join(n["type"] for n in missing) or c["type"]
+                fixes = "; ".join(n.get("create") or f"create type {n['type']}"
+                                  for n in missing) or f"create type {c['type']}"
+                raise RecoveryError(
+                    f"column {c['name']} of {label} has type {c['type']}, which does not "
+                    f"exist now ({names} dropped since the snapshot): nothing was restored; "
+                    f"create it again ({fixes}), then restore")
+
+
+def _type_exists(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT to_regtype(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
 
 
 def _load(conn: psycopg.Connection, info: SnapshotInfo, item: dict[str, Any],
@@ -281,14 +318,16 @@ class _Plan:
         self.conn, self.t, self.src, self.item = conn, t, src, item
         key = {k.name for k in t.key}
         cols = t.writable
+        # s.<col> through Column.value(): cast back from the text it may be stored in.
         self.match = sql.SQL(" AND ").join(
-            sql.SQL("cur.{c} = s.{c}").format(c=_i(k.name)) for k in t.key)
+            sql.SQL("cur.{} = {}").format(_i(k.name), k.value("s")) for k in t.key)
         self.present = sql.SQL("cur.{} IS NOT NULL").format(_i(t.key[0].name))
         # GENERATED ALWAYS identity columns cannot be written by an UPDATE: they are
         # left out of the comparison too (else a row would count as restored, and stay
         # "to restore" forever), and reported.
         self.fixed = [c.name for c in cols if c.name not in key and c.identity_always]
-        diffs = [sql.SQL("(cur.{c})::text IS DISTINCT FROM (s.{c})::text").format(c=_i(c.name))
+        diffs = [sql.SQL("(cur.{})::text IS DISTINCT FROM ({})::text").format(
+                    _i(c.name), c.value("s"))
                  for c in cols if c.name not in key and not c.identity_always]
         self.differs = sql.SQL(" OR ").join(diffs) if diffs else sql.SQL("false")
         self.sets = [c for c in cols if c.name not in key and not c.identity_always]
@@ -341,7 +380,7 @@ class _Plan:
             "INSERT INTO {tbl} ({names}){ov} SELECT {vals} FROM {src} s"
             " WHERE NOT EXISTS (SELECT 1 FROM {tbl} cur WHERE {m})").format(
                 tbl=t.ident, names=names, ov=overriding,
-                vals=sql.SQL(", ").join(sql.SQL("s.{}").format(_i(c.name)) for c in self.cols),
+                vals=sql.SQL(", ").join(c.value("s") for c in self.cols),
                 src=self.src, m=self.match)).rowcount
 
     def update(self) -> int:
@@ -350,7 +389,7 @@ class _Plan:
         return self.conn.execute(sql.SQL(
             "UPDATE {tbl} cur SET {sets} FROM {src} s WHERE {m} AND ({d})").format(
                 tbl=self.t.ident, src=self.src, m=self.match, d=self.differs,
-                sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=_i(c.name))
+                sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(_i(c.name), c.value("s"))
                                         for c in self.sets))).rowcount
 
     def delete(self) -> int:
@@ -473,6 +512,7 @@ def _apply(r: _Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[
     for k, v in settings.items():
         if v:
             r.set_local(k, v)
+    _check_types(conn, items)
     prepared = []
     for item in items:
         res = RestoreTable(f"{item['schema']}.{item['table']}", item["rows"])
