@@ -3,20 +3,23 @@
 The CLI is a thin layer over these functions; each takes a psycopg connection first.
 """
 
-from .capture import disable as disable_capture
-from .capture import enable as enable_capture
-from .capture import enable_all as enable_capture_all
-from .capture import status as capture_status
+from .capture.journal import changes, diff
+from .capture.prune import prune
+from .capture.triggers import disable as disable_capture
+from .capture.triggers import enable as enable_capture
+from .capture.triggers import enable_all as enable_capture_all
+from .capture.triggers import status as capture_status
 from .db import connect
 from .errors import ApprovalRequired, CapExceeded, ConflictError, RecoveryError
-from .guard import guard, run_guarded
-from .journal import changes, diff
+from .guardrails.guard import guard, run_guarded
 from .marks import create_mark, list_marks
 from .operations import list_operations
-from .prune import prune
 from .schema import init
 from .selector import Selector
-from .undo import resume_rollback, rollback
+
+# `from recovery import sqlscope` (README): the --for-sql analysis, at its documented name.
+from .snapshot import sqlscope
+from .undo.engine import resume_rollback, rollback
 
 __all__ = [
     "ApprovalRequired",
@@ -40,4 +43,5 @@ __all__ = [
     "resume_rollback",
     "rollback",
     "run_guarded",
+    "sqlscope",
 ]

@@ -31,21 +31,23 @@ import zstandard
 from psycopg import sql
 
 from . import approval as ap
-from . import operations, tabledef
+from . import operations
+from .capture.tableinfo import Column, TableInfo
 from .db import DEFAULT_SCHEMA
 from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from .schema import installed_version
-from .snapshot import (
+from .snapshot import tabledef
+from .snapshot.stores import (
     SETTINGS,
     Progress,
     SnapshotInfo,
-    _record_end,
-    _record_start,
+    db_snapshots,
     read_data,
     read_rows,
+    record_end,
+    record_start,
 )
-from .tableinfo import Column, TableInfo
-from .undo import _fk_order, _Run
+from .undo.engine import Run, fk_order
 
 _i = sql.Identifier
 
@@ -449,9 +451,8 @@ def restore(
                 "one: restore without --delete-new (rows added since are kept and counted)")
     nested = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     if info.store == "db":
-        from .snapshot import _db_snapshots
 
-        if info.name not in _db_snapshots(conn, schema):
+        if info.name not in db_snapshots(conn, schema):
             raise RecoveryError(f"snapshot {info.name} is in another database's store: restore "
                                 "from a directory snapshot to reach another database")
     started = time.monotonic()
@@ -459,13 +460,13 @@ def restore(
     if not dry_run:
         # The record first, in a transaction of its own; inside a caller's, in that one.
         with conn.transaction():
-            op_id = _record_start(
+            op_id = record_start(
                 conn, schema, "restore", {"snapshot": info.name, "store": info.store,
                                           "tables": list(tables), "delete_new": delete_new})
     tag = f"recovery-restore-{op_id}" if op_id is not None else "recovery-restore"
     # The undo engine's transaction setup (lock_timeout, work_mem, deferred foreign
     # keys, the tag) and its suspension of the tables' own triggers.
-    r = _Run(conn, schema, op_id, "_restore", "overwrite", fire_triggers, lock_timeout,
+    r = Run(conn, schema, op_id, "_restore", "overwrite", fire_triggers, lock_timeout,
              None, None, tag=None if dry_run else tag)
     r.nested = nested
     report = RestoreReport(op_id, info.name, info.store, "planned", dry_run, [],
@@ -500,7 +501,7 @@ def restore(
     return report
 
 
-def _apply(r: _Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[str, Any]],
+def _apply(r: Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[str, Any]],
            dry_run: bool, delete_new: bool, progress: Progress | None, approval: int | None,
            max_rows: int | None, max_tables: int | None, require_approval: bool,
            started: float) -> None:
@@ -519,7 +520,7 @@ def _apply(r: _Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[
         relid, recreated, added = _prepare_table(conn, item, res, dry_run)
         t = _table_info(conn, item["n"], relid, item)
         prepared.append((item, t, res, recreated, added))
-    r.tables = _fk_order(conn, [p[1] for p in prepared])
+    r.tables = fk_order(conn, [p[1] for p in prepared])
     by_id = {p[1].table_id: p for p in prepared}
     plans: dict[int, _Plan] = {}
     for t in r.tables:
@@ -570,7 +571,7 @@ def _apply(r: _Run, report: RestoreReport, info: SnapshotInfo, items: list[dict[
             res.notes += tabledef.after_load(conn, item["definition"])
     report.status = "done"
     report.seconds = time.monotonic() - started
-    _record_end(conn, schema, r.op_id, "done", report.to_dict(), None, started)
+    record_end(conn, schema, r.op_id, "done", report.to_dict(), None, started)
     if r.op_id is not None:
         conn.execute(sql.SQL("UPDATE {}.operations SET tag = %s WHERE op_id = %s").format(
             _i(schema)), [r.tag, r.op_id])
@@ -599,7 +600,7 @@ def _fail(conn: psycopg.Connection, schema: str, op_id: int | None, report: Rest
         return
     report.status = status
     with conn.transaction():
-        _record_end(conn, schema, op_id, status, report.to_dict(), error, started)
+        record_end(conn, schema, op_id, status, report.to_dict(), error, started)
     operations.release(conn, op_id)
 
 

@@ -262,7 +262,7 @@ def test_alembic_snapshot_goes_with_a_failed_revision(db_url, conn, sql_exec, tm
 
 
 def test_prefilter_and_rendering(conn):
-    from recovery.migrations import first_keyword, render_sql, should_analyze
+    from recovery.guardrails.alembic import first_keyword, render_sql, should_analyze
 
     assert first_keyword(" -- note\n /* a */ (\n update t set x = 1") == "UPDATE"
     assert first_keyword("/* only a comment */") == ""
@@ -295,7 +295,7 @@ def test_prefilter_and_rendering(conn):
     many = [{"id": 1}, {"id": 2}]
     assert render_sql(conn, "DELETE FROM t WHERE id = %(id)s", many, executemany=True) == (
         "DELETE FROM t WHERE id = 1;\nDELETE FROM t WHERE id = 2", False)
-    from recovery.migrations import MANY_LIMIT
+    from recovery.guardrails.alembic import MANY_LIMIT
     lots = [{"id": i} for i in range(MANY_LIMIT + 1)]
     assert render_sql(conn, "DELETE FROM t WHERE id = %(id)s", lots, executemany=True) == (
         "DELETE FROM t WHERE id = 0", True)
@@ -305,7 +305,7 @@ def test_snapshot_hook_in_the_callers_transaction(conn, sql_exec, caplog):
     """The hook on a psycopg connection inside a migration-like open transaction: text
     that does not parse is let through with a warning, a destructive statement is saved
     without committing (a rollback takes the snapshot with it), names stay unique."""
-    from recovery.migrations import MANY_LIMIT, _Snapshots
+    from recovery.guardrails.alembic import MANY_LIMIT, _Snapshots
 
     sql_exec("CREATE TABLE t (id int PRIMARY KEY, x int)")
     sql_exec("CREATE TABLE nokey (x int)")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recovery.demo import run_demo
+from recovery.cli.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 

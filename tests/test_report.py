@@ -22,9 +22,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from recovery import capture, report
+from recovery import capture
 from recovery.errors import RecoveryError
 from recovery.restore import RestoreReport, RestoreTable
+from recovery.runbook import report
 from recovery.selector import Selector
 from recovery.undo import rollback
 

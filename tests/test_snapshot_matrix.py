@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from psycopg.adapt import Loader
 
-from recovery import snapshot as snap
 from recovery.db import connect
 from recovery.errors import RecoveryError
 from recovery.restore import restore
+from recovery.snapshot import stores as snap
 
 from .conftest import _with_db, rows
 

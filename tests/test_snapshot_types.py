@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from click.testing import Result
 
-from recovery import snapshot as snap
+from recovery.snapshot import stores as snap
 from recovery.errors import ConflictError
 from recovery.restore import restore
 

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from recovery import sqlscope
 from recovery.errors import RecoveryError
-from recovery.sqlscope import Statement, Target
+from recovery.snapshot.sqlscope import Statement, Target
 
 SCHEMA = """
 CREATE TYPE mood AS ENUM ('happy', 'sad', 'meh');
@@ -462,7 +462,7 @@ def test_estimate(shop: psycopg.Connection) -> None:
 
 
 def test_a_self_subquery_after_an_earlier_write_widens_to_the_whole_table(conn, sql_exec):
-    from recovery.sqlscope import analyze
+    from recovery.snapshot.sqlscope import analyze
 
     sql_exec("CREATE TABLE t2 (id int PRIMARY KEY, status text);"
              "INSERT INTO t2 VALUES (5, 'cancel'), (9, 'cancel'), (11, 'active')")

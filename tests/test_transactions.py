@@ -37,10 +37,8 @@ from recovery import (
     list_marks,
     list_operations,
     prune,
-    report,
     resume_rollback,
     rollback,
-    runbook,
     sqlscope,
 )
 from recovery import approval as ap
@@ -49,6 +47,8 @@ from recovery.approval import ApprovalPending
 from recovery.db import connect
 from recovery.marks import resolve_time
 from recovery.restore import restore
+from recovery.runbook import engine as runbook
+from recovery.runbook import report
 from recovery.schema import SCHEMA_VERSION
 
 PACKAGE = Path(__file__).resolve().parent.parent / "recovery"
@@ -464,30 +464,30 @@ def test_autocommit_connection(db_url, world):  # type: ignore[no-untyped-def]
 
 # -- the rule, statically: who may call .commit() / .rollback() --------------------------
 
-# The CLI (recovery/cli.py) and the demo (recovery/demo.py) own their connections.  Any
+# The CLI (recovery/cli/: its commands and the demo) owns its connections.  Any
 # other call of .commit() or .rollback() must be here, by module and function, with the
 # reason it ends only a transaction of its own.
 ALLOWED = {
     ("db.py", "connect"):
         "connect() opened the connection itself: it commits the session settings it made",
-    ("guard.py", "_applied_psycopg"):
+    ("guardrails/guard.py", "_applied_psycopg"):
         "guard() takes only an idle connection: a block that fails leaves a transaction "
         "begun inside the block, which is rolled back (as `with conn.transaction()` would) "
         "so that the session's tag can be put back for good",
-    ("guard.py", "_applied"):
+    ("guardrails/guard.py", "_applied"):
         "the same for a SQLAlchemy Connection (refused unless idle): guard()'s settings are "
         "committed on their own; a failed block's transaction is rolled back",
-    ("guard.py", "on_checkout"):
+    ("guardrails/guard.py", "on_checkout"):
         "a pool connection as SQLAlchemy hands it out (no one's transaction open): the "
         "settings are committed on their own",
-    ("guard.py", "on_checkin"):
+    ("guardrails/guard.py", "on_checkin"):
         "a connection going back to SQLAlchemy's pool, which resets it with a rollback "
         "anyway: rolled back to put the settings back",
-    ("runbook.py", "_settle"):
+    ("runbook/engine.py", "_settle"):
         "run() and resume() refuse a connection with a transaction open and own it until "
         "they return: what a step left open is the run's own",
 }
-OWNERS = {"cli.py", "demo.py"}
+OWNERS = {"cli/main.py", "cli/demo.py"}
 # SQL that ends (or begins) a transaction, run as such: conn.execute("COMMIT").
 TX_SQL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|ABORT|END|START\s+TRANSACTION)"
                     r"(\s+(WORK|TRANSACTION))?(\s+AND\s+(NO\s+)?CHAIN)?\s*;?\s*$", re.I)
@@ -518,10 +518,14 @@ def _calls(source: str) -> list[tuple[str, int, str]]:
     return found
 
 
+def _rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
 def test_no_library_function_ends_a_transaction_it_did_not_open() -> None:
-    offenders = [f"recovery/{p.name}:{line} in {func}(): {what}"
-                 for p in sorted(PACKAGE.rglob("*.py")) if p.name not in OWNERS
-                 for func, line, what in _calls(p.read_text()) if (p.name, func) not in ALLOWED]
+    offenders = [f"recovery/{_rel(p)}:{line} in {func}(): {what}"
+                 for p in sorted(PACKAGE.rglob("*.py")) if _rel(p) not in OWNERS
+                 for func, line, what in _calls(p.read_text()) if (_rel(p), func) not in ALLOWED]
     assert offenders == [], (
         "a library function commits or rolls back: use `with conn.transaction():` (a "
         "savepoint inside the caller's transaction), or refuse to run inside one "
@@ -535,5 +539,5 @@ def test_the_static_check_sees_calls() -> None:
     assert _calls("def f(c):\n    c.execute('COMMIT')\n    c.rollback()\n"
                   "def g(c):\n    with c.transaction() as tx:\n        raise Rollback(tx)\n") == [
         ("f", 2, "'COMMIT'"), ("f", 3, ".rollback()")]
-    found = [(f, w) for p in sorted(PACKAGE.glob("*.py")) for f, _n, w in _calls(p.read_text())]
+    found = [(f, w) for p in sorted(PACKAGE.rglob("*.py")) for f, _n, w in _calls(p.read_text())]
     assert ("_settle", ".rollback()") in found

@@ -48,7 +48,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream, maybe_double_quote_name
 from psycopg import sql
 
-from .errors import RecoveryError, first_line
+from ..errors import RecoveryError, first_line
 
 
 @dataclass

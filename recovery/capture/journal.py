@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import DEFAULT_SCHEMA
-from .schema import require_schema
-from .selector import Selector, where_clause
+from ..db import DEFAULT_SCHEMA
+from ..schema import require_schema
+from ..selector import Selector, where_clause
 from .tableinfo import load
 
 OPS = {"I": "insert", "U": "update", "D": "delete", "T": "truncate"}

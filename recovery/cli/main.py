@@ -14,23 +14,29 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from . import approval as approval_mod
-from . import capture as capture_mod
+from .. import approval as approval_mod
+from ..approval import ApprovalPending
+from ..capture import triggers as capture_mod
+from ..capture.journal import changes as changes_fn
+from ..capture.journal import diff as diff_fn
+from ..capture.prune import parse_duration
+from ..capture.prune import prune as prune_fn
+from ..db import DEFAULT_SCHEMA, check_schema_name, connect
+from ..errors import CapExceeded, ConflictError, RecoveryError
+from ..guardrails.guard import parse_per_table, run_guarded
+from ..marks import create_mark, list_marks
+from ..operations import list_operations
+from ..restore import restore as restore_fn
+from ..runbook import engine as rbm
+from ..schema import init as init_fn
+from ..selector import Selector
+from ..snapshot import sqlscope
+from ..snapshot import stores as snap
+from ..text import table
+from ..undo.engine import resume_rollback
+from ..undo.engine import rollback as rollback_fn
 from . import render
-from .approval import ApprovalPending
-from .db import DEFAULT_SCHEMA, check_schema_name, connect
-from .errors import CapExceeded, ConflictError, RecoveryError
-from .guard import parse_per_table, run_guarded
-from .journal import changes as changes_fn
-from .journal import diff as diff_fn
-from .marks import create_mark, list_marks
-from .operations import list_operations
-from .prune import parse_duration
-from .prune import prune as prune_fn
-from .schema import init as init_fn
-from .selector import Selector
-from .undo import resume_rollback
-from .undo import rollback as rollback_fn
+from .demo import run_demo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -419,11 +425,11 @@ def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
             if c.json:
                 c.emit([r.to_dict() for r in reqs])
             else:
-                c.out(approval_mod.listing(reqs))
+                c.out(render.approval_requests(reqs))
             return
         assert req is not None
         current = approval_mod.get(conn, req, c.schema)
-        c.out(approval_mod.describe(current))
+        c.out(render.approval_request(current))
         # fetchone() is typed Optional; a SELECT without FROM returns one row
         me = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
         conn.rollback()  # not open while the question waits; approve() then commits its own
@@ -574,7 +580,6 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
                     for_sql: str | None, store: str | None, key: str | None,
                     dry_run: bool) -> None:
     """Save rows (a table, a WHERE, or what a migration could destroy) into a store."""
-    from . import snapshot as snap
 
     snap.check_name(name)
     if not tables and not for_sql:
@@ -593,7 +598,6 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
         specs = snap.table_specs(conn, tables, wheres) if tables else []
         source: dict[str, Any] = {"tables": list(tables), "where": list(wheres)}
         if text is not None:
-            from . import sqlscope
 
             stmts = sqlscope.analyze(conn, text, source=for_sql or "FILE")
             sqlscope.estimate(conn, stmts)
@@ -640,7 +644,6 @@ def _maybe_conn(c: Ctx, store: str | None) -> Any:
 @click.option("--store", help=_STORE_HELP)
 def snapshot_list(c: Ctx, store: str | None) -> None:
     """List complete snapshots of a store."""
-    from . import snapshot as snap
 
     problems: list[str] = []
     with _maybe_conn(c, store) as conn:
@@ -658,7 +661,6 @@ def snapshot_list(c: Ctx, store: str | None) -> None:
 @click.option("--store", help=_STORE_HELP)
 def snapshot_show(c: Ctx, name: str, store: str | None) -> None:
     """Show a snapshot: tables, rows, WHERE, key, where it came from."""
-    from . import snapshot as snap
 
     with _maybe_conn(c, store) as conn:
         info = snap.find(conn, name, store=store, schema=c.schema)
@@ -673,7 +675,6 @@ def snapshot_show(c: Ctx, name: str, store: str | None) -> None:
 @click.option("--store", help=_STORE_HELP)
 def snapshot_verify(c: Ctx, name: str, store: str | None) -> None:
     """Re-read every saved table: checksums and row counts (exit 2 if damaged)."""
-    from . import snapshot as snap
 
     with _maybe_conn(c, store) as conn:
         info = snap.find(conn, name, store=store, schema=c.schema)
@@ -690,7 +691,6 @@ def snapshot_verify(c: Ctx, name: str, store: str | None) -> None:
 @click.option("--store", help=_STORE_HELP)
 def snapshot_drop(c: Ctx, name: str, store: str | None) -> None:
     """Delete a snapshot and its data."""
-    from . import snapshot as snap
 
     with _maybe_conn(c, store) as conn:
         info = snap.find(conn, name, store=store, schema=c.schema)
@@ -719,8 +719,6 @@ def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | Non
                 dry_run: bool, delete_new: bool, lock_timeout: str,
                 fire_triggers: bool, approval: int | None) -> None:
     """Put a snapshot's rows back: changed rows get saved values, deleted rows return."""
-    from . import snapshot as snap
-    from .restore import restore as restore_fn
 
     with _conn(c) as conn:
         info = snap.find(conn, snapshot, store=store, schema=c.schema)
@@ -777,7 +775,6 @@ def _runbook_result(c: Ctx, res: Any) -> None:
 @click.option("--limit", default=20, show_default=True, help="With --runs: how many, newest first.")
 def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
     """List runbooks (name, description, parameters), or recent runs with --runs."""
-    from . import runbook as rbm
 
     if runs:
         with _conn(c) as conn:
@@ -785,7 +782,7 @@ def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
         if c.json:
             c.emit(found)
         else:
-            c.out(render.table(
+            c.out(table(
                 ["run", "runbook", "status", "at step", "dry run", "by", "started", "error"],
                 [[r["run_id"], r["name"], r["status"], r["at_step"] or "", "yes" if r["dry_run"]
                   else "", r["started_by"], r["started_at"][:19], r["error"] or ""]
@@ -814,7 +811,6 @@ def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def runbook_validate(c: Ctx, file: str) -> None:
     """Check a runbook file: every problem with its line and a fix (exit 1 if any)."""
-    from . import runbook as rbm
 
     try:
         rb = rbm.load(file)
@@ -841,7 +837,6 @@ def runbook_run(c: Ctx, file: str, params: tuple[str, ...], dry_run: bool,
                 report_dir: str | None) -> None:
     """Run a runbook's steps in order, unattended: no prompt (large plans wait for an
     approval step); exit 0 done, 1 error, 2 a check failed, 3 waiting for approval."""
-    from . import runbook as rbm
 
     try:
         rb = rbm.load(file)
@@ -859,7 +854,6 @@ def runbook_run(c: Ctx, file: str, params: tuple[str, ...], dry_run: bool,
 @click.option("--report-dir", metavar="DIR", help=_REPORT_DIR_HELP)
 def runbook_resume(c: Ctx, run_id: int, report_dir: str | None) -> None:
     """Continue run RUN from its first unfinished step; finished steps never run again."""
-    from . import runbook as rbm
 
     with _conn(c) as conn:
         res = rbm.resume(conn, run_id, schema=c.schema, echo=c.out, report_dir=report_dir)
@@ -871,7 +865,6 @@ def runbook_resume(c: Ctx, run_id: int, report_dir: str | None) -> None:
 @click.option("--keep", is_flag=True, help="Keep the scratch database (with --db).")
 def demo_cmd(c: Ctx, rows: int, keep: bool) -> None:
     """The whole story on an embedded PostgreSQL (or a scratch database with --db)."""
-    from .demo import run_demo
 
     result = run_demo(c.db, rows=rows, keep=keep, echo=None if c.json else c.out)
     if c.json:

@@ -40,9 +40,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import DEFAULT_SCHEMA
-from .errors import RecoveryError
-from .schema import require_schema
+from ..db import DEFAULT_SCHEMA
+from ..errors import RecoveryError
+from ..schema import require_schema
 
 REPORT_VERSION = 1
 PLAN_KINDS = ("rollback_plan", "restore_plan")

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .errors import RecoveryError
-from .prune import parse_duration
+from ..capture.prune import parse_duration
+from ..errors import RecoveryError
 
 PARAM_TYPES = ("string", "int", "number", "bool", "duration", "table", "file")
 PARAM_KEYS = ("type", "default", "required", "choices", "min", "max", "pattern", "description")

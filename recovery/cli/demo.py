@@ -19,15 +19,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..capture.journal import changes, diff
+from ..capture.triggers import enable
+from ..db import connect, redact, resolve_url
+from ..embedded import Cluster, start
+from ..errors import RecoveryError
+from ..schema import init
+from ..selector import Selector
+from ..undo.engine import rollback
 from . import render
-from .capture import enable
-from .db import connect, redact, resolve_url
-from .embedded import Cluster, start
-from .errors import RecoveryError
-from .journal import changes, diff
-from .schema import init
-from .selector import Selector
-from .undo import rollback
 
 TAG = "deploy-42"
 TABLES = ("customers", "orders", "order_items", "payments")

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .db import DEFAULT_SCHEMA, resolve_table
-from .errors import RecoveryError
-from .schema import require_schema
+from ..db import DEFAULT_SCHEMA, resolve_table
+from ..errors import RecoveryError
+from ..schema import require_schema
 
 
 @dataclass
@@ -31,7 +31,7 @@ class CaptureState:
         return "stopped" if self.problems else "on"
 
 
-def _key_attnums(
+def key_attnums(
     conn: psycopg.Connection, relid: int, table: str, key: Sequence[str] | None
 ) -> tuple[list[int], str]:
     if not key:
@@ -171,7 +171,7 @@ def _enable_one(
     problem = inheritance_problem(conn, relid, label)
     if problem:
         raise RecoveryError(f"cannot capture {problem}")
-    attnums, source = _key_attnums(conn, relid, label, key)
+    attnums, source = key_attnums(conn, relid, label, key)
     # One capture id per table for its whole life, so that history before a
     # disable and after a later enable stays in one journal.
     row = conn.execute(

@@ -23,12 +23,12 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from .capture import enable
-from .db import DEFAULT_SCHEMA, connect, resolve_table, resolve_url
-from .errors import RecoveryError
-from .journal import ChangesSummary, changes
-from .schema import require_schema
-from .selector import Selector
+from ..capture.journal import ChangesSummary, changes
+from ..capture.triggers import enable
+from ..db import DEFAULT_SCHEMA, connect, resolve_table, resolve_url
+from ..errors import RecoveryError
+from ..schema import require_schema
+from ..selector import Selector
 
 # Safe inside PGOPTIONS without quoting: no space, quote or backslash.
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,99}$")

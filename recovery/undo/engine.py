@@ -16,14 +16,14 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import approval as ap
-from . import operations
-from . import undo_sql as q
-from .db import DEFAULT_SCHEMA
-from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
-from .schema import require_schema
-from .selector import Selector, where_clause
-from .tableinfo import TableInfo, load
+from .. import approval as ap
+from .. import operations
+from ..capture.tableinfo import TableInfo, load
+from ..db import DEFAULT_SCHEMA
+from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
+from ..schema import require_schema
+from ..selector import Selector, where_clause
+from . import queries as q
 
 ON_CONFLICT = ("fail", "skip", "overwrite")
 EXAMPLES = 5
@@ -79,7 +79,7 @@ class _NotRun:
     rowcount = 0
 
 
-class _Run:
+class Run:
     """State of one undo operation while it runs."""
 
     def __init__(self, conn: psycopg.Connection, schema: str, op_id: int | None, prefix: str,
@@ -331,7 +331,7 @@ def undo_tag(op_id: int) -> str:
     return f"recovery-undo-{op_id}"
 
 
-def _fk_order(conn: psycopg.Connection, tables: list[TableInfo]) -> list[TableInfo]:
+def fk_order(conn: psycopg.Connection, tables: list[TableInfo]) -> list[TableInfo]:
     """Tables with parents before children (by foreign keys among them); stable otherwise."""
     rel = {t.relid: t for t in tables}
     edges = conn.execute(
@@ -456,7 +456,7 @@ def rollback(
                 [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
     operations.hold(conn, op_id)  # says "this session runs it" until the end
     prefix = f"undo_{op_id}" if op_id is not None else f"undo_dry_{conn.info.backend_pid}"
-    r = _Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
+    r = Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
              progress)
     r.nested = nested
     report = RollbackReport(op_id, "planned", selector.as_dict(), on_conflict, dry_run, [],
@@ -493,21 +493,21 @@ def rollback(
             raise ap.pending(conn, need) from None  # recorded now that nothing is applied
     except ConflictError:
         if op_id is not None:
-            _record_end(conn, schema, op_id, "refused", report, "conflicts")
+            record_end(conn, schema, op_id, "refused", report, "conflicts")
         raise
     except ApprovalRequired as exc:
         report.approval = getattr(exc, "req_id", None)
-        _record_end(conn, schema, op_id, "refused", report, "approval pending")
+        record_end(conn, schema, op_id, "refused", report, "approval pending")
         raise
     except psycopg.errors.LockNotAvailable:
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", report, "lock timeout")
+            record_end(conn, schema, op_id, "failed", report, "lock timeout")
         raise RecoveryError(
             f"rows or tables to undo are locked by another transaction beyond lock_timeout "
             f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout") from None
     except BaseException as exc:
         if op_id is not None:
-            _record_end(conn, schema, op_id, "failed", report, first_line(exc))
+            record_end(conn, schema, op_id, "failed", report, first_line(exc))
         raise
     if dry_run:
         report.status = "dry-run"
@@ -519,14 +519,14 @@ def rollback(
     return _run_batches(r, report, batch_size or 0, started)
 
 
-def _plan(r: _Run, report: RollbackReport, where: sql.Composable,
+def _plan(r: Run, report: RollbackReport, where: sql.Composable,
           matching: list[tuple[int, int, int, int]], lock: bool) -> None:
     """Build the net tables of the matching tables and compare them with the tables now
     (locking the rows to undo when `lock`): the report's per-table counts."""
     conn, schema = r.conn, r.schema
     r.begin_tx()
     infos = [load(conn, schema, tid) for tid, *_ in matching]
-    r.tables = _fk_order(conn, infos)
+    r.tables = fk_order(conn, infos)
     changes = {tid: n for tid, _lo, _hi, n in matching}
     _analyze_journal(conn, schema, [t.table_id for t in r.tables])
     for t in r.tables:
@@ -542,7 +542,7 @@ def _plan(r: _Run, report: RollbackReport, where: sql.Composable,
     report.tables = [r.results[t.table_id] for t in r.tables]
 
 
-def _gate(r: _Run, report: RollbackReport, selector: Selector, approval: int | None,
+def _gate(r: Run, report: RollbackReport, selector: Selector, approval: int | None,
           max_rows: int | None, max_tables: int | None) -> int | None:
     """Two-person approval of the planned undo (approval.py): the request it consumes,
     or None when it is within the thresholds; else ApprovalPending, nothing changed."""
@@ -552,7 +552,7 @@ def _gate(r: _Run, report: RollbackReport, selector: Selector, approval: int | N
                    max_rows=max_rows, max_tables=max_tables, what="this undo")
 
 
-def _phases(r: _Run) -> list[tuple[str, list[TableInfo]]]:
+def _phases(r: Run) -> list[tuple[str, list[TableInfo]]]:
     """The apply phases in order, each with its tables in the order to visit them.
 
     Re-inserts go parents first and deletes children first, so that foreign keys hold
@@ -572,7 +572,7 @@ def _phases(r: _Run) -> list[tuple[str, list[TableInfo]]]:
             ("update", r.tables), ("delete", [t for t in back if t.table_id not in ids])]
 
 
-def _apply_all(r: _Run, report: RollbackReport) -> None:
+def _apply_all(r: Run, report: RollbackReport) -> None:
     """Apply every phase in one transaction, status already computed and rows locked."""
     for phase, order in _phases(r):
         for t in order:
@@ -587,7 +587,7 @@ def _apply_all(r: _Run, report: RollbackReport) -> None:
     r.restore_triggers()
 
 
-def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: float
+def _run_batches(r: Run, report: RollbackReport, batch_size: int, started: float
                  ) -> RollbackReport:
     """Apply the saved plan in batches, each committed in a transaction of its own (the
     caller checked that no transaction of its caller is open)."""
@@ -625,20 +625,20 @@ def _run_batches(r: _Run, report: RollbackReport, batch_size: int, started: floa
             _finish(r, report, "done", started)
         operations.release(conn, r.op_id)
     except ConflictError:
-        _record_end(conn, r.schema, r.op_id, "stopped", report, "conflicts during batches")
+        record_end(conn, r.schema, r.op_id, "stopped", report, "conflicts during batches")
         raise
     except psycopg.errors.LockNotAvailable:
-        _record_end(conn, r.schema, r.op_id, "stopped", report, "lock timeout")
+        record_end(conn, r.schema, r.op_id, "stopped", report, "lock timeout")
         raise RecoveryError(
             f"a batch waited beyond lock_timeout {r.lock_timeout}: {report.batches} batch(es) "
             f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
     except BaseException as exc:
-        _record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))
+        record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))
         raise
     return report
 
 
-def _batch(r: _Run, t: TableInfo, res: TableResult, report: RollbackReport) -> int:
+def _batch(r: Run, t: TableInfo, res: TableResult, report: RollbackReport) -> int:
     """Apply the batch of t (in its _rb_ table) in the current transaction; the rows
     written."""
     now = r.status(t, lock=True)
@@ -658,14 +658,14 @@ def _batch(r: _Run, t: TableInfo, res: TableResult, report: RollbackReport) -> i
     return ins + upd + dele
 
 
-def _set_status(r: _Run, status: str, report: RollbackReport) -> None:
+def _set_status(r: Run, status: str, report: RollbackReport) -> None:
     report.status = status
     r.conn.execute(sql.SQL("UPDATE {}.operations SET status = %s, summary = %s WHERE op_id = %s")
                    .format(sql.Identifier(r.schema)),
                    [status, Jsonb(report.to_dict()), r.op_id])
 
 
-def _finish(r: _Run, report: RollbackReport, status: str, started: float) -> None:
+def _finish(r: Run, report: RollbackReport, status: str, started: float) -> None:
     for t in r.tables:
         r.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
             sql.Identifier(r.schema, r.net(t))))
@@ -677,7 +677,7 @@ def _finish(r: _Run, report: RollbackReport, status: str, started: float) -> Non
         [status, Jsonb(report.to_dict()), report.undo_tag, r.op_id])
 
 
-def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
+def record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
                 report: RollbackReport, error: str) -> None:
     if op_id is None:
         return
@@ -726,7 +726,7 @@ def resume_rollback(
     # resume running at the same time finds the rows of each batch locked, then
     # restored, so it applies nothing twice.
     operations.hold(conn, op_id)
-    r = _Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
+    r = Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
              options.get("lock_timeout", "5s"), None, progress)
     ids = [t["table_id"] for t in (summary or {}).get("tables", [])]
     with conn.transaction():
@@ -736,7 +736,7 @@ def resume_rollback(
             "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
         if missing:
             raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
-        r.tables = _fk_order(conn, infos)
+        r.tables = fk_order(conn, infos)
     results = []
     for t in r.tables:
         saved = next(x for x in summary["tables"] if x["table_id"] == t.table_id)

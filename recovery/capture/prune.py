@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import DEFAULT_SCHEMA
-from .errors import RecoveryError
-from .schema import require_schema
+from ..db import DEFAULT_SCHEMA
+from ..errors import RecoveryError
+from ..schema import require_schema
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from .tableinfo import Column, TableInfo
+from ..capture.tableinfo import Column, TableInfo
 
 
 def _i(name: str) -> sql.Identifier:

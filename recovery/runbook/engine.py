@@ -29,11 +29,19 @@ from pglast.parser import ParseError
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import approval, capture, journal, marks, operations, snapshot, sqlscope
-from .db import DEFAULT_SCHEMA, resolve_table
-from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
-from .restore import restore as restore_fn
-from .runbook_spec import (
+from .. import approval, marks, operations
+from ..capture import journal
+from ..capture import triggers as capture
+from ..db import DEFAULT_SCHEMA, resolve_table
+from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
+from ..restore import restore as restore_fn
+from ..schema import require_schema
+from ..selector import Selector
+from ..snapshot import sqlscope
+from ..snapshot import stores as snapshot
+from ..undo.engine import resume_rollback, rollback
+from . import report
+from .spec import (
     KINDS,
     Runbook,
     RunbookInvalid,
@@ -47,9 +55,6 @@ from .runbook_spec import (
     refs,
     step_args,
 )
-from .schema import require_schema
-from .selector import Selector
-from .undo import resume_rollback, rollback
 
 __all__ = ["RunResult", "RunbookInvalid", "bind_params", "list_runbooks", "list_runs", "load",
            "loads", "parse_param_args", "resume", "run"]
@@ -603,13 +608,7 @@ def _execute(conn: psycopg.Connection, rb: Runbook, run_id: int, params: dict[st
 
 
 def _report(x: _Exec, report_dir: str | None) -> str | None:
-    """Write the run's report (Markdown, JSON, HTML) when recovery.report is installed."""
-    try:
-        from . import report
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.report":
-            raise
-        return None
+    """Write the run's report (Markdown, JSON, HTML); None when it could not be written."""
     out = Path(report_dir or "runbook-reports") / f"run-{x.run_id}"
     try:
         got = report.write_report(x.conn, x.run_id, out, schema=x.schema)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .errors import RecoveryError
+from ..errors import RecoveryError
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,12 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from . import operations, tabledef
-from .capture import _key_attnums
-from .db import DEFAULT_SCHEMA, resolve_table
-from .errors import ConflictError, RecoveryError, first_line
-from .schema import installed_version, require_schema
+from .. import operations
+from ..capture.triggers import key_attnums
+from ..db import DEFAULT_SCHEMA, resolve_table
+from ..errors import ConflictError, RecoveryError, first_line
+from ..schema import installed_version, require_schema
+from . import tabledef
 
 FORMAT = 1
 DEFAULT_DIR = "./snapshots"
@@ -153,7 +154,7 @@ def _item(conn: psycopg.Connection, n: int, spec: Spec, key: Sequence[str] | Non
     """The manifest entry of a table (without data facts) and the columns to save."""
     d = tabledef.describe(conn, spec.relid)
     label = f"{d['schema']}.{d['table']}"
-    attnums, source = _key_attnums(conn, spec.relid, label, key)
+    attnums, source = key_attnums(conn, spec.relid, label, key)
     by_num = {c["attnum"]: c["name"] for c in d["columns"]}
     key_cols = [by_num[a] for a in attnums]
     if spec.columns is None:
@@ -288,7 +289,7 @@ def create(
             _item(conn, 0, spec, key)
     started = time.monotonic()
     with conn.transaction():
-        op_id = _record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
+        op_id = record_start(conn, schema, "snapshot", {"name": name, "store": store or "db"})
     tmp: Path | None = None
     try:
         with conn.transaction():
@@ -320,13 +321,13 @@ def create(
                 _fsync_dir(base)
                 where = str(base)
             info = _info(manifest, where)
-            _record_end(conn, schema, op_id, "done", info.to_dict(), None, started)
+            record_end(conn, schema, op_id, "done", info.to_dict(), None, started)
     except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if op_id is not None:
             with conn.transaction():
-                _record_end(conn, schema, op_id, "failed", None, first_line(exc), started)
+                record_end(conn, schema, op_id, "failed", None, first_line(exc), started)
             operations.release(conn, op_id)
         raise
     operations.release(conn, op_id)
@@ -671,7 +672,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 # -- finding snapshots -------------------------------------------------------------
-def _db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, Any]]:
+def db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, Any]]:
     with conn.transaction():
         if installed_version(conn, schema) is None:
             return {}
@@ -692,7 +693,7 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
     if store in (None, "db"):
         if conn is None:
             raise RecoveryError("no database given: pass --db, or --store DIR for a directory")
-        return [_info(m, "db") for m in _db_snapshots(conn, schema).values()]
+        return [_info(m, "db") for m in db_snapshots(conn, schema).values()]
     if store == DEFAULT_DIR and not Path(store).exists():
         return []  # nothing saved in the default store yet
     base = _store_dir(store)
@@ -728,7 +729,7 @@ def find(conn: psycopg.Connection | None, name: str, *, store: str | None = None
                                 f"--store {store}` lists them")
         return _info(_read_manifest(path / "manifest.json"), str(_store_dir(store)))
     if conn is not None:
-        found = _db_snapshots(conn, schema).get(name)
+        found = db_snapshots(conn, schema).get(name)
         if found is not None:
             return _info(_check_format(found, f"snapshot {name}"), "db")
     if store is None and (Path(DEFAULT_DIR) / name / "manifest.json").is_file():
@@ -842,7 +843,7 @@ def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFA
 
 
 # -- operation records -------------------------------------------------------------
-def _record_start(conn: psycopg.Connection, schema: str, kind: str,
+def record_start(conn: psycopg.Connection, schema: str, kind: str,
                   options: dict[str, Any]) -> int | None:
     """Record an operation when the recovery schema is here (a restore into a fresh
     database, or a directory snapshot of a database without it, works without).
@@ -862,7 +863,7 @@ def _record_start(conn: psycopg.Connection, schema: str, kind: str,
     return op_id
 
 
-def _record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
+def record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
                 summary: dict[str, Any] | None, error: str | None, started: float) -> None:
     if op_id is None:
         return

@@ -5,28 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .capture import CaptureState
-from .journal import ChangesSummary, RowChange
-from .marks import Mark
-from .operations import Operation
-from .undo import RollbackReport
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
+from ..approval import Request
+from ..capture.journal import ChangesSummary, RowChange
+from ..capture.triggers import CaptureState
+from ..marks import Mark
+from ..operations import Operation
+from ..restore import RestoreReport
+from ..selector import Selector
+from ..snapshot.stores import VerifyResult
+from ..text import size, table
+from ..undo.engine import RollbackReport
 
 
 def capture_status(states: Sequence[CaptureState]) -> str:
@@ -35,7 +23,7 @@ def capture_status(states: Sequence[CaptureState]) -> str:
     out = table(["table", "state", "key", "statements", "rows", "journal"],
                 [[s.table, s.state, ",".join(s.key) + ("" if s.key_source == "primary key"
                                                       else " (--key)"),
-                  s.statements, s.rows, _size(s.journal_bytes)] for s in states])
+                  s.statements, s.rows, size(s.journal_bytes)] for s in states])
     notes = [f"{s.table}: {p}" for s in states for p in s.problems]
     return out + ("\n\n" + "\n".join(notes) if notes else "")
 
@@ -132,8 +120,6 @@ def marks(ms: Sequence[Mark]) -> str:
 
 def any_report(report: Any) -> str:
     """The text of a report attached to a refusal (undo, restore or verification)."""
-    from .restore import RestoreReport
-    from .snapshot import VerifyResult
 
     if isinstance(report, RestoreReport):
         return restore(report)
@@ -148,7 +134,7 @@ def blast_radius(stmts: Sequence[Any]) -> str:
     """Per statement of a migration: what it could destroy, estimated rows and bytes."""
     lines = []
     for s in stmts:
-        est = "" if s.est_rows is None else f" ~{s.est_rows:,} rows, ~{_size(s.est_bytes or 0)}"
+        est = "" if s.est_rows is None else f" ~{s.est_rows:,} rows, ~{size(s.est_bytes or 0)}"
         first = " ".join(s.text.split())
         lines.append(f"{s.number}. line {s.line}: {s.kind}{est}: {_short(first, 70)}")
         for t in s.targets:
@@ -162,9 +148,9 @@ def blast_radius(stmts: Sequence[Any]) -> str:
 
 def snapshot(info: Any, detail: bool = False) -> str:
     lines = [f"snapshot {info.name} ({info.store}), {info.created_at} by {info.created_by}: "
-             f"{info.rows:,} rows, {_size(info.bytes)}"]
+             f"{info.rows:,} rows, {size(info.bytes)}"]
     lines.append(table(["table", "rows", "size", "columns", "where"],
-                       [[t["table"], t["rows"], _size(t["bytes"]),
+                       [[t["table"], t["rows"], size(t["bytes"]),
                          "all" if t["columns"] is None else ", ".join(t["columns"]),
                          _short(t["where"] or (f"{t['parts']} statement WHERE(s)" if t["parts"]
                                                else "whole table"), 50)]
@@ -193,7 +179,7 @@ def snapshot_list(infos: Sequence[Any]) -> str:
         return "no snapshot yet: `recovery snapshot create NAME --table T`"
     return table(["snapshot", "store", "created", "by", "tables", "rows", "size"],
                  [[i.name, i.store, i.created_at[:19], i.created_by,
-                   ", ".join(t["table"] for t in i.tables), i.rows, _size(i.bytes)]
+                   ", ".join(t["table"] for t in i.tables), i.rows, size(i.bytes)]
                   for i in infos])
 
 
@@ -220,3 +206,73 @@ def restore(r: Any) -> str:
         lines.append(f"took {r.seconds:.2f} s; undo this restore with: recovery rollback "
                      f"--tag {r.tag}")
     return "\n".join(lines)
+
+
+# -- approval requests ----------------------------------------------------------
+
+_COLUMNS = ("table", "reinsert", "restore", "delete", "partial", "conflicts")
+
+
+def _selector_text(value: Any) -> str:
+    """A plan's selector as the options that give it (--tag bad --table t)."""
+    try:
+        return Selector(**{k: tuple(v) if isinstance(v, list) else v  # type: ignore[arg-type]
+                           for k, v in value.items()}).describe()
+    except (TypeError, AttributeError):
+        return str(value)
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in plan.items():
+        if key in ("kind", "tables"):
+            continue
+        if key == "selector":
+            value = _selector_text(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+        lines.append(f"  {key}: {value}")
+    tabs = plan.get("tables") or []
+    if tabs and isinstance(tabs[0], dict):
+        headers = [c for c in _COLUMNS if c in tabs[0]] + sorted(
+            c for c in tabs[0] if c not in _COLUMNS)
+        lines += ["  " + line for line in table(
+            headers, [[t.get(h) for h in headers] for t in tabs]).splitlines()]
+    return lines
+
+
+def approval_request(req: Request) -> str:
+    """A request as an approver sees it before approving: who, when, what, the plan."""
+    approvers = ", ".join(f"{a['approved_by']} at {a['approved_at'][:19]}"
+                          for a in req.approvals) or "none yet"
+    lines = [
+        f"approval request {req.req_id}: {req.kind}, {req.status}",
+        f"requested by {req.requested_by} at {req.requested_at[:19]}: {req.rows} rows in "
+        f"{req.tables} tables",
+        f"needs {req.required} approval(s) by database users other than {req.requested_by}; "
+        f"approvals: {approvers}",
+    ]
+    if req.executed_by:
+        lines.append(f"{req.status} by {req.executed_by} at {(req.executed_at or '')[:19]}")
+    lines.append("plan:")
+    lines += _plan_lines(req.plan)
+    lines.append(f"plan sha256 {req.plan_hash}")
+    return "\n".join(lines)
+
+
+def approval_requests(reqs: Sequence[Request]) -> str:
+    if not reqs:
+        return "no open approval request"
+
+    def what(r: Request) -> str:
+        p = r.plan
+        if "selector" in p:
+            return _selector_text(p["selector"])
+        if "snapshot" in p:
+            return f"snapshot {p['snapshot']}"
+        return ""
+
+    return table(["request", "kind", "status", "requested by", "at", "rows", "tables",
+                  "approvals", "what"],
+                 [[r.req_id, r.kind, r.status, r.requested_by, r.requested_at[:19], r.rows,
+                   r.tables, f"{len(r.approved_by)}/{r.required}", what(r)] for r in reqs])

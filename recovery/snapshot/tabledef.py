@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import RecoveryError
+from ..errors import RecoveryError
 
 
 @contextmanager
