@@ -77,6 +77,7 @@ NOOP_TRIGGERS = [
 ]
 FLOOR_UNDO = "UPDATE floor_t t SET a = s.a FROM floor_saved s WHERE t.id = s.id"
 
+
 def _median(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
@@ -115,15 +116,30 @@ class Bench:
             "sys.exit(r.returncode)"
         )
         out = subprocess.run(
-            [sys.executable, "-c", probe, sys.executable, "-m", "recovery", *args,
-             "--db", self.url, "--yes", "--quiet"],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                probe,
+                sys.executable,
+                "-m",
+                "recovery",
+                *args,
+                "--db",
+                self.url,
+                "--yes",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
         if args[:1] == ("init",):
             # Scratch databases: nobody to approve the large undos and restores measured.
             with psycopg.connect(self.url, autocommit=True) as c:
-                c.execute("UPDATE _recovery.meta SET value = '1000000000'"
-                          " WHERE key IN ('approval_rows', 'approval_tables')")
+                c.execute(
+                    "UPDATE _recovery.meta SET value = '1000000000'"
+                    " WHERE key IN ('approval_rows', 'approval_tables')"
+                )
         return float(out[0]), int(out[1]) // 1024
 
     # -- sections --------------------------------------------------------------
@@ -131,10 +147,21 @@ class Bench:
         """Bulk UPDATE, DELETE, INSERT with and without capture; undo of the UPDATE by the CLI."""
         c = self.conn()
         self.cli("init")
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "update_plain", "update_capture", "update_classic", "undo_update",
-            "delete_plain", "delete_capture", "insert_plain", "insert_capture",
-            "delete_classic", "insert_classic")}
+        figures: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "update_plain",
+                "update_capture",
+                "update_classic",
+                "undo_update",
+                "delete_plain",
+                "delete_capture",
+                "insert_plain",
+                "insert_capture",
+                "delete_classic",
+                "insert_classic",
+            )
+        }
         rss: list[int] = []
         n = self.rows
         for run in range(self.runs):
@@ -158,12 +185,15 @@ class Bench:
             c.execute("DROP TABLE cap_t")
             self.fresh(c, "classic_t")
             c.execute(CLASSIC_TRIGGER)
-            c.execute("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON classic_t "
-                      "FOR EACH ROW EXECUTE FUNCTION classic_audit()")
+            c.execute(
+                "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON classic_t "
+                "FOR EACH ROW EXECUTE FUNCTION classic_audit()"
+            )
             figures["update_classic"].append(self.timed(c, "UPDATE classic_t SET a = a + 1"))
             figures["delete_classic"].append(self.timed(c, "DELETE FROM classic_t"))
             figures["insert_classic"].append(self.timed(c, FILL_SQL.format(t="classic_t", n=n)))
             c.execute("DROP TABLE classic_t; TRUNCATE audit_log")
+
         def per_run(num: str, den: str) -> list[float]:
             return [a / b for a, b in zip(figures[num], figures[den])]
 
@@ -178,7 +208,8 @@ class Bench:
             "classic_insert": per_run("insert_classic", "insert_plain"),
         }
         self.results["capture"] = {
-            "rows": n, "seconds": {k: _median(v) for k, v in figures.items()},
+            "rows": n,
+            "seconds": {k: _median(v) for k, v in figures.items()},
             "ratios": {k: _median(v) for k, v in ratio.items()},
             "undo_rows_per_second": n / statistics.median(figures["undo_update"]),
             "cli_peak_rss_mb": max(rss),
@@ -195,8 +226,10 @@ class Bench:
         """
         c = self.conn()
         c.execute(FLOOR_FUNCTIONS)
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "plain", "tt_noop", "before_copy", "update_from", "update_from_captured")}
+        figures: dict[str, list[float]] = {
+            k: []
+            for k in ("plain", "tt_noop", "before_copy", "update_from", "update_from_captured")
+        }
         for _ in range(self.runs):
             # Each UPDATE of every row starts from a freshly loaded table, and each
             # undo follows its UPDATE on that table: the same state in every mode.
@@ -210,14 +243,18 @@ class Bench:
             figures["update_from"].append(self.timed(c, FLOOR_UNDO))
             # The capture mechanism with a trigger that does nothing.
             self.fresh(c, "floor_t")
-            c.execute("CREATE TRIGGER floor_noop AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
-                      " AS rec_old NEW TABLE AS rec_new FOR EACH STATEMENT EXECUTE FUNCTION"
-                      " floor_noop()")
+            c.execute(
+                "CREATE TRIGGER floor_noop AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
+                " AS rec_old NEW TABLE AS rec_new FOR EACH STATEMENT EXECUTE FUNCTION"
+                " floor_noop()"
+            )
             figures["tt_noop"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
             # Before-images only, typed (FIELD.md's 1.06-1.3x): no after-image, no pairing.
             self.fresh(c, "floor_t")
-            c.execute("CREATE TRIGGER floor_copy AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
-                      " AS rec_old FOR EACH STATEMENT EXECUTE FUNCTION floor_copy()")
+            c.execute(
+                "CREATE TRIGGER floor_copy AFTER UPDATE ON floor_t REFERENCING OLD TABLE"
+                " AS rec_old FOR EACH STATEMENT EXECUTE FUNCTION floor_copy()"
+            )
             c.execute("TRUNCATE floor_journal")
             figures["before_copy"].append(self.timed(c, "UPDATE floor_t SET a = a + 1"))
             # The minimal undo whose own writes are kept (so that it can be undone).
@@ -232,7 +269,8 @@ class Bench:
             return _median([a / b for a, b in zip(figures[num], figures["plain"])])
 
         self.results["floors"] = {
-            "rows": self.rows, "seconds": {k: _median(v) for k, v in figures.items()},
+            "rows": self.rows,
+            "seconds": {k: _median(v) for k, v in figures.items()},
             "ratios": {k: per_run(k) for k in figures if k != "plain"},
         }
         c.close()
@@ -243,8 +281,15 @@ class Bench:
         c = self.conn()
         self.cli("init")
         store = ROOT / "bench" / "_memstore"
-        ops = ["changes", "diff", "rollback", "snapshot create (directory)", "snapshot verify",
-               "restore (directory)", "snapshot create (database)"]
+        ops = [
+            "changes",
+            "diff",
+            "rollback",
+            "snapshot create (directory)",
+            "snapshot verify",
+            "restore (directory)",
+            "snapshot create (database)",
+        ]
         rss: dict[str, dict[str, int]] = {op: {} for op in ops}
         sizes = {"small": max(self.rows // 10, 1000), "large": self.rows}
         for size, rows in sizes.items():
@@ -260,24 +305,29 @@ class Bench:
             rss["changes"][size] = self.cli("changes", "--tag", tag)[1]
             rss["diff"][size] = self.cli("diff", "--tag", tag, "--limit", "1000")[1]
             rss["snapshot create (directory)"][size] = self.cli(
-                "snapshot", "create", "mem", "--table", "mem_t", "--store", str(store))[1]
+                "snapshot", "create", "mem", "--table", "mem_t", "--store", str(store)
+            )[1]
             rss["snapshot create (database)"][size] = self.cli(
-                "snapshot", "create", f"mem-{size}", "--table", "mem_t")[1]
+                "snapshot", "create", f"mem-{size}", "--table", "mem_t"
+            )[1]
             if size == "large" and "capture" in self.results:
                 # The capture section undid this same 1M-row UPDATE three times already.
                 rss["rollback"][size] = self.results["capture"]["cli_peak_rss_mb"]
             else:
                 rss["rollback"][size] = self.cli("rollback", "--tag", tag)[1]
             rss["snapshot verify"][size] = self.cli(
-                "snapshot", "verify", "mem", "--store", str(store))[1]
-            rss["restore (directory)"][size] = self.cli(
-                "restore", "mem", "--store", str(store))[1]
+                "snapshot", "verify", "mem", "--store", str(store)
+            )[1]
+            rss["restore (directory)"][size] = self.cli("restore", "mem", "--store", str(store))[1]
             self.cli("snapshot", "drop", f"mem-{size}")
             self.cli("capture", "disable", "mem_t")
         shutil.rmtree(store, ignore_errors=True)
         c.execute("DROP TABLE IF EXISTS mem_t")
-        self.results["memory"] = {"rows_small": sizes["small"], "rows_large": sizes["large"],
-                                  "rss_mb": rss}
+        self.results["memory"] = {
+            "rows_small": sizes["small"],
+            "rows_large": sizes["large"],
+            "rss_mb": rss,
+        }
         c.close()
 
     def undo_kinds(self) -> None:
@@ -285,28 +335,38 @@ class Bench:
         self.cli("init")
         c = self.conn()
         n = self.rows
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "delete", "undo_delete", "insert", "undo_insert")}
+        figures: dict[str, list[float]] = {
+            k: [] for k in ("delete", "undo_delete", "insert", "undo_insert")
+        }
         for run in range(self.runs):
             self.fresh(c, "kinds_t")
             self.cli("capture", "enable", "kinds_t")
             c.execute("SELECT set_config('recovery.tag', %s, false)", [f"bench-del-{run}"])
             figures["delete"].append(self.timed(c, "DELETE FROM kinds_t WHERE id % 10 = 0"))
             c.execute("SELECT set_config('recovery.tag', %s, false)", [f"bench-ins-{run}"])
-            figures["insert"].append(self.timed(c, FILL_SQL.format(t="kinds_t", n=n // 10).replace(
-                "generate_series(1,", f"generate_series({n + 1}, {n} +")))
+            figures["insert"].append(
+                self.timed(
+                    c,
+                    FILL_SQL.format(t="kinds_t", n=n // 10).replace(
+                        "generate_series(1,", f"generate_series({n + 1}, {n} +"
+                    ),
+                )
+            )
             c.execute("RESET recovery.tag")
             figures["undo_delete"].append(self.cli("rollback", "--tag", f"bench-del-{run}")[0])
             figures["undo_insert"].append(self.cli("rollback", "--tag", f"bench-ins-{run}")[0])
             self.cli("capture", "disable", "kinds_t")
             c.execute("DROP TABLE kinds_t")
         self.results["undo_kinds"] = {
-            "rows": n // 10, "seconds": {k: _median(v) for k, v in figures.items()},
+            "rows": n // 10,
+            "seconds": {k: _median(v) for k, v in figures.items()},
             "ratios": {
-                "undo_delete": _median([a / b for a, b in zip(figures["undo_delete"],
-                                                                figures["delete"])]),
-                "undo_insert": _median([a / b for a, b in zip(figures["undo_insert"],
-                                                                figures["insert"])]),
+                "undo_delete": _median(
+                    [a / b for a, b in zip(figures["undo_delete"], figures["delete"])]
+                ),
+                "undo_insert": _median(
+                    [a / b for a, b in zip(figures["undo_insert"], figures["insert"])]
+                ),
             },
             "rows_per_second": {
                 "undo_delete": (n // 10) / statistics.median(figures["undo_delete"]),
@@ -339,7 +399,9 @@ class Bench:
                 self.cli("capture", "disable", "size_t")
                 c.execute("DROP TABLE size_t")
         self.results["damage_not_size"] = {
-            "damaged": damaged, "small": small, "big": big,
+            "damaged": damaged,
+            "small": small,
+            "big": big,
             "seconds": {k: _median(v) for k, v in secs.items()},
             "ratio": _median([b / a for a, b in zip(secs["small"], secs["big"])]),
         }
@@ -356,8 +418,9 @@ class Bench:
         if have_dump:
             # pg_dump refuses a server newer than itself (e.g. PG 15 tools, pgserver's 16).
             assert bindir is not None
-            ver = subprocess.run([str(bindir / "pg_dump"), "--version"], capture_output=True,
-                                 text=True).stdout
+            ver = subprocess.run(
+                [str(bindir / "pg_dump"), "--version"], capture_output=True, text=True
+            ).stdout
             m = re.search(r"\)\s+(\d+)", ver)
             with psycopg.connect(self.url) as vc:
                 server = vc.info.server_version // 10000
@@ -366,10 +429,20 @@ class Bench:
         lib = psycopg.connect(self.url)
         store = ROOT / "bench" / "_store"
         dump = ROOT / "bench" / "_dump.fc"
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "ctas", "snap_db", "pg_dump", "snap_dir", "copy_from", "update_from_copy",
-            "restore_dir",
-            "pg_restore", "restore_dir_dropped")}
+        figures: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "ctas",
+                "snap_db",
+                "pg_dump",
+                "snap_dir",
+                "copy_from",
+                "update_from_copy",
+                "restore_dir",
+                "pg_restore",
+                "restore_dir_dropped",
+            )
+        }
         env = dict(os.environ, PGOPTIONS="")
         for run in range(self.runs):
             shutil.rmtree(store, ignore_errors=True)
@@ -384,8 +457,12 @@ class Bench:
             if have_dump:
                 c.execute("CHECKPOINT")
                 t0 = time.perf_counter()
-                subprocess.run([str(bindir / "pg_dump"), "-Fc", "-t", "snap_t", "-f", str(dump),
-                                self.url], check=True, capture_output=True, env=env)
+                subprocess.run(
+                    [str(bindir / "pg_dump"), "-Fc", "-t", "snap_t", "-f", str(dump), self.url],
+                    check=True,
+                    capture_output=True,
+                    env=env,
+                )
                 figures["pg_dump"].append(time.perf_counter() - t0)
             c.execute("CHECKPOINT")
             t0 = time.perf_counter()
@@ -403,7 +480,7 @@ class Bench:
             t0 = time.perf_counter()
             with lib.cursor().copy("COPY copy_t FROM STDIN") as cp:
                 for i in range(0, len(text), 1 << 20):
-                    cp.write(text[i:i + (1 << 20)])
+                    cp.write(text[i : i + (1 << 20)])
             lib.commit()
             figures["copy_from"].append(time.perf_counter() - t0)
             del text
@@ -411,9 +488,13 @@ class Bench:
             # UPDATE ... FROM writing every row back (no file read, no comparison).
             c.execute("UPDATE snap_t SET a = -a, b = 'x'")
             c.execute("VACUUM ANALYZE snap_t, copy_t")
-            figures["update_from_copy"].append(self.timed(
-                c, "UPDATE snap_t t SET a = s.a, b = s.b, c = s.c, d = s.d FROM copy_t s"
-                   " WHERE t.id = s.id"))
+            figures["update_from_copy"].append(
+                self.timed(
+                    c,
+                    "UPDATE snap_t t SET a = s.a, b = s.b, c = s.c, d = s.d FROM copy_t s"
+                    " WHERE t.id = s.id",
+                )
+            )
             c.execute("DROP TABLE copy_t")
             # Every row changed, then restored from each store.
             # (The database store's restore differs only by not loading a file: left out
@@ -436,8 +517,12 @@ class Bench:
                 c.execute("DROP TABLE snap_t")
                 c.execute("CHECKPOINT")
                 t0 = time.perf_counter()
-                subprocess.run([str(bindir / "pg_restore"), "-d", self.url, str(dump)],
-                               check=True, capture_output=True, env=env)
+                subprocess.run(
+                    [str(bindir / "pg_restore"), "-d", self.url, str(dump)],
+                    check=True,
+                    capture_output=True,
+                    env=env,
+                )
                 figures["pg_restore"].append(time.perf_counter() - t0)
             snap.drop(lib, snap.find(lib, f"db{run}", store="db"))
             c.execute("DROP TABLE IF EXISTS snap_t")
@@ -452,7 +537,8 @@ class Bench:
             return _median([x / y for x, y in zip(figures[a], figures[b])])
 
         self.results["snapshots"] = {
-            "rows": self.rows, "dir_bytes": size,
+            "rows": self.rows,
+            "dir_bytes": size,
             "seconds": {k: _median(v) for k, v in figures.items() if v},
             "ratios": {
                 "db_vs_ctas": ratio("snap_db", "ctas"),
@@ -460,9 +546,9 @@ class Bench:
                 "restore_dir_vs_copy_from": ratio("restore_dir", "copy_from"),
                 "restore_dropped_vs_pg_restore": ratio("restore_dir_dropped", "pg_restore"),
                 "update_from_vs_copy_from": ratio("update_from_copy", "copy_from"),
-                "restore_floor_vs_copy_from": _median([
-                    (a + b) / b for a, b in zip(figures["update_from_copy"],
-                                                figures["copy_from"])]),
+                "restore_floor_vs_copy_from": _median(
+                    [(a + b) / b for a, b in zip(figures["update_from_copy"], figures["copy_from"])]
+                ),
             },
         }
         c.close()
@@ -492,9 +578,15 @@ class Bench:
             pw = pwd.getpwnam("postgres")
             for d in (work, archive):
                 os.chown(d, pw.pw_uid, pw.pw_gid)
-        live = embedded.start_local(bindir, fast=False, conf={
-            "wal_level": "replica", "archive_mode": "on",
-            "archive_command": f"cp %p {archive}/%f"})
+        live = embedded.start_local(
+            bindir,
+            fast=False,
+            conf={
+                "wal_level": "replica",
+                "archive_mode": "on",
+                "archive_command": f"cp %p {archive}/%f",
+            },
+        )
         second = None
         n = self.rows
         try:
@@ -507,9 +599,23 @@ class Bench:
             run("init")
             run("capture", "enable", "pitr_t")
             t0 = time.perf_counter()
-            subprocess.run(embedded._as_server_user(
-                [str(bindir / "pg_basebackup"), "-D", str(work / "base"), "-X", "stream",
-                 "-c", "fast", "-d", url]), check=True, capture_output=True)
+            subprocess.run(
+                embedded._as_server_user(
+                    [
+                        str(bindir / "pg_basebackup"),
+                        "-D",
+                        str(work / "base"),
+                        "-X",
+                        "stream",
+                        "-c",
+                        "fast",
+                        "-d",
+                        url,
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+            )
             backup_s = time.perf_counter() - t0
             time.sleep(1.1)
             target = c.execute("SELECT clock_timestamp()::text").fetchone()[0]  # type: ignore[index]
@@ -523,48 +629,76 @@ class Bench:
             # Legitimate writes after the deploy: 1% of rows (half of them damaged ones)
             # get a new a; 1% new rows.
             c.execute("UPDATE pitr_t SET a = -a WHERE id % 100 IN (0, 5)")
-            c.execute(FILL_SQL.format(t="pitr_t", n=n // 100).replace(
-                "generate_series(1,", f"generate_series({n + 1}, {n} +"))
-            legit = c.execute("SELECT count(*) FROM pitr_t WHERE id %% 100 IN (0, 5)"
-                              " OR id > %s", [n]).fetchone()[0]  # type: ignore[index]
+            c.execute(
+                FILL_SQL.format(t="pitr_t", n=n // 100).replace(
+                    "generate_series(1,", f"generate_series({n + 1}, {n} +"
+                )
+            )
+            legit = c.execute(
+                "SELECT count(*) FROM pitr_t WHERE id %% 100 IN (0, 5) OR id > %s", [n]
+            ).fetchone()[0]  # type: ignore[index]
             c.execute("SELECT pg_switch_wal()")
             c.execute("CHECKPOINT")
             time.sleep(1.0)  # let the archiver copy the last segment
             # Expected after a perfect recovery: damaged columns back, legitimate writes kept.
-            c.execute("CREATE TABLE expected AS SELECT id, a, CASE WHEN id %% 10 = 0 AND id <= %s"
-                      " THEN md5(id::text) ELSE b END AS b, CASE WHEN id %% 10 = 0 AND id <= %s"
-                      " THEN id * 1.5 ELSE c END AS c, d FROM pitr_t", [n, n])
+            c.execute(
+                "CREATE TABLE expected AS SELECT id, a, CASE WHEN id %% 10 = 0 AND id <= %s"
+                " THEN md5(id::text) ELSE b END AS b, CASE WHEN id %% 10 = 0 AND id <= %s"
+                " THEN id * 1.5 ELSE c END AS c, d FROM pitr_t",
+                [n, n],
+            )
             c.execute("CREATE TABLE damaged_state AS SELECT * FROM pitr_t")
 
             def lost() -> int:
                 return c.execute(
                     "SELECT count(*) FROM expected e FULL JOIN pitr_t t USING (id)"
                     " WHERE (e.id %% 100 IN (0, 5) OR e.id > %s OR t.id > %s)"
-                    " AND (e.*)::text IS DISTINCT FROM (t.*)::text", [n, n]).fetchone()[0]  # type: ignore[index]
+                    " AND (e.*)::text IS DISTINCT FROM (t.*)::text",
+                    [n, n],
+                ).fetchone()[0]  # type: ignore[index]
 
             def wrong() -> int:
                 return c.execute(
                     "SELECT count(*) FROM expected e FULL JOIN pitr_t t USING (id)"
-                    " WHERE (e.*)::text IS DISTINCT FROM (t.*)::text").fetchone()[0]  # type: ignore[index]
+                    " WHERE (e.*)::text IS DISTINCT FROM (t.*)::text"
+                ).fetchone()[0]  # type: ignore[index]
 
             # PITR route.
             t0 = time.perf_counter()
             data2 = work / "restored"
-            subprocess.run(embedded._as_server_user(["cp", "-a", str(work / "base"), str(data2)]),
-                           check=True)
+            subprocess.run(
+                embedded._as_server_user(["cp", "-a", str(work / "base"), str(data2)]), check=True
+            )
             with open(data2 / "postgresql.auto.conf", "a") as f:
-                f.write(f"restore_command = 'cp {archive}/%f %p'\n"
-                        f"recovery_target_time = '{target}'\n"
-                        "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
+                f.write(
+                    f"restore_command = 'cp {archive}/%f %p'\n"
+                    f"recovery_target_time = '{target}'\n"
+                    "recovery_target_action = 'promote'\narchive_mode = 'off'\n"
+                )
             (data2 / "recovery.signal").touch()
             if os.geteuid() == 0:
                 os.chown(data2 / "recovery.signal", pw.pw_uid, pw.pw_gid)
             port = embedded._free_port()
-            subprocess.run(embedded._as_server_user(
-                [str(bindir / "pg_ctl"), "-D", str(data2), "-w", "-t", "600", "-l",
-                 str(work / "restored.log"), "-o",
-                 f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={work}",
-                 "start"]), check=True, capture_output=True)
+            subprocess.run(
+                embedded._as_server_user(
+                    [
+                        str(bindir / "pg_ctl"),
+                        "-D",
+                        str(data2),
+                        "-w",
+                        "-t",
+                        "600",
+                        "-l",
+                        str(work / "restored.log"),
+                        "-o",
+                        f"-c port={port} -c listen_addresses=127.0.0.1"
+                        f" -c unix_socket_directories={work}",
+                        "start",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+            )
             second = data2
             url2 = f"postgresql://postgres@127.0.0.1:{port}/postgres"
             c2 = psycopg.connect(url2, autocommit=True)
@@ -577,30 +711,43 @@ class Bench:
             c.execute("CREATE TEMP TABLE back (LIKE pitr_t)")
             with c.cursor().copy("COPY back FROM STDIN") as cp:
                 cp.write(bytes(text))
-            c.execute("UPDATE pitr_t t SET a = b.a, b = b.b, c = b.c, d = b.d FROM back b"
-                      " WHERE b.id = t.id")
+            c.execute(
+                "UPDATE pitr_t t SET a = b.a, b = b.b, c = b.c, d = b.d FROM back b"
+                " WHERE b.id = t.id"
+            )
             pitr_s = time.perf_counter() - t0
             c2.close()
             pitr_lost, pitr_wrong = lost(), wrong()
             # Back to the damaged state, then our route.
             c.execute("SET session_replication_role = replica")  # not captured, not tagged
-            c.execute("UPDATE pitr_t t SET a = x.a, b = x.b, c = x.c, d = x.d FROM damaged_state x"
-                      " WHERE x.id = t.id")
+            c.execute(
+                "UPDATE pitr_t t SET a = x.a, b = x.b, c = x.c, d = x.d FROM damaged_state x"
+                " WHERE x.id = t.id"
+            )
             c.execute("RESET session_replication_role")
             secs, _mb = run("rollback", "--tag", "bench-bad-deploy", "--on-conflict", "skip")
             ours_lost, ours_wrong = lost(), wrong()
             c.close()
         finally:
             if second is not None:
-                subprocess.run(embedded._as_server_user(
-                    [str(bindir / "pg_ctl"), "-D", str(second), "-m", "immediate", "stop"]),
-                    capture_output=True)
+                subprocess.run(
+                    embedded._as_server_user(
+                        [str(bindir / "pg_ctl"), "-D", str(second), "-m", "immediate", "stop"]
+                    ),
+                    capture_output=True,
+                )
             live.stop()
             shutil.rmtree(work, ignore_errors=True)
         self.results["pitr"] = {
-            "rows": n, "damaged": n // 10, "legitimate_writes": legit,
-            "seconds": {"base_backup": backup_s, "bad_deploy": deploy_s, "pitr": pitr_s,
-                        "rollback": secs},
+            "rows": n,
+            "damaged": n // 10,
+            "legitimate_writes": legit,
+            "seconds": {
+                "base_backup": backup_s,
+                "bad_deploy": deploy_s,
+                "pitr": pitr_s,
+                "rollback": secs,
+            },
             "ratio": pitr_s / secs,
             "lost": {"pitr": pitr_lost, "rollback": ours_lost},
             "wrong_rows": {"pitr": pitr_wrong, "rollback": ours_wrong},
@@ -630,8 +777,9 @@ class Bench:
         for _ in range(self.runs):
             # One initialisation per run (it takes as long as a measurement); each mode
             # then starts from an empty history and a vacuumed database.
-            subprocess.run([exe, "-i", "-q", "-s", str(scale), self.url], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [exe, "-i", "-q", "-s", str(scale), self.url], check=True, capture_output=True
+            )
             # pgbench_history has no key; give it one (for every mode alike).
             c.execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
             for mode in modes:
@@ -646,18 +794,26 @@ class Bench:
                     c.execute(PGBENCH_NOOP)
                     for t in tables:
                         for i, (when, ref, fn) in enumerate(NOOP_TRIGGERS):
-                            c.execute(f"CREATE TRIGGER noop_{i} {when}"
-                                      f" ON {t} {ref} FOR EACH STATEMENT EXECUTE FUNCTION"
-                                      f" {fn}()")
+                            c.execute(
+                                f"CREATE TRIGGER noop_{i} {when}"
+                                f" ON {t} {ref} FOR EACH STATEMENT EXECUTE FUNCTION"
+                                f" {fn}()"
+                            )
                 elif mode == "classic":
                     c.execute(CLASSIC_TRIGGER)
                     for t in tables:
-                        c.execute(f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {t}"
-                                  " FOR EACH ROW EXECUTE FUNCTION classic_audit()")
+                        c.execute(
+                            f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {t}"
+                            " FOR EACH ROW EXECUTE FUNCTION classic_audit()"
+                        )
                 c.execute("CHECKPOINT")
                 lsn0 = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
-                out = subprocess.run([exe, "-c", "2", "-j", "2", "-T", str(seconds), "-n",
-                                      self.url], check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [exe, "-c", "2", "-j", "2", "-T", str(seconds), "-n", self.url],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 w = c.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn0]).fetchone()[0]  # type: ignore[index]
                 m = re.search(r"tps = ([0-9.]+)", out)
                 assert m, out
@@ -671,17 +827,31 @@ class Bench:
                             c.execute(f"DROP TRIGGER noop_{i} ON {t}")
                 c.execute("DROP TABLE IF EXISTS audit_log")
         self.results["pgbench"] = {
-            "scale": scale, "clients": 2, "seconds": seconds,
+            "scale": scale,
+            "clients": 2,
+            "seconds": seconds,
             "tps": {k: _median(v) for k, v in tps.items()},
             "ratios": {
                 "capture_tps": _median([a / b for a, b in zip(tps["capture"], tps["none"])]),
                 "classic_tps": _median([a / b for a, b in zip(tps["classic"], tps["none"])]),
                 "noop_tps": _median([a / b for a, b in zip(tps["noop"], tps["none"])]),
                 # WAL per transaction: a slower mode runs fewer transactions in the time.
-                "capture_wal": _median([(wc / tc) / (wn / tn) for wc, tc, wn, tn in zip(
-                    wal["capture"], tps["capture"], wal["none"], tps["none"])]),
-                "classic_wal": _median([(wc / tc) / (wn / tn) for wc, tc, wn, tn in zip(
-                    wal["classic"], tps["classic"], wal["none"], tps["none"])]),
+                "capture_wal": _median(
+                    [
+                        (wc / tc) / (wn / tn)
+                        for wc, tc, wn, tn in zip(
+                            wal["capture"], tps["capture"], wal["none"], tps["none"]
+                        )
+                    ]
+                ),
+                "classic_wal": _median(
+                    [
+                        (wc / tc) / (wn / tn)
+                        for wc, tc, wn, tn in zip(
+                            wal["classic"], tps["classic"], wal["none"], tps["none"]
+                        )
+                    ]
+                ),
             },
         }
         c.close()
@@ -736,8 +906,10 @@ def report(results: dict[str, Any]) -> str:
             f"| operation | {m['rows_small']:,} rows | {m['rows_large']:,} rows | target |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {op} | {v['small']} MB | {v['large']} MB | < 150 MB |"
-                  for op, v in m["rss_mb"].items()]
+        lines += [
+            f"| {op} | {v['small']} MB | {v['large']} MB | < 150 MB |"
+            for op, v in m["rss_mb"].items()
+        ]
         lines.append("")
     if "undo_kinds" in results:
         u = results["undo_kinds"]
@@ -762,8 +934,7 @@ def report(results: dict[str, Any]) -> str:
             f"| undo of {d['damaged']:,} damaged rows in a {d['big']:,}-row table / in a "
             f"{d['small']:,}-row table | {_fmt(d['ratio'])} | flat (about 1x) |",
             "",
-            f"Seconds: {_fmt(d['seconds']['small'], ' s')} and "
-            f"{_fmt(d['seconds']['big'], ' s')}.",
+            f"Seconds: {_fmt(d['seconds']['small'], ' s')} and {_fmt(d['seconds']['big'], ' s')}.",
             "",
         ]
     if "snapshots" in results:
@@ -778,20 +949,37 @@ def report(results: dict[str, Any]) -> str:
             "",
             "| what | ratio | target |",
             "|---|---|---|",
-            row("snapshot, database store / CREATE TABLE AS of the same rows", "db_vs_ctas",
-                "<= 1.2x"),
-            row("snapshot, directory store / `pg_dump -Fc -t` of the table", "dir_vs_pg_dump",
-                "<= 1.0x"),
-            row("restore of every row changed, directory store / COPY FROM of the same data",
-                "restore_dir_vs_copy_from", "<= 2x"),
-            row("restore of the dropped table (recreated), directory store / `pg_restore`",
-                "restore_dropped_vs_pg_restore"),
-            row("floor: one in-place UPDATE ... FROM of every row from a loaded copy / COPY FROM",
-                "update_from_vs_copy_from"),
-            row("floor of a restore: load the rows (COPY FROM) + that UPDATE / COPY FROM",
-                "restore_floor_vs_copy_from", "floor of <= 2x"),
+            row(
+                "snapshot, database store / CREATE TABLE AS of the same rows",
+                "db_vs_ctas",
+                "<= 1.2x",
+            ),
+            row(
+                "snapshot, directory store / `pg_dump -Fc -t` of the table",
+                "dir_vs_pg_dump",
+                "<= 1.0x",
+            ),
+            row(
+                "restore of every row changed, directory store / COPY FROM of the same data",
+                "restore_dir_vs_copy_from",
+                "<= 2x",
+            ),
+            row(
+                "restore of the dropped table (recreated), directory store / `pg_restore`",
+                "restore_dropped_vs_pg_restore",
+            ),
+            row(
+                "floor: one in-place UPDATE ... FROM of every row from a loaded copy / COPY FROM",
+                "update_from_vs_copy_from",
+            ),
+            row(
+                "floor of a restore: load the rows (COPY FROM) + that UPDATE / COPY FROM",
+                "restore_floor_vs_copy_from",
+                "floor of <= 2x",
+            ),
             "",
-            "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in sn["seconds"].items())
+            "Seconds: "
+            + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in sn["seconds"].items())
             + f"; directory snapshot {sn['dir_bytes'] / 1e6:.1f} MB.",
             "",
         ]
@@ -835,8 +1023,7 @@ def report(results: dict[str, Any]) -> str:
             f"| same, with its own writes kept by the before-image trigger / plain UPDATE | "
             f"{_fmt(r['update_from_captured'])} | undo <= 1.25x |",
             "",
-            "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in fl["seconds"].items())
-            + ".",
+            "Seconds: " + ", ".join(f"{k} {_fmt(v, ' s')}" for k, v in fl["seconds"].items()) + ".",
             "",
         ]
     pg = results.get("pgbench", {})
@@ -869,12 +1056,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="1 = a 1M-row table")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pgbench-seconds", type=int, default=8)
-    ap.add_argument("--db", help="Use this server (its user must create tables) instead of "
-                    "starting one.")
-    ap.add_argument("--only", help="Comma-separated sections to run (capture, memory, "
-                    "undo_kinds, damage, snapshots, pitr, floors, pgbench); default all.")
-    ap.add_argument("--write", action="store_true",
-                    help="Write docs/BENCHMARKS.md and bench/results.json.")
+    ap.add_argument(
+        "--db", help="Use this server (its user must create tables) instead of starting one."
+    )
+    ap.add_argument(
+        "--only",
+        help="Comma-separated sections to run (capture, memory, "
+        "undo_kinds, damage, snapshots, pitr, floors, pgbench); default all.",
+    )
+    ap.add_argument(
+        "--write", action="store_true", help="Write docs/BENCHMARKS.md and bench/results.json."
+    )
     args = ap.parse_args(argv)
     cluster = None
     if args.db:
@@ -887,15 +1079,20 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(url) as c:
             server = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         b.results["meta"] = {
-            "scale": args.scale, "runs": args.runs,
+            "scale": args.scale,
+            "runs": args.runs,
             "date": datetime.date.today().isoformat(),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()}",
             "server": f"PostgreSQL {server}",
         }
         sections = {
-            "capture": b.capture_and_undo, "memory": b.memory_scales,
-            "undo_kinds": b.undo_kinds, "damage": b.damage_not_size,
-            "snapshots": b.snapshots, "pitr": b.pitr, "floors": b.floors,
+            "capture": b.capture_and_undo,
+            "memory": b.memory_scales,
+            "undo_kinds": b.undo_kinds,
+            "damage": b.damage_not_size,
+            "snapshots": b.snapshots,
+            "pitr": b.pitr,
+            "floors": b.floors,
             "pgbench": lambda: b.pgbench(args.pgbench_seconds),
         }
         only = args.only.split(",") if args.only else list(sections)
@@ -912,7 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
             (ROOT / "docs").mkdir(exist_ok=True)
             (ROOT / "docs" / "BENCHMARKS.md").write_text(text + "\n")
             (ROOT / "bench" / "results.json").write_text(
-                json.dumps(b.results, indent=2, default=str) + "\n")
+                json.dumps(b.results, indent=2, default=str) + "\n"
+            )
         return 0
     finally:
         if cluster is not None:

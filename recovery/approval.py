@@ -46,9 +46,19 @@ class ApprovalNeeded(ApprovalRequired):
     and has none.  The caller lets that transaction roll back, then turns this into
     ApprovalPending with pending(), which records the request."""
 
-    def __init__(self, kind: str, plan: dict[str, Any], rows: int, tables: int, *,
-                 schema: str, problem: str | None, limit_rows: int, limit_tables: int,
-                 what: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        plan: dict[str, Any],
+        rows: int,
+        tables: int,
+        *,
+        schema: str,
+        problem: str | None,
+        limit_rows: int,
+        limit_tables: int,
+        what: str,
+    ) -> None:
         super().__init__(f"{what} needs an approval (the request is not recorded yet)")
         self.kind, self.plan, self.rows, self.tables = kind, plan, rows, tables
         self.schema, self.problem, self.what = schema, problem, what
@@ -57,9 +67,9 @@ class ApprovalNeeded(ApprovalRequired):
 
 @dataclass
 class Thresholds:
-    rows: int          # more rows than this need an approval (meta approval_rows)
-    tables: int        # more tables than this need an approval (meta approval_tables)
-    required: int      # approvals needed, from users other than the requester
+    rows: int  # more rows than this need an approval (meta approval_rows)
+    tables: int  # more tables than this need an approval (meta approval_tables)
+    required: int  # approvals needed, from users other than the requester
 
 
 @dataclass
@@ -73,9 +83,9 @@ class Request:
     required: int
     requested_by: str
     requested_at: str
-    status: str                      # pending | approved | executed | refused
-    executed_at: str | None          # when it was executed (or refused)
-    executed_by: str | None          # by whom
+    status: str  # pending | approved | executed | refused
+    executed_at: str | None  # when it was executed (or refused)
+    executed_by: str | None  # by whom
     approvals: list[dict[str, Any]] = field(default_factory=list)  # approved_by, approved_at
 
     @property
@@ -93,8 +103,9 @@ def plan_hash(plan: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def rollback_plan(selector: Mapping[str, Any], on_conflict: str,
-                  tables: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], int, int]:
+def rollback_plan(
+    selector: Mapping[str, Any], on_conflict: str, tables: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], int, int]:
     """The plan an undo submits to approval (its hash is what gets approved), the rows it
     writes and the number of tables it writes to.
 
@@ -103,22 +114,34 @@ def rollback_plan(selector: Mapping[str, Any], on_conflict: str,
     that still get cells restored (partial, with --on-conflict skip).
     """
     keys = ("reinsert", "restore", "delete", "partial")
-    rows = [{"table": t["table"], **{k: int(t[k]) for k in keys},
-             "conflicts": int(t["conflicts"])} for t in tables]
-    plan = {"kind": "rollback", "selector": dict(selector), "on_conflict": on_conflict,
-            "tables": rows}
+    rows = [
+        {"table": t["table"], **{k: int(t[k]) for k in keys}, "conflicts": int(t["conflicts"])}
+        for t in tables
+    ]
+    plan = {
+        "kind": "rollback",
+        "selector": dict(selector),
+        "on_conflict": on_conflict,
+        "tables": rows,
+    }
     counts = [sum(r[k] for k in keys) for r in rows]
     return plan, sum(counts), sum(1 for n in counts if n)
 
 
-def restore_plan(snapshot: str, store: str, created_at: str,
-                 tables: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], int, int]:
+def restore_plan(
+    snapshot: str, store: str, created_at: str, tables: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], int, int]:
     """The plan a restore submits to approval, its rows and tables (as rollback_plan);
     tables are RestoreTables as dicts, with the counts of a dry run."""
     keys = ("reinsert", "restore", "delete")
     rows = [{"table": t["table"], **{k: int(t[k]) for k in keys}} for t in tables]
-    plan = {"kind": "restore", "snapshot": snapshot, "store": store, "created_at": created_at,
-            "tables": rows}
+    plan = {
+        "kind": "restore",
+        "snapshot": snapshot,
+        "store": store,
+        "created_at": created_at,
+        "tables": rows,
+    }
     counts = [sum(r[k] for k in keys) for r in rows]
     return plan, sum(counts), sum(1 for n in counts if n)
 
@@ -152,9 +175,12 @@ def _call(conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any]) 
 
 def thresholds(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> Thresholds:
     """The thresholds in the recovery schema's meta table (no transaction control)."""
-    found: dict[str, str] = dict(conn.execute(sql.SQL(
-        "SELECT key, value FROM {}.meta WHERE key = ANY(%s)").format(_s(schema)),
-        [list(DEFAULTS)]).fetchall())
+    found: dict[str, str] = dict(
+        conn.execute(
+            sql.SQL("SELECT key, value FROM {}.meta WHERE key = ANY(%s)").format(_s(schema)),
+            [list(DEFAULTS)],
+        ).fetchall()
+    )
     values = {}
     for key, default in DEFAULTS.items():
         raw = found.get(key, default)
@@ -164,14 +190,22 @@ def thresholds(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> Thresh
             raise RecoveryError(
                 f"{schema}.meta key {key} is {raw!r}, not a whole number: the schema's owner "
                 f"fixes it with UPDATE {schema}.meta SET value = '{default}' WHERE key = "
-                f"'{key}'") from None
-    return Thresholds(values["approval_rows"], values["approval_tables"],
-                      max(values["approvals_required"], 1))
+                f"'{key}'"
+            ) from None
+    return Thresholds(
+        values["approval_rows"], values["approval_tables"], max(values["approvals_required"], 1)
+    )
 
 
-def needs_approval(conn: psycopg.Connection, rows: int, tables: int, *,
-                   schema: str = DEFAULT_SCHEMA, max_rows: int | None = None,
-                   max_tables: int | None = None) -> bool:
+def needs_approval(
+    conn: psycopg.Connection,
+    rows: int,
+    tables: int,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    max_rows: int | None = None,
+    max_tables: int | None = None,
+) -> bool:
     """Whether an operation writing `rows` rows in `tables` tables needs an approval.
 
     More rows than the row threshold, or more tables than the table threshold, do;
@@ -197,8 +231,9 @@ FROM {s}.approval_requests r
 
 def _fetch(conn: psycopg.Connection, req_id: int, schema: str) -> Request | None:
     """Request req_id, read in the current transaction (none ended)."""
-    row = conn.execute(sql.SQL(_SELECT + " WHERE r.req_id = %s").format(s=_s(schema)),
-                       [req_id]).fetchone()
+    row = conn.execute(
+        sql.SQL(_SELECT + " WHERE r.req_id = %s").format(s=_s(schema)), [req_id]
+    ).fetchone()
     return Request(*row) if row else None
 
 
@@ -208,26 +243,37 @@ def get(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA) -> 
         require_schema(conn, schema)
         req = _fetch(conn, req_id, schema)
     if req is None:
-        raise RecoveryError(f"no approval request {req_id}: `recovery approve --list` lists "
-                            "the open ones")
+        raise RecoveryError(
+            f"no approval request {req_id}: `recovery approve --list` lists the open ones"
+        )
     return req
 
 
-def list_requests(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA,
-                  status: str | Sequence[str] | None = None) -> list[Request]:
+def list_requests(
+    conn: psycopg.Connection,
+    schema: str = DEFAULT_SCHEMA,
+    status: str | Sequence[str] | None = None,
+) -> list[Request]:
     """Approval requests, oldest first; only those of the given status(es) if any."""
     statuses = [status] if isinstance(status, str) else list(status or [])
     where = sql.SQL(" WHERE r.status = ANY(%s)" if statuses else "")
     with conn.transaction():
         require_schema(conn, schema)
-        rows = conn.execute(sql.SQL(_SELECT).format(s=_s(schema)) + where
-                            + sql.SQL(" ORDER BY r.req_id"),
-                            [statuses] if statuses else None).fetchall()
+        rows = conn.execute(
+            sql.SQL(_SELECT).format(s=_s(schema)) + where + sql.SQL(" ORDER BY r.req_id"),
+            [statuses] if statuses else None,
+        ).fetchall()
     return [Request(*r) for r in rows]
 
 
-def request(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, tables: int,
-            schema: str = DEFAULT_SCHEMA) -> Request:
+def request(
+    conn: psycopg.Connection,
+    kind: str,
+    plan: dict[str, Any],
+    rows: int,
+    tables: int,
+    schema: str = DEFAULT_SCHEMA,
+) -> Request:
     """Record a pending request for this plan, or find the open one this user made for it.
 
     Committed in a transaction of its own (the request must outlive the refused
@@ -235,14 +281,19 @@ def request(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int
     request exists for others once the caller commits.
     """
     with conn.transaction():
-        req_id = _call(conn, sql.SQL(
-            "SELECT {}.request_approval(%s::text, %s::jsonb, %s::text, %s::bigint, %s::int)"
-        ).format(_s(schema)), [kind, Jsonb(plan), plan_hash(plan), rows, tables])
+        req_id = _call(
+            conn,
+            sql.SQL(
+                "SELECT {}.request_approval(%s::text, %s::jsonb, %s::text, %s::bigint, %s::int)"
+            ).format(_s(schema)),
+            [kind, Jsonb(plan), plan_hash(plan), rows, tables],
+        )
         return get(conn, int(req_id), schema)
 
 
-def approve(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA,
-            refuse: bool = False) -> Request:
+def approve(
+    conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA, refuse: bool = False
+) -> Request:
     """Approve request req_id as this connection's database user (or refuse it); committed
     in a transaction of its own (a savepoint of the caller's, when one is open).
 
@@ -254,47 +305,68 @@ def approve(conn: psycopg.Connection, req_id: int, schema: str = DEFAULT_SCHEMA,
     with conn.transaction():
         req = get(conn, req_id, schema)
         if refuse:
-            _call(conn, sql.SQL("SELECT {}.refuse_approval(%s::bigint)").format(_s(schema)),
-                  [req_id])
+            _call(
+                conn, sql.SQL("SELECT {}.refuse_approval(%s::bigint)").format(_s(schema)), [req_id]
+            )
         else:
             if plan_hash(req.plan) != req.plan_hash:
                 raise RecoveryError(
                     f"the plan stored with approval request {req_id} does not match its hash: "
-                    "it was not written by recovery; not approved")
-            _call(conn, sql.SQL("SELECT {}.approve(%s::bigint, %s::text)").format(_s(schema)),
-                  [req_id, req.plan_hash])
+                    "it was not written by recovery; not approved"
+                )
+            _call(
+                conn,
+                sql.SQL("SELECT {}.approve(%s::bigint, %s::text)").format(_s(schema)),
+                [req_id, req.plan_hash],
+            )
         return get(conn, req_id, schema)
 
 
-def authorize(conn: psycopg.Connection, req_id: int, hash: str,
-              schema: str = DEFAULT_SCHEMA) -> None:
+def authorize(
+    conn: psycopg.Connection, req_id: int, hash: str, schema: str = DEFAULT_SCHEMA
+) -> None:
     """Consume approved request req_id for the plan with this hash, in the current
     transaction (no commit): the caller applies the operation, then commits.
 
     Raises ApprovalRequired when the request is not approved, is for another plan, was
     used already, or lacks approvals by users other than its requester and this user.
     """
-    _call(conn, sql.SQL("SELECT {}.authorize(%s::bigint, %s::text)").format(_s(schema)),
-          [req_id, hash])
+    _call(
+        conn,
+        sql.SQL("SELECT {}.authorize(%s::bigint, %s::text)").format(_s(schema)),
+        [req_id, hash],
+    )
 
 
 def _find_approved(conn: psycopg.Connection, kind: str, hash: str, schema: str) -> int | None:
     """An approved request for exactly this plan that this user may run (its own first)."""
-    row = conn.execute(sql.SQL(
-        "SELECT r.req_id FROM {s}.approval_requests r"
-        " WHERE r.kind = %s AND r.plan_hash = %s AND r.status = 'approved'"
-        " AND (SELECT count(*) FROM {s}.approvals a WHERE a.req_id = r.req_id"
-        "      AND a.plan_hash = r.plan_hash"
-        "      AND a.approved_by NOT IN (r.requested_by, session_user::text)) >= r.required"
-        " ORDER BY r.requested_by = session_user::text DESC, r.req_id LIMIT 1"
-    ).format(s=_s(schema)), [kind, hash]).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT r.req_id FROM {s}.approval_requests r"
+            " WHERE r.kind = %s AND r.plan_hash = %s AND r.status = 'approved'"
+            " AND (SELECT count(*) FROM {s}.approvals a WHERE a.req_id = r.req_id"
+            "      AND a.plan_hash = r.plan_hash"
+            "      AND a.approved_by NOT IN (r.requested_by, session_user::text)) >= r.required"
+            " ORDER BY r.requested_by = session_user::text DESC, r.req_id LIMIT 1"
+        ).format(s=_s(schema)),
+        [kind, hash],
+    ).fetchone()
     return int(row[0]) if row else None
 
 
-def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, tables: int, *,
-         schema: str = DEFAULT_SCHEMA, approval: int | None = None,
-         max_rows: int | None = None, max_tables: int | None = None,
-         what: str = "this operation") -> int | None:
+def gate(
+    conn: psycopg.Connection,
+    kind: str,
+    plan: dict[str, Any],
+    rows: int,
+    tables: int,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    approval: int | None = None,
+    max_rows: int | None = None,
+    max_tables: int | None = None,
+    what: str = "this operation",
+) -> int | None:
     """Call inside the transaction that is about to apply `plan`, before it writes.
 
     Returns None when the plan is within the thresholds, or the id of the approved
@@ -315,11 +387,14 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
     if approval is not None:
         given = _fetch(conn, approval, schema)
         if given is None:
-            raise RecoveryError(f"no approval request {approval}: `recovery approve --list` "
-                                "lists the open ones")
+            raise RecoveryError(
+                f"no approval request {approval}: `recovery approve --list` lists the open ones"
+            )
         if given.kind != kind:
-            raise RecoveryError(f"approval request {approval} is for a {given.kind}, not a "
-                                f"{kind}: nothing was changed")
+            raise RecoveryError(
+                f"approval request {approval} is for a {given.kind}, not a "
+                f"{kind}: nothing was changed"
+            )
         candidate: int | None = approval
     else:
         candidate = _find_approved(conn, kind, h, schema)
@@ -329,8 +404,17 @@ def gate(conn: psycopg.Connection, kind: str, plan: dict[str, Any], rows: int, t
             return candidate
         except ApprovalRequired as exc:
             problem = str(exc)
-    raise ApprovalNeeded(kind, plan, rows, tables, schema=schema, problem=problem,
-                         limit_rows=limit_rows, limit_tables=limit_tables, what=what)
+    raise ApprovalNeeded(
+        kind,
+        plan,
+        rows,
+        tables,
+        schema=schema,
+        problem=problem,
+        limit_rows=limit_rows,
+        limit_tables=limit_tables,
+        what=what,
+    )
 
 
 def pending(conn: psycopg.Connection, needed: ApprovalNeeded) -> ApprovalPending:
@@ -344,18 +428,27 @@ def pending(conn: psycopg.Connection, needed: ApprovalNeeded) -> ApprovalPending
     yours = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     req = request(conn, kind, plan, rows, tables, needed.schema)
     head = f"{problem}; " if problem else ""
-    size = (f"{what} changes {rows} rows in {tables} tables, more than the approval threshold "
-            f"({limit_rows} rows or {limit_tables} tables): nothing was changed; ")
+    size = (
+        f"{what} changes {rows} rows in {tables} tables, more than the approval threshold "
+        f"({limit_rows} rows or {limit_tables} tables): nothing was changed; "
+    )
     if req.status == "approved":
         # This user's own request for this plan is approved, but `approval` named another.
-        tail = (f"approval request {req.req_id} for exactly this plan is approved: run this "
-                f"command again with --approval {req.req_id}")
+        tail = (
+            f"approval request {req.req_id} for exactly this plan is approved: run this "
+            f"command again with --approval {req.req_id}"
+        )
     else:
         need = max(req.required - len(req.approved_by), 1)
-        who = ("another database user must run" if need == 1
-               else f"{need} more database users must each run")
+        who = (
+            "another database user must run"
+            if need == 1
+            else f"{need} more database users must each run"
+        )
         tail = f"{who} `recovery approve {req.req_id}`, then run this command again"
     if yours:
-        tail += (f" (request {req.req_id} is recorded in your open transaction: others see "
-                 "it once you commit)")
+        tail += (
+            f" (request {req.req_id} is recorded in your open transaction: others see "
+            "it once you commit)"
+        )
     return ApprovalPending(head + size + tail, req.req_id)

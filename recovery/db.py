@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -108,8 +109,11 @@ def resolve_table(conn: psycopg.Connection, name: str) -> tuple[int, str, str]:
                 "WHERE c.oid = to_regclass(%s)",
                 [name.strip()],
             ).fetchone()
-    except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError,
-            psycopg.errors.FeatureNotSupported):
+    except (
+        psycopg.errors.InvalidName,
+        psycopg.errors.SyntaxError,
+        psycopg.errors.FeatureNotSupported,
+    ):
         row = None  # not SQL syntax for a name ("Mixed Table", "a.b.c.d"): try it as typed
     if row is None:
         # Unquoted mixed-case names are folded by PostgreSQL; try them as typed.
@@ -130,3 +134,13 @@ def resolve_table(conn: psycopg.Connection, name: str) -> tuple[int, str, str]:
 def qualified(schema: str, table: str) -> sql.Identifier:
     """Identifier for schema.table."""
     return sql.Identifier(schema, table)
+
+
+def scalar(
+    conn: psycopg.Connection, query: sql.Composable | str, params: Sequence[Any] | None = None
+) -> Any:
+    """The first column of the one row a query returns (a SELECT without FROM, EXISTS)."""
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]  # str or Composable
+    if row is None:
+        raise RecoveryError(f"internal: no row from {query!r}")
+    return row[0]

@@ -81,8 +81,7 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
-def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None = None
-                ) -> Cluster:
+def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None = None) -> Cluster:
     """Start a cluster from the machine's binaries in a new temporary directory."""
     root = Path(tempfile.mkdtemp(prefix="recovery-pg-"))
     data = root / "data"
@@ -96,29 +95,67 @@ def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None 
         os.chown(root, pw.pw_uid, pw.pw_gid)
     env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
     subprocess.run(
-        _as_server_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                         "-E", "UTF8", "--no-sync"]),
-        check=True, capture_output=True, env=env,
+        _as_server_user(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        env=env,
     )
     if conf:  # extra settings (the benchmark's WAL archiving), appended to postgresql.conf
         with open(data / "postgresql.conf", "a") as f:
             for k, v in conf.items():
                 f.write(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n")
     port = _free_port()
-    opts = ["-c", f"port={port}", "-c", "listen_addresses=127.0.0.1", "-c",
-            f"unix_socket_directories={root}", "-c", "max_connections=100"]
+    opts = [
+        "-c",
+        f"port={port}",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={root}",
+        "-c",
+        "max_connections=100",
+    ]
     if fast:
         opts += _FAST
     subprocess.run(
-        _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l",
-                         str(root / "log"), "-o", " ".join(opts), "start"]),
-        check=True, capture_output=True, env=env,
+        _as_server_user(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(root / "log"),
+                "-o",
+                " ".join(opts),
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        env=env,
     )
 
     def stop() -> None:
         subprocess.run(
             _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True, env=env,
+            capture_output=True,
+            env=env,
         )
         shutil.rmtree(root, ignore_errors=True)
 

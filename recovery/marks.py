@@ -28,7 +28,10 @@ class Mark:
 
 
 def create_mark(
-    conn: psycopg.Connection, name: str, *, note: str | None = None,
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    note: str | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> Mark:
     """Record the current time under `name`; a name is used once.
@@ -43,17 +46,22 @@ def create_mark(
     s = sql.Identifier(schema)
     with conn.transaction():
         require_schema(conn, schema)
-        row = conn.execute(sql.SQL(
-            "INSERT INTO {s}.marks (name, stmt_hwm, note)"
-            " SELECT %s, CASE WHEN is_called THEN last_value ELSE 0 END, %s FROM {s}.stmt_seq"
-            " ON CONFLICT (name) DO NOTHING RETURNING at::text, created_by").format(s=s),
-            [name, note]).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {s}.marks (name, stmt_hwm, note)"
+                " SELECT %s, CASE WHEN is_called THEN last_value ELSE 0 END, %s FROM {s}.stmt_seq"
+                " ON CONFLICT (name) DO NOTHING RETURNING at::text, created_by"
+            ).format(s=s),
+            [name, note],
+        ).fetchone()
         if row is None:
-            at = conn.execute(sql.SQL("SELECT at::text FROM {}.marks WHERE name = %s").format(s),
-                              [name]).fetchone()
+            at = conn.execute(
+                sql.SQL("SELECT at::text FROM {}.marks WHERE name = %s").format(s), [name]
+            ).fetchone()
             raise RecoveryError(
                 f"mark {name!r} exists already (made at {at[0] if at else '?'}): "
-                "choose another name")
+                "choose another name"
+            )
     return Mark(name, row[0], row[1], note)
 
 
@@ -61,14 +69,17 @@ def list_marks(conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA) -> lis
     """All marks, oldest first."""
     with conn.transaction():
         require_schema(conn, schema)
-        rows = conn.execute(sql.SQL(
-            "SELECT name, at::text, created_by, note FROM {}.marks ORDER BY at, name").format(
-                sql.Identifier(schema))).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT name, at::text, created_by, note FROM {}.marks ORDER BY at, name"
+            ).format(sql.Identifier(schema))
+        ).fetchall()
     return [Mark(*r) for r in rows]
 
 
-def resolve_time(conn: psycopg.Connection, value: str, what: str,
-                 schema: str = DEFAULT_SCHEMA) -> Any:
+def resolve_time(
+    conn: psycopg.Connection, value: str, what: str, schema: str = DEFAULT_SCHEMA
+) -> Any:
     """The timestamptz a --since/--until value means: a mark's time, else a time PostgreSQL
     parses.  A mark wins over a time of the same spelling (e.g. a mark named `today`).
 
@@ -76,8 +87,10 @@ def resolve_time(conn: psycopg.Connection, value: str, what: str,
     (the failed cast runs in a savepoint)."""
     try:
         with conn.transaction():
-            row = conn.execute(sql.SQL("SELECT at FROM {}.marks WHERE name = %s").format(
-                sql.Identifier(schema)), [value]).fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT at FROM {}.marks WHERE name = %s").format(sql.Identifier(schema)),
+                [value],
+            ).fetchone()
             if row is None:
                 row = conn.execute("SELECT %s::timestamptz", [value]).fetchone()
     except psycopg.errors.DataError:

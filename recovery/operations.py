@@ -33,10 +33,14 @@ def refuse_in_transaction(conn: psycopg.Connection, what: str, why: str) -> None
     """Raise RecoveryError when conn has a transaction open: `what` commits as it goes
     (`why`), so it cannot run inside a caller's transaction without committing (or
     rolling back) the caller's work with its own."""
-    if conn.info.transaction_status in (psycopg.pq.TransactionStatus.INTRANS,
-                                        psycopg.pq.TransactionStatus.INERROR):
-        raise RecoveryError(f"{what} commits as it goes ({why}): call it outside an open "
-                            "transaction (commit or roll back first)")
+    if conn.info.transaction_status in (
+        psycopg.pq.TransactionStatus.INTRANS,
+        psycopg.pq.TransactionStatus.INERROR,
+    ):
+        raise RecoveryError(
+            f"{what} commits as it goes ({why}): call it outside an open "
+            "transaction (commit or roll back first)"
+        )
 
 
 def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
@@ -47,8 +51,9 @@ def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
     if op_id is None:
         return True
     with conn.transaction():
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                           [LOCK_CLASS, _key(op_id)]).fetchone()
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, _key(op_id)]
+        ).fetchone()
     return bool(row and row[0])
 
 
@@ -85,13 +90,17 @@ def list_operations(
     """Return the most recent operations, newest first."""
     with conn.transaction():
         require_schema(conn, schema)
-        rows = conn.execute(sql.SQL(
-            "SELECT op_id, kind, status, requested_by, started_at::text, finished_at::text,"
-            " selector, summary, error, tag, status = ANY(%s) AND NOT EXISTS ("
-            "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-            "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            "  AND l.classid::bigint = %s AND l.objid::bigint = op_id %% 2147483647"
-            "  AND l.objsubid = 2)"
-            " FROM {}.operations ORDER BY op_id DESC LIMIT %s"
-        ).format(sql.Identifier(schema)), [list(UNDER_WAY), LOCK_CLASS, limit]).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT op_id, kind, status, requested_by, started_at::text, finished_at::text,"
+                " selector, summary, error, tag, status = ANY(%s) AND NOT EXISTS ("
+                "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+                "  AND l.database = (SELECT oid FROM pg_database"
+                "   WHERE datname = current_database())"
+                "  AND l.classid::bigint = %s AND l.objid::bigint = op_id %% 2147483647"
+                "  AND l.objsubid = 2)"
+                " FROM {}.operations ORDER BY op_id DESC LIMIT %s"
+            ).format(sql.Identifier(schema)),
+            [list(UNDER_WAY), LOCK_CLASS, limit],
+        ).fetchall()
     return [Operation(*r) for r in rows]

@@ -29,16 +29,15 @@ SQL_FILES = ("tables.sql", "capture.sql", "guard.sql", "approval.sql", "grants.s
 
 
 def _schema_sql(schema: str) -> sql.Composed:
-    text = "\n".join(resources.files("recovery").joinpath("sql").joinpath(name).read_text()
-                     for name in SQL_FILES)
+    text = "\n".join(
+        resources.files("recovery").joinpath("sql").joinpath(name).read_text() for name in SQL_FILES
+    )
     return sql.SQL(text).format(s=sql.Identifier(schema), s_lit=sql.Literal(schema))
 
 
 def installed_version(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> int | None:
     """Return the installed schema version, or None when the schema is absent."""
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}".meta']
-    ).fetchone()
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}".meta']).fetchone()
     if not exists or not exists[0]:
         return None
     row = conn.execute(
@@ -81,8 +80,7 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
                     f"({SCHEMA_VERSION}): upgrade the recovery package"
                 )
             # Serialise concurrent `init` runs.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                         [f"recovery-init:{schema}"])
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recovery-init:{schema}"])
             conn.execute(_schema_sql(schema))
             # Upgrades from older versions go here, each a step from N to N+1, run in
             # this same transaction.  1 -> 2 adds the snapshots table, 2 -> 3 the approval
@@ -98,8 +96,9 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
             ddl_follow = _install_event_trigger(conn, schema)
             # Rebuild capture functions so that they match this version's generator.
             conn.execute(
-                sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled")
-                .format(s=sql.Identifier(schema))
+                sql.SQL(
+                    "SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled"
+                ).format(s=sql.Identifier(schema))
             )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise RecoveryError(
@@ -128,8 +127,9 @@ def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
     present = True
     for suffix, tags, fn in _EVENT_TRIGGERS:
         name = f"{schema}_{suffix}"
-        row = conn.execute("SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s",
-                           [name]).fetchone()
+        row = conn.execute(
+            "SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s", [name]
+        ).fetchone()
         if not is_super or not is_super[0]:
             # Event triggers need a superuser.  Without one, a capture function that
             # sees a changed table shape skips capture (the write still succeeds) and
@@ -138,12 +138,18 @@ def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
             continue
         if row is None:
             conn.execute(
-                sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ({}) "
-                        "EXECUTE FUNCTION {}.{}()").format(
-                    sql.Identifier(name), sql.SQL(", ").join(map(sql.Literal, tags)),
-                    sql.Identifier(schema), sql.Identifier(fn))
+                sql.SQL(
+                    "CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ({}) "
+                    "EXECUTE FUNCTION {}.{}()"
+                ).format(
+                    sql.Identifier(name),
+                    sql.SQL(", ").join(map(sql.Literal, tags)),
+                    sql.Identifier(schema),
+                    sql.Identifier(fn),
+                )
             )
         if row is None or row[0] != "A":
-            conn.execute(sql.SQL("ALTER EVENT TRIGGER {} ENABLE ALWAYS").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("ALTER EVENT TRIGGER {} ENABLE ALWAYS").format(sql.Identifier(name))
+            )
     return present

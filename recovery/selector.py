@@ -37,19 +37,32 @@ class Selector:
     exclude_tags: tuple[str, ...] = field(default=())
 
     def is_empty(self) -> bool:
-        return not (self.tags or self.txids or self.since or self.until or self.tables
-                    or self.users or self.apps)
+        return not (
+            self.tags
+            or self.txids
+            or self.since
+            or self.until
+            or self.tables
+            or self.users
+            or self.apps
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("follow_cascades") if self.follow_cascades else None
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
-                if v not in ((), None)}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v not in ((), None)
+        }
 
     def describe(self) -> str:
         parts = []
-        for name, values in (("tag", self.tags), ("txid", self.txids), ("table", self.tables),
-                             ("user", self.users), ("app", self.apps)):
+        for name, values in (
+            ("tag", self.tags),
+            ("txid", self.txids),
+            ("table", self.tables),
+            ("user", self.users),
+            ("app", self.apps),
+        ):
             parts += [f"--{name} {v}" for v in values]
         if self.since:
             parts.append(f"--since {self.since!r}")
@@ -106,8 +119,9 @@ def where_clause(
             )
         )
     if sel.txids:
-        conds.append(sql.SQL("{}.txid = ANY({})").format(
-            a, sql.Literal([int(x) for x in sel.txids])))
+        conds.append(
+            sql.SQL("{}.txid = ANY({})").format(a, sql.Literal([int(x) for x in sel.txids]))
+        )
     if sel.since:
         since = resolve_time(conn, sel.since, "since", schema)
         conds.append(sql.SQL("{}.at >= {}").format(a, sql.Literal(since)))
@@ -138,9 +152,22 @@ def where_clause(
         " AND {a}.txid IN (SELECT x.txid FROM {s}.stmt x WHERE x.table_id = ANY({ids})"
         "  AND {xbase}))"
     ).format(
-        a=a, s=sql.Identifier(schema), ids=sql.Literal(ids),
-        xbase=where_clause(conn, Selector(
-            tags=sel.tags, txids=sel.txids, since=sel.since, until=sel.until, users=sel.users,
-            apps=sel.apps, exclude_tags=sel.exclude_tags), schema, "x"),
+        a=a,
+        s=sql.Identifier(schema),
+        ids=sql.Literal(ids),
+        xbase=where_clause(
+            conn,
+            Selector(
+                tags=sel.tags,
+                txids=sel.txids,
+                since=sel.since,
+                until=sel.until,
+                users=sel.users,
+                apps=sel.apps,
+                exclude_tags=sel.exclude_tags,
+            ),
+            schema,
+            "x",
+        ),
     )
     return sql.SQL("({}) AND ({} OR {})").format(base, direct, cascade)

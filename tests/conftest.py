@@ -95,8 +95,9 @@ def cli(db_url: str):  # type: ignore[no-untyped-def]
     """Invoke the CLI in-process against the test database."""
 
     def run(*args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(main, [*args, "--db", db_url], input=input,
-                                  catch_exceptions=False)
+        return CliRunner().invoke(
+            main, [*args, "--db", db_url], input=input, catch_exceptions=False
+        )
 
     return run
 
@@ -116,7 +117,8 @@ def sqlalchemy_url(db_url: str) -> str:
 
     info = psycopg.conninfo.conninfo_to_dict(db_url)
     return sa.engine.URL.create(
-        "postgresql+psycopg", username=str(info.get("user") or "") or None,
+        "postgresql+psycopg",
+        username=str(info.get("user") or "") or None,
         password=str(info["password"]) if info.get("password") else None,
         database=str(info["dbname"]),
         query={"host": str(info.get("host", "")), "port": str(info.get("port", "5432"))},

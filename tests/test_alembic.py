@@ -19,7 +19,7 @@ from tests.conftest import rows, sqlalchemy_url
 
 pytest.importorskip("alembic")
 
-ENV_PY = '''
+ENV_PY = """
 import json
 import os
 from alembic import context
@@ -35,9 +35,9 @@ def run_migrations_online():
             context.run_migrations()
 
 run_migrations_online()
-'''
+"""
 
-REVISION = '''
+REVISION = """
 from alembic import op
 import sqlalchemy as sa
 
@@ -51,31 +51,43 @@ def upgrade():
 
 def downgrade():
     pass
-'''
+"""
 
 
 ACCOUNT_REVS = [
-    ("a1a1a1a1a1a1", None, "    op.execute('UPDATE accounts SET balance = balance + 1000"
-                           " WHERE id <= 10')"),
-    ("b2b2b2b2b2b2", "a1a1a1a1a1a1",
-     "    op.execute('DELETE FROM accounts WHERE id BETWEEN 191 AND 200')\n"
-     "    op.add_column('accounts', sa.Column('flag', sa.Integer))"),
+    (
+        "a1a1a1a1a1a1",
+        None,
+        "    op.execute('UPDATE accounts SET balance = balance + 1000 WHERE id <= 10')",
+    ),
+    (
+        "b2b2b2b2b2b2",
+        "a1a1a1a1a1a1",
+        "    op.execute('DELETE FROM accounts WHERE id BETWEEN 191 AND 200')\n"
+        "    op.add_column('accounts', sa.Column('flag', sa.Integer))",
+    ),
 ]
 
 
-def _project(tmp_path: Path, revs: list[tuple[str, str | None, str]] = ACCOUNT_REVS,
-             guard: str = "max_rows=1000", configure: str = "") -> Path:
+def _project(
+    tmp_path: Path,
+    revs: list[tuple[str, str | None, str]] = ACCOUNT_REVS,
+    guard: str = "max_rows=1000",
+    configure: str = "",
+) -> Path:
     """An Alembic project: env.py calls guard_alembic(context, <guard>) after
     context.configure(..., <configure>); one file per (revision, down_revision, body)."""
     (tmp_path / "versions").mkdir()
-    (tmp_path / "env.py").write_text(ENV_PY.replace("{guard}", guard).replace(
-        "{configure}", configure))
+    (tmp_path / "env.py").write_text(
+        ENV_PY.replace("{guard}", guard).replace("{configure}", configure)
+    )
     (tmp_path / "script.py.mako").write_text("")
     ini = tmp_path / "alembic.ini"
     ini.write_text(f"[alembic]\nscript_location = {tmp_path}\n")
     for rev, down, body in revs:
         (tmp_path / "versions" / f"{rev}.py").write_text(
-            REVISION.format(rev=rev, down=down, body=body))
+            REVISION.format(rev=rev, down=down, body=body)
+        )
     return ini
 
 
@@ -84,8 +96,11 @@ def test_alembic_upgrade_under_guard_then_undo_one_revision(db_url, conn, sql_ex
     sql_exec("INSERT INTO accounts SELECT g, g * 10, 'n' || g FROM generate_series(1, 200) g")
     before = rows(conn, "accounts")
     ini = _project(tmp_path)
-    env = dict(os.environ, TEST_SQLALCHEMY_URL=sqlalchemy_url(db_url),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(
+        os.environ,
+        TEST_SQLALCHEMY_URL=sqlalchemy_url(db_url),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
     stop = threading.Event()
 
     def legit() -> None:
@@ -109,22 +124,47 @@ def test_alembic_upgrade_under_guard_then_undo_one_revision(db_url, conn, sql_ex
     t = threading.Thread(target=legit)
     t.start()
     try:
-        res = CliRunner().invoke(main, [
-            "--db", db_url, "guard", "--tag", "deploy-9", "--table", "accounts", "--",
-            sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
-            env=env, catch_exceptions=False)
+        res = CliRunner().invoke(
+            main,
+            [
+                "--db",
+                db_url,
+                "guard",
+                "--tag",
+                "deploy-9",
+                "--table",
+                "accounts",
+                "--",
+                sys.executable,
+                "-m",
+                "alembic",
+                "-c",
+                str(ini),
+                "upgrade",
+                "head",
+            ],
+            env=env,
+            catch_exceptions=False,
+        )
     finally:
         stop.set()
         t.join()
     assert res.exit_code == 0, res.output
-    tags = dict(sql_exec("SELECT tag, sum(nrows) FROM _recovery.stmt WHERE tag LIKE 'alembic:%'"
-                         " GROUP BY tag"))
+    tags = dict(
+        sql_exec(
+            "SELECT tag, sum(nrows) FROM _recovery.stmt WHERE tag LIKE 'alembic:%' GROUP BY tag"
+        )
+    )
     assert tags == {"alembic:a1a1a1a1a1a1": 10, "alembic:b2b2b2b2b2b2": 10}
 
     # Undo the second migration only: its deleted rows come back (with the column it
     # added left NULL), the first migration's change and the legitimate notes stay.
-    assert CliRunner().invoke(main, ["--db", db_url, "rollback", "--tag",
-                                     "alembic:b2b2b2b2b2b2", "--yes"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(main, ["--db", db_url, "rollback", "--tag", "alembic:b2b2b2b2b2b2", "--yes"])
+        .exit_code
+        == 0
+    )
     now = {r[0]: r for r in rows(conn, "accounts")}
     assert len(now) == 200
     for id_, balance, note in before:
@@ -132,18 +172,24 @@ def test_alembic_upgrade_under_guard_then_undo_one_revision(db_url, conn, sql_ex
         want_note = "legit" if id_ in (5, 195) else note
         assert now[id_] == (id_, want_balance, want_note, None), id_
 
-    res = CliRunner().invoke(main, ["--db", db_url, "rollback", "--tag",
-                                    "alembic:a1a1a1a1a1a1", "--yes"])
+    res = CliRunner().invoke(
+        main, ["--db", db_url, "rollback", "--tag", "alembic:a1a1a1a1a1a1", "--yes"]
+    )
     assert res.exit_code == 0, res.output
     assert rows(conn, "accounts") == [
-        (i, b, "legit" if i in (5, 195) else n, None) for i, b, n in before]
+        (i, b, "legit" if i in (5, 195) else n, None) for i, b, n in before
+    ]
     assert recovery.changes(conn, recovery.Selector(tags=("alembic:a1a1a1a1a1a1",))).rows == 10
 
 
 # -- snapshots of each revision's destructive statements ---------------------------------
 
 SHOP_REV = "c3c3c3c3c3c3"
-SHOP_REVS = [(SHOP_REV, None, """\
+SHOP_REVS = [
+    (
+        SHOP_REV,
+        None,
+        """\
     # 1: a join UPDATE that corrupts the orders of gold customers
     op.execute("UPDATE orders o SET amount = 0, status = 'void' FROM customers c"
                " WHERE c.id = o.customer_id AND c.tier = 'gold'")
@@ -153,27 +199,55 @@ SHOP_REVS = [(SHOP_REV, None, """\
     op.drop_column("customers", "tier")
     # neither destroys anything: no snapshot
     op.add_column("orders", sa.Column("note", sa.Text))
-    op.execute("INSERT INTO customers VALUES (100, 'new')")""")]
+    op.execute("INSERT INTO customers VALUES (100, 'new')")""",
+    )
+]
 
 
 def _shop(sql_exec) -> None:  # type: ignore[no-untyped-def]
     sql_exec("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, tier text)")
-    sql_exec("CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES"
-             " customers ON DELETE CASCADE, amount int NOT NULL, status text NOT NULL)")
-    sql_exec("INSERT INTO customers SELECT g, 'c' || g, CASE WHEN g % 5 = 0 THEN 'gold'"
-             " WHEN g % 2 = 0 THEN 'silver' END FROM generate_series(1, 30) g")
-    sql_exec("INSERT INTO orders SELECT g, g % 30 + 1, g * 7, CASE WHEN g % 3 = 0 THEN"
-             " 'cancelled' ELSE 'open' END FROM generate_series(1, 120) g")
+    sql_exec(
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES"
+        " customers ON DELETE CASCADE, amount int NOT NULL, status text NOT NULL)"
+    )
+    sql_exec(
+        "INSERT INTO customers SELECT g, 'c' || g, CASE WHEN g % 5 = 0 THEN 'gold'"
+        " WHEN g % 2 = 0 THEN 'silver' END FROM generate_series(1, 30) g"
+    )
+    sql_exec(
+        "INSERT INTO orders SELECT g, g % 30 + 1, g * 7, CASE WHEN g % 3 = 0 THEN"
+        " 'cancelled' ELSE 'open' END FROM generate_series(1, 120) g"
+    )
 
 
 def _upgrade(db_url: str, ini: Path, *tables: str, ok: bool = True) -> None:
     """`alembic upgrade head` under `recovery guard`, as a deploy would run it."""
-    env = dict(os.environ, TEST_SQLALCHEMY_URL=sqlalchemy_url(db_url),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    res = CliRunner().invoke(main, [
-        "--db", db_url, "guard", "--tag", "deploy-10", *[f"--table={t}" for t in tables],
-        "--", sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
-        env=env, catch_exceptions=False)
+    env = dict(
+        os.environ,
+        TEST_SQLALCHEMY_URL=sqlalchemy_url(db_url),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    res = CliRunner().invoke(
+        main,
+        [
+            "--db",
+            db_url,
+            "guard",
+            "--tag",
+            "deploy-10",
+            *[f"--table={t}" for t in tables],
+            "--",
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(ini),
+            "upgrade",
+            "head",
+        ],
+        env=env,
+        catch_exceptions=False,
+    )
     assert (res.exit_code == 0) == ok, res.output
 
 
@@ -183,8 +257,9 @@ def _cli_json(db_url: str, *args: str):  # type: ignore[no-untyped-def]
     return json.loads(res.output)
 
 
-def test_alembic_snapshots_each_destructive_statement_then_restore(db_url, conn, sql_exec,
-                                                                   tmp_path):
+def test_alembic_snapshots_each_destructive_statement_then_restore(
+    db_url, conn, sql_exec, tmp_path
+):
     _shop(sql_exec)
     customers, orders = rows(conn, "customers"), rows(conn, "orders")
     tier = {c[0]: c[2] for c in customers}
@@ -206,19 +281,25 @@ def test_alembic_snapshots_each_destructive_statement_then_restore(db_url, conn,
             out[item["table"]] = ([c["name"] for c in item["columns"]], keys)
         return out
 
-    all_cols = {"customers": ["id", "name", "tier"],
-                "orders": ["id", "customer_id", "amount", "status"]}
+    all_cols = {
+        "customers": ["id", "name", "tier"],
+        "orders": ["id", "customer_id", "amount", "status"],
+    }
     # 1: the orders the join UPDATE rewrote, whole rows, nothing of customers.
-    assert saved(names[0]) == {"orders": (all_cols["orders"], {
-        o[0] for o in orders if tier[o[1]] == "gold"})}
+    assert saved(names[0]) == {
+        "orders": (all_cols["orders"], {o[0] for o in orders if tier[o[1]] == "gold"})
+    }
     # 2: the customers deleted and the orders their delete cascaded to.
     assert saved(names[1]) == {
         "customers": (all_cols["customers"], set(range(25, 31))),
-        "orders": (all_cols["orders"], {o[0] for o in orders if o[1] > 24})}
+        "orders": (all_cols["orders"], {o[0] for o in orders if o[1] > 24}),
+    }
     # 3: key and dropped column of every customer left at that point.
     assert saved(names[2]) == {"customers": (["id", "tier"], set(range(1, 25)))}
-    assert "UPDATE orders o SET amount = 0" in _cli_json(
-        db_url, "snapshot", "show", names[0])["source"]["statement"]
+    assert (
+        "UPDATE orders o SET amount = 0"
+        in _cli_json(db_url, "snapshot", "show", names[0])["source"]["statement"]
+    )
 
     # Last statement's snapshot first.  The other way round, snapshot 1 would re-insert
     # orders of customers only snapshot 2 brings back (refused: foreign key), and
@@ -237,8 +318,12 @@ def test_alembic_snapshot_false_takes_none(db_url, conn, sql_exec, tmp_path):
     _shop(sql_exec)
     _upgrade(db_url, _project(tmp_path, SHOP_REVS, "snapshot=False"), "customers", "orders")
     assert _cli_json(db_url, "snapshot", "list") == []
-    assert sql_exec("SELECT count(*) FROM _recovery.stmt WHERE tag = %s",
-                    [f"alembic:{SHOP_REV}"])[0][0] > 0
+    assert (
+        sql_exec("SELECT count(*) FROM _recovery.stmt WHERE tag = %s", [f"alembic:{SHOP_REV}"])[0][
+            0
+        ]
+        > 0
+    )
 
 
 def test_alembic_snapshot_goes_with_a_failed_revision(db_url, conn, sql_exec, tmp_path):
@@ -246,17 +331,20 @@ def test_alembic_snapshot_goes_with_a_failed_revision(db_url, conn, sql_exec, tm
     delete) with it; the one before keeps both."""
     sql_exec("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL)")
     sql_exec("INSERT INTO accounts SELECT g, g FROM generate_series(1, 20) g")
-    revs = [("d1d1d1d1d1d1", None, "    op.execute('DELETE FROM accounts WHERE id <= 2')"),
-            ("e2e2e2e2e2e2", "d1d1d1d1d1d1",
-             "    op.execute('DELETE FROM accounts WHERE id > 18')\n"
-             "    raise RuntimeError('the migration breaks')")]
+    revs = [
+        ("d1d1d1d1d1d1", None, "    op.execute('DELETE FROM accounts WHERE id <= 2')"),
+        (
+            "e2e2e2e2e2e2",
+            "d1d1d1d1d1d1",
+            "    op.execute('DELETE FROM accounts WHERE id > 18')\n"
+            "    raise RuntimeError('the migration breaks')",
+        ),
+    ]
     ini = _project(tmp_path, revs, configure=", transaction_per_migration=True")
     _upgrade(db_url, ini, "accounts", ok=False)
-    assert [s["name"] for s in _cli_json(db_url, "snapshot", "list")] == [
-        "alembic-d1d1d1d1d1d1-1"]
+    assert [s["name"] for s in _cli_json(db_url, "snapshot", "list")] == ["alembic-d1d1d1d1d1d1-1"]
     assert [r[0] for r in rows(conn, "accounts")] == list(range(3, 21))
-    res = CliRunner().invoke(main, ["--db", db_url, "restore", "alembic-d1d1d1d1d1d1-1",
-                                    "--yes"])
+    res = CliRunner().invoke(main, ["--db", db_url, "restore", "alembic-d1d1d1d1d1d1-1", "--yes"])
     assert res.exit_code == 0, res.output
     assert [r[0] for r in rows(conn, "accounts")] == list(range(1, 21))
 
@@ -266,17 +354,32 @@ def test_prefilter_and_rendering(conn):
 
     assert first_keyword(" -- note\n /* a */ (\n update t set x = 1") == "UPDATE"
     assert first_keyword("/* only a comment */") == ""
-    for text in ["UPDATE t SET x = 1", "delete from t", "MERGE INTO t USING s ON true WHEN"
-                 " MATCHED THEN DELETE", "TRUNCATE t", "DROP TABLE t", "ALTER TABLE t DROP x",
-                 "WITH d AS (DELETE FROM t) SELECT 1", "DO $$BEGIN END$$", "CALL p()",
-                 "SELECT purge()", "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET"
-                 " x = 2", "CREATE TABLE a (i int); DELETE FROM t"]:
+    for text in [
+        "UPDATE t SET x = 1",
+        "delete from t",
+        "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+        "TRUNCATE t",
+        "DROP TABLE t",
+        "ALTER TABLE t DROP x",
+        "WITH d AS (DELETE FROM t) SELECT 1",
+        "DO $$BEGIN END$$",
+        "CALL p()",
+        "SELECT purge()",
+        "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2",
+        "CREATE TABLE a (i int); DELETE FROM t",
+    ]:
         assert should_analyze(text), text
-    for text in ["CREATE TABLE t (id int)", "INSERT INTO t VALUES (1)", "SET x = 1",
-                 "COMMENT ON TABLE t IS 'x'", "SELECT 1", "select x from t",
-                 "UPDATE alembic_version SET version_num='b' WHERE version_num = 'a'",
-                 "INSERT INTO alembic_version (version_num) VALUES ('a')",
-                 "CREATE TABLE a (i int); INSERT INTO a VALUES (1)"]:
+    for text in [
+        "CREATE TABLE t (id int)",
+        "INSERT INTO t VALUES (1)",
+        "SET x = 1",
+        "COMMENT ON TABLE t IS 'x'",
+        "SELECT 1",
+        "select x from t",
+        "UPDATE alembic_version SET version_num='b' WHERE version_num = 'a'",
+        "INSERT INTO alembic_version (version_num) VALUES ('a')",
+        "CREATE TABLE a (i int); INSERT INTO a VALUES (1)",
+    ]:
         assert not should_analyze(text), text
     assert not should_analyze("DELETE FROM my_versions", version_table="my_versions")
     assert should_analyze("DELETE FROM alembic_version_log")
@@ -285,20 +388,33 @@ def test_prefilter_and_rendering(conn):
     # (escaped for the pyformat style) is unescaped as the driver does.
     q = "UPDATE t SET x = %(x)s WHERE id = %(id)s AND y LIKE 'a%%'"
     assert render_sql(conn, q, {"x": "it's", "id": 3}) == (
-        "UPDATE t SET x = 'it''s' WHERE id = 3 AND y LIKE 'a%'", False)
+        "UPDATE t SET x = 'it''s' WHERE id = 3 AND y LIKE 'a%'",
+        False,
+    )
     assert render_sql(conn, "DELETE FROM t WHERE id = %s", (4,)) == (
-        "DELETE FROM t WHERE id = 4", False)
+        "DELETE FROM t WHERE id = 4",
+        False,
+    )
     assert render_sql(conn, "DELETE FROM t WHERE y LIKE 'a%%'", {}) == (
-        "DELETE FROM t WHERE y LIKE 'a%'", False)
+        "DELETE FROM t WHERE y LIKE 'a%'",
+        False,
+    )
     assert render_sql(conn, "DELETE FROM t WHERE y LIKE 'a%'", None) == (
-        "DELETE FROM t WHERE y LIKE 'a%'", False)
+        "DELETE FROM t WHERE y LIKE 'a%'",
+        False,
+    )
     many = [{"id": 1}, {"id": 2}]
     assert render_sql(conn, "DELETE FROM t WHERE id = %(id)s", many, executemany=True) == (
-        "DELETE FROM t WHERE id = 1;\nDELETE FROM t WHERE id = 2", False)
+        "DELETE FROM t WHERE id = 1;\nDELETE FROM t WHERE id = 2",
+        False,
+    )
     from recovery.guardrails.alembic import MANY_LIMIT
+
     lots = [{"id": i} for i in range(MANY_LIMIT + 1)]
     assert render_sql(conn, "DELETE FROM t WHERE id = %(id)s", lots, executemany=True) == (
-        "DELETE FROM t WHERE id = 0", True)
+        "DELETE FROM t WHERE id = 0",
+        True,
+    )
 
 
 def test_snapshot_hook_in_the_callers_transaction(conn, sql_exec, caplog):
@@ -325,17 +441,31 @@ def test_snapshot_hook_in_the_callers_transaction(conn, sql_exec, caplog):
     assert conn.info.transaction_status == idle
     hook(None, cur, "CREATE TABLE u (i int)", {}, None, False)  # filtered out
     hook(None, cur, "DELETE FROM t WHERE id <= %(n)s", {"n": 3}, None, False)
-    hook(None, cur, "UPDATE t SET x = %(x)s WHERE id = %(id)s",
-         [{"x": 9, "id": i} for i in (7, 8)], None, True)
-    hook(None, cur, "DELETE FROM t WHERE id = %(id)s",
-         [{"id": i} for i in range(MANY_LIMIT + 1)], None, True)
+    hook(
+        None,
+        cur,
+        "UPDATE t SET x = %(x)s WHERE id = %(id)s",
+        [{"x": 9, "id": i} for i in (7, 8)],
+        None,
+        True,
+    )
+    hook(
+        None,
+        cur,
+        "DELETE FROM t WHERE id = %(id)s",
+        [{"id": i} for i in range(MANY_LIMIT + 1)],
+        None,
+        True,
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="recovery.migrations"):
         hook(None, cur, "DELETE FROM nokey", {}, None, False)
     assert "no primary key" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="recovery.migrations"), \
-            pytest.MonkeyPatch.context() as mp:  # the parser's coverage, not the data
+    with (
+        caplog.at_level("WARNING", logger="recovery.migrations"),
+        pytest.MonkeyPatch.context() as mp,
+    ):  # the parser's coverage, not the data
         mp.setattr("recovery.sqlscope.analyze", lambda *a, **k: 1 / 0)
         hook(None, cur, "DELETE FROM t", {}, None, False)
     assert "the analysis failed: ZeroDivisionError" in caplog.text
@@ -345,15 +475,26 @@ def test_snapshot_hook_in_the_callers_transaction(conn, sql_exec, caplog):
     assert hook.taken == [f"alembic-r1-{n}" for n in (1, 2, 3, 4)]
     assert conn.info.transaction_status == idle  # nothing committed
     saved = {n: m for n, m in conn.execute("SELECT name, manifest FROM _recovery.snapshots")}
-    keys = {n: sorted(r[0] for r in conn.execute(
-        f'SELECT id FROM _recovery."{m["items"][0]["data"]}"')) for n, m in saved.items()}  # noqa: S608
-    assert keys == {"alembic-r1-1": [1, 2, 3], "alembic-r1-2": [7, 8],
-                    "alembic-r1-3": list(range(1, 501)), "alembic-r1-4": []}
+    keys = {
+        n: sorted(r[0] for r in conn.execute(f'SELECT id FROM _recovery."{m["items"][0]["data"]}"'))
+        for n, m in saved.items()
+    }  # noqa: S608
+    assert keys == {
+        "alembic-r1-1": [1, 2, 3],
+        "alembic-r1-2": [7, 8],
+        "alembic-r1-3": list(range(1, 501)),
+        "alembic-r1-4": [],
+    }
     # It saw the transaction's own earlier write.
-    assert conn.execute('SELECT x FROM _recovery."{}" WHERE id = 1'.format(
-        saved["alembic-r1-1"]["items"][0]["data"])).fetchone() == (0,)
-    assert saved["alembic-r1-1"]["source"] == {"alembic": "r1",
-                                               "statement": "DELETE FROM t WHERE id <= 3"}
+    assert conn.execute(
+        'SELECT x FROM _recovery."{}" WHERE id = 1'.format(
+            saved["alembic-r1-1"]["items"][0]["data"]
+        )
+    ).fetchone() == (0,)
+    assert saved["alembic-r1-1"]["source"] == {
+        "alembic": "r1",
+        "statement": "DELETE FROM t WHERE id <= 3",
+    }
     conn.rollback()
     assert sql_exec("SELECT count(*) FROM _recovery.snapshots") == [(0,)]
 
@@ -363,5 +504,9 @@ def test_snapshot_hook_in_the_callers_transaction(conn, sql_exec, caplog):
         hook(None, cur, "DELETE FROM t WHERE id = 1", {}, None, False)
         hook(None, cur, "DELETE FROM t WHERE id = 2", {}, None, False)
         conn.commit()
-    assert [r[0] for r in sql_exec("SELECT name FROM _recovery.snapshots ORDER BY snap_id")] \
-        == ["alembic-r1-1", "alembic-r1-2", "alembic-r1-1-2", "alembic-r1-2-2"]
+    assert [r[0] for r in sql_exec("SELECT name FROM _recovery.snapshots ORDER BY snap_id")] == [
+        "alembic-r1-1",
+        "alembic-r1-2",
+        "alembic-r1-1-2",
+        "alembic-r1-2-2",
+    ]

@@ -69,26 +69,46 @@ class People:
         block = re.search(r"```sql\n(-- People who run undos.*?)```", text, re.S)
         assert block, "the README's role setup is missing"
         stmts = block.group(1)
-        for old, new in (("recovery_operator", self.operator), ("recovery_approver", self.approver),
-                         ("alice", self.alice), ("bob", self.bob)):
+        for old, new in (
+            ("recovery_operator", self.operator),
+            ("recovery_approver", self.approver),
+            ("alice", self.alice),
+            ("bob", self.bob),
+        ):
             stmts = re.sub(rf"\b{old}\b", new, stmts)
         # The login roles exist already (cluster-wide); grant them the group roles instead.
-        stmts = re.sub(r"CREATE ROLE (\w+) LOGIN IN ROLE ([\w, ]+);",
-                       r"GRANT \2 TO \1;", stmts)
+        stmts = re.sub(r"CREATE ROLE (\w+) LOGIN IN ROLE ([\w, ]+);", r"GRANT \2 TO \1;", stmts)
         sql_exec(stmts)
-        sql_exec(sql.SQL("GRANT {} TO {}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
-                         "SCHEMA public TO {}").format(
-            sql.Identifier(self.operator), sql.Identifier(self.carol),
-            sql.Identifier(self.operator)).as_string(None))
-        sql_exec(sql.SQL("GRANT {} TO {}").format(sql.Identifier(self.approver),
-                                                 sql.Identifier(self.carol)).as_string(None))
+        sql_exec(
+            sql.SQL(
+                "GRANT {} TO {}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+                "SCHEMA public TO {}"
+            )
+            .format(
+                sql.Identifier(self.operator),
+                sql.Identifier(self.carol),
+                sql.Identifier(self.operator),
+            )
+            .as_string(None)
+        )
+        sql_exec(
+            sql.SQL("GRANT {} TO {}")
+            .format(sql.Identifier(self.approver), sql.Identifier(self.carol))
+            .as_string(None)
+        )
 
 
 @pytest.fixture
 def people(server_url: str, db_url: str) -> Iterator[People]:
     n = f"{os.getpid()}_{next(_n)}"
-    p = People(f"rq_operator_{n}", f"rq_approver_{n}", f"rq_alice_{n}", f"rq_bob_{n}",
-               f"rq_carol_{n}", db_url)
+    p = People(
+        f"rq_operator_{n}",
+        f"rq_approver_{n}",
+        f"rq_alice_{n}",
+        f"rq_bob_{n}",
+        f"rq_carol_{n}",
+        db_url,
+    )
     groups, logins = (p.operator, p.approver), (p.alice, p.bob, p.carol)
     with psycopg.connect(server_url, autocommit=True) as a:
         # The group roles are created by the README's statements (grant()).
@@ -100,11 +120,18 @@ def people(server_url: str, db_url: str) -> Iterator[People]:
         for c in p.opened:
             c.close()
         with psycopg.connect(server_url, autocommit=True) as a:
-            everyone = [r[0] for r in a.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [[*logins, *groups]])]
+            everyone = [
+                r[0]
+                for r in a.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [[*logins, *groups]]
+                )
+            ]
         with psycopg.connect(db_url, autocommit=True) as a:
-            a.execute(sql.SQL("DROP OWNED BY {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, everyone))))
+            a.execute(
+                sql.SQL("DROP OWNED BY {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, everyone))
+                )
+            )
         with psycopg.connect(server_url, autocommit=True) as a:
             for name in everyone:
                 a.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
@@ -112,25 +139,32 @@ def people(server_url: str, db_url: str) -> Iterator[People]:
 
 def table_rows(conn: psycopg.Connection, table: str = "t") -> list[tuple]:  # type: ignore[type-arg]
     conn.rollback()
-    out = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1").format(
-        sql.Identifier(table))).fetchall()
+    out = conn.execute(
+        sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
+    ).fetchall()
     conn.rollback()
     return out
 
 
 def requests(conn: psycopg.Connection) -> list[tuple]:  # type: ignore[type-arg]
     conn.rollback()
-    out = conn.execute("SELECT req_id, kind, status, requested_by, rows, tables, required,"
-                       " executed_by, executed_at IS NOT NULL FROM _recovery.approval_requests"
-                       " ORDER BY req_id").fetchall()
+    out = conn.execute(
+        "SELECT req_id, kind, status, requested_by, rows, tables, required,"
+        " executed_by, executed_at IS NOT NULL FROM _recovery.approval_requests"
+        " ORDER BY req_id"
+    ).fetchall()
     conn.rollback()
     return out
 
 
 def approvals(conn: psycopg.Connection, req: int) -> list[str]:
     conn.rollback()
-    out = [r[0] for r in conn.execute("SELECT approved_by FROM _recovery.approvals"
-                                      " WHERE req_id = %s ORDER BY 1", [req])]
+    out = [
+        r[0]
+        for r in conn.execute(
+            "SELECT approved_by FROM _recovery.approvals WHERE req_id = %s ORDER BY 1", [req]
+        )
+    ]
     conn.rollback()
     return out
 
@@ -146,8 +180,10 @@ def damaged(conn, sql_exec):  # type: ignore[no-untyped-def]
     sql_exec("CREATE TABLE t (id int PRIMARY KEY, v text, n int)")
     sql_exec("INSERT INTO t SELECT g, 'v' || g, g * 10 FROM generate_series(1, 10) g")
     enable_capture(conn, ["t"])
-    sql_exec("SET recovery.tag = 'bad'; UPDATE t SET v = 'broken' WHERE id <= 4;"
-             " DELETE FROM t WHERE id IN (5, 6)")
+    sql_exec(
+        "SET recovery.tag = 'bad'; UPDATE t SET v = 'broken' WHERE id <= 4;"
+        " DELETE FROM t WHERE id IN (5, 6)"
+    )
     set_meta(sql_exec, approval_rows=5)
     after = table_rows(conn)
     assert len(after) == 8 and after[0] == (1, "broken", 10)
@@ -155,6 +191,7 @@ def damaged(conn, sql_exec):  # type: ignore[no-untyped-def]
 
 
 # -- the whole flow ------------------------------------------------------------------
+
 
 def test_large_undo_waits_for_another_users_approval(conn, sql_exec, people, damaged):
     people.grant(sql_exec)
@@ -166,16 +203,31 @@ def test_large_undo_waits_for_another_users_approval(conn, sql_exec, people, dam
     assert str(exc.value) == (
         "this undo changes 6 rows in 1 tables, more than the approval threshold (5 rows or 5 "
         "tables): nothing was changed; another database user must run `recovery approve "
-        f"{req}`, then run this command again")
+        f"{req}`, then run this command again"
+    )
     assert table_rows(conn) == damaged
     assert requests(conn) == [(req, "rollback", "pending", people.alice, 6, 1, 1, None, False)]
     stored = ap.get(conn, req)
-    assert stored.plan == {"kind": "rollback", "selector": {"tags": ["bad"]}, "on_conflict": "fail",
-                           "tables": [{"table": "public.t", "reinsert": 2, "restore": 4,
-                                       "delete": 0, "partial": 0, "conflicts": 0}]}
+    assert stored.plan == {
+        "kind": "rollback",
+        "selector": {"tags": ["bad"]},
+        "on_conflict": "fail",
+        "tables": [
+            {
+                "table": "public.t",
+                "reinsert": 2,
+                "restore": 4,
+                "delete": 0,
+                "partial": 0,
+                "conflicts": 0,
+            }
+        ],
+    }
     assert stored.plan_hash == ap.plan_hash(stored.plan)
-    op = conn.execute("SELECT status, error, requested_by, summary->>'approval'"
-                      " FROM _recovery.operations ORDER BY op_id DESC LIMIT 1").fetchone()
+    op = conn.execute(
+        "SELECT status, error, requested_by, summary->>'approval'"
+        " FROM _recovery.operations ORDER BY op_id DESC LIMIT 1"
+    ).fetchone()
     conn.rollback()
     assert op == ("refused", "approval pending", people.alice, str(req))
 
@@ -186,8 +238,9 @@ def test_large_undo_waits_for_another_users_approval(conn, sql_exec, people, dam
     assert table_rows(conn) == damaged
 
     # The requester's own approval does not count.
-    with pytest.raises(ApprovalRequired, match="an approval by the user who requested the "
-                       "operation does not count"):
+    with pytest.raises(
+        ApprovalRequired, match="an approval by the user who requested the operation does not count"
+    ):
         ap.approve(alice, req)
     assert approvals(conn, req) == []
     assert requests(conn)[0][2] == "pending"
@@ -201,8 +254,9 @@ def test_large_undo_waits_for_another_users_approval(conn, sql_exec, people, dam
     report = rollback(alice, BAD)
     assert report.status == "done" and report.approval == req
     assert table_rows(conn) == ORIG
-    assert requests(conn) == [(req, "rollback", "executed", people.alice, 6, 1, 1, people.alice,
-                               True)]
+    assert requests(conn) == [
+        (req, "rollback", "executed", people.alice, 6, 1, 1, people.alice, True)
+    ]
     # An approval is good for one run.
     with pytest.raises(ApprovalRequired, match="used already"):
         ap.authorize(alice, req, stored.plan_hash)
@@ -228,8 +282,11 @@ def test_a_changed_plan_needs_a_new_approval(conn, sql_exec, people, damaged):
     assert "7 rows in 1 tables" in str(second.value)
     assert table_rows(conn) == damaged_now
     # Naming the old approval says why it does not apply.
-    with pytest.raises(ApprovalPending, match=r"^the plan changed since it was approved: it needs "
-                       r"a new approval .*approve " + str(new)) as named:
+    with pytest.raises(
+        ApprovalPending,
+        match=r"^the plan changed since it was approved: it needs "
+        r"a new approval .*approve " + str(new),
+    ) as named:
         rollback(alice, BAD, approval=old)
     assert named.value.req_id == new
     # Another selector for the same rows is another plan, too.
@@ -270,11 +327,12 @@ def test_approvals_count_per_database_user(conn, sql_exec, people, damaged):
     assert table_rows(conn) == damaged
     # Neither can anybody forge an approval by writing the tables.
     for statement in (
-            f"INSERT INTO _recovery.approvals (req_id, approved_by, plan_hash) SELECT {req},"
-            " 'x', plan_hash FROM _recovery.approval_requests",
-            "UPDATE _recovery.approval_requests SET status = 'approved'",
-            "DELETE FROM _recovery.approvals",
-            "UPDATE _recovery.meta SET value = '1000000' WHERE key = 'approval_rows'"):
+        f"INSERT INTO _recovery.approvals (req_id, approved_by, plan_hash) SELECT {req},"
+        " 'x', plan_hash FROM _recovery.approval_requests",
+        "UPDATE _recovery.approval_requests SET status = 'approved'",
+        "DELETE FROM _recovery.approvals",
+        "UPDATE _recovery.meta SET value = '1000000' WHERE key = 'approval_rows'",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             alice.execute(statement)  # type: ignore[arg-type]
         alice.rollback()
@@ -287,8 +345,8 @@ def test_approvals_count_per_database_user(conn, sql_exec, people, damaged):
 def test_small_plans_and_overrides(conn, sql_exec, people, damaged):
     people.grant(sql_exec)
     alice = people.connect("alice")
-    set_meta(sql_exec, approval_rows=6)          # 6 rows is not more than 6: no approval
-    with pytest.raises(ApprovalPending):         # a caller's own threshold wins
+    set_meta(sql_exec, approval_rows=6)  # 6 rows is not more than 6: no approval
+    with pytest.raises(ApprovalPending):  # a caller's own threshold wins
         rollback(alice, BAD, max_rows_without_approval=3)
     # A caller's threshold only lowers the meta table's: 100 cannot lift the 6 (a runbook
     # parameter must not switch the rule off).
@@ -306,8 +364,12 @@ def test_small_plans_and_overrides(conn, sql_exec, people, damaged):
     assert table_rows(conn) == ORIG
     # require_approval=False (a scratch database, the demo) skips the check.
     sql_exec("SET recovery.tag = 'bad2'; DELETE FROM t")
-    assert rollback(conn, Selector(tags=("bad2",)), max_rows_without_approval=0,
-                    require_approval=False).status == "done"
+    assert (
+        rollback(
+            conn, Selector(tags=("bad2",)), max_rows_without_approval=0, require_approval=False
+        ).status
+        == "done"
+    )
     assert table_rows(conn) == ORIG
     # Both refusals above were the same plan by the same user: one request.
     assert [r[2] for r in requests(conn)] == ["pending"]
@@ -320,8 +382,9 @@ def test_batched_undo_is_gated_before_its_first_batch(conn, sql_exec, people, da
         rollback(alice, BAD, batch_size=2)
     req = exc.value.req_id
     assert table_rows(conn) == damaged
-    assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = '_recovery'"
-                        " AND tablename LIKE 'undo%'").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = '_recovery' AND tablename LIKE 'undo%'"
+    ).fetchone() == (0,)
     conn.rollback()
     ap.approve(bob, req)
     report = rollback(alice, BAD, batch_size=2)
@@ -348,13 +411,15 @@ def test_restore_is_gated_the_same_way(conn, sql_exec, people, tmp_path):
         restore(alice, snap.find(alice, "pre"))
     req = exc.value.req_id
     assert table_rows(conn) == damaged
-    assert conn.execute("SELECT kind, status, error FROM _recovery.operations ORDER BY op_id"
-                        " DESC LIMIT 1").fetchone() == ("restore", "refused", "approval pending")
+    assert conn.execute(
+        "SELECT kind, status, error FROM _recovery.operations ORDER BY op_id DESC LIMIT 1"
+    ).fetchone() == ("restore", "refused", "approval pending")
     conn.rollback()
     stored = ap.get(conn, req)
     assert stored.kind == "restore" and stored.plan["snapshot"] == "pre"
-    assert stored.plan["tables"] == [{"table": "public.t", "reinsert": 3, "restore": 5,
-                                      "delete": 0}]
+    assert stored.plan["tables"] == [
+        {"table": "public.t", "reinsert": 3, "restore": 5, "delete": 0}
+    ]
     # A restore's approval is no undo's.
     with pytest.raises(RecoveryError, match=f"approval request {req} is for a restore"):
         rollback(alice, Selector(tables=("s",)), approval=req, max_rows_without_approval=0)
@@ -372,6 +437,7 @@ def test_restore_is_gated_the_same_way(conn, sql_exec, people, tmp_path):
 
 # -- the CLI ---------------------------------------------------------------------------
 
+
 def test_cli_exit_codes_and_json(conn, sql_exec, people, damaged):
     people.grant(sql_exec)
     out = people.cli("alice", "rollback", "--tag", "bad", "--yes")
@@ -387,8 +453,10 @@ def test_cli_exit_codes_and_json(conn, sql_exec, people, damaged):
     out = people.cli("bob", "approve", "--list", "--json")
     assert out.exit_code == 0
     doc = json.loads(out.stdout)
-    assert [(d["req_id"], d["kind"], d["status"], d["requested_by"], d["rows"], d["tables"])
-            for d in doc] == [(req, "rollback", "pending", people.alice, 6, 1)]
+    assert [
+        (d["req_id"], d["kind"], d["status"], d["requested_by"], d["rows"], d["tables"])
+        for d in doc
+    ] == [(req, "rollback", "pending", people.alice, 6, 1)]
     assert doc[0]["plan"]["selector"] == {"tags": ["bad"]} and doc[0]["approvals"] == []
     out = people.cli("bob", "approve", "--list")
     assert out.exit_code == 0 and people.alice in out.stdout and "0/1" in out.stdout
@@ -407,8 +475,9 @@ def test_cli_exit_codes_and_json(conn, sql_exec, people, damaged):
     assert ok.exit_code == 0, ok.stderr
     assert json.loads(ok.stdout)["status"] == "approved"
     assert json.loads(ok.stdout)["approvals"][0]["approved_by"] == people.bob
-    done = people.cli("alice", "rollback", "--tag", "bad", "--yes", "--json",
-                      "--approval", str(req))
+    done = people.cli(
+        "alice", "rollback", "--tag", "bad", "--yes", "--json", "--approval", str(req)
+    )
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["approval"] == req
     assert table_rows(conn) == ORIG
@@ -432,9 +501,14 @@ def test_cli_refuse_and_restore(conn, sql_exec, people, damaged):
     sql_exec("CREATE TABLE u (id int PRIMARY KEY, v text)")
     sql_exec("INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, 20) g")
     snap.create(conn, "pre-u", snap.table_specs(conn, ["u"], []))
-    sql_exec(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0};"
-                     " GRANT SELECT, INSERT, UPDATE, DELETE ON u TO {0}").format(
-        sql.Identifier(people.operator)).as_string(None))
+    sql_exec(
+        sql.SQL(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0};"
+            " GRANT SELECT, INSERT, UPDATE, DELETE ON u TO {0}"
+        )
+        .format(sql.Identifier(people.operator))
+        .as_string(None)
+    )
     sql_exec("DELETE FROM u WHERE id > 10")
     out = people.cli("alice", "restore", "pre-u", "--yes")
     assert out.exit_code == 3 and "this restore changes 10 rows" in out.stderr
@@ -448,6 +522,7 @@ def test_cli_refuse_and_restore(conn, sql_exec, people, damaged):
 
 
 # -- the SQL functions themselves --------------------------------------------------------
+
 
 def test_sql_functions_refuse_what_they_must(conn, sql_exec, people, damaged):
     people.grant(sql_exec)
@@ -474,17 +549,20 @@ def test_sql_functions_refuse_what_they_must(conn, sql_exec, people, damaged):
         alice.execute("SELECT _recovery.authorize(%s::bigint, 'other')", [req])
     alice.rollback()
     # An approver may not request or consume through the functions it was not granted.
-    sql_exec(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(people.operator),
-                                                 sql.Identifier(people.bob)).as_string(None))
+    sql_exec(
+        sql.SQL("REVOKE {} FROM {}")
+        .format(sql.Identifier(people.operator), sql.Identifier(people.bob))
+        .as_string(None)
+    )
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         bob.execute("SELECT _recovery.authorize(%s::bigint, %s)", [req, h])
     bob.rollback()
     # A plan shown to the approver must be the plan the hash is for (only the schema's
     # owner can write the table; the approver's client checks it anyway).
-    sql_exec("UPDATE _recovery.approval_requests SET plan = plan || '{\"on_conflict\": \"x\"}'")
+    sql_exec('UPDATE _recovery.approval_requests SET plan = plan || \'{"on_conflict": "x"}\'')
     with pytest.raises(RecoveryError, match="does not match its hash"):
         ap.approve(people.connect("carol"), req)
-    sql_exec("UPDATE _recovery.approval_requests SET plan = plan || '{\"on_conflict\": \"fail\"}'")
+    sql_exec('UPDATE _recovery.approval_requests SET plan = plan || \'{"on_conflict": "fail"}\'')
     # A failed apply leaves the approval unconsumed: authorize, then roll back.
     alice.execute("SELECT _recovery.authorize(%s::bigint, %s)", [req, h])
     alice.rollback()

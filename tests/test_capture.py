@@ -50,12 +50,18 @@ def placed(conn: psycopg.Connection, table: str, order: str) -> list[tuple[str, 
 def cells(conn: psycopg.Connection, table: str, order: str = "1") -> list[dict[str, str | None]]:
     """Every row as {column: value::text}, so a mismatch names its column."""
     conn.rollback()
-    cols = [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-        "AND NOT attisdropped ORDER BY attnum", [table])]
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            [table],
+        )
+    ]
     sel = ", ".join(f'x."{c}"::text AS _c{n}' for n, c in enumerate(cols))
-    out = [dict(zip(cols, r)) for r in conn.execute(
-        f"SELECT {sel} FROM {table} x ORDER BY {order}")]
+    out = [
+        dict(zip(cols, r)) for r in conn.execute(f"SELECT {sel} FROM {table} x ORDER BY {order}")
+    ]
     conn.rollback()
     return out
 
@@ -77,7 +83,9 @@ def journal(sql_exec, tag: str) -> list[tuple[str, str, int]]:  # type: ignore[n
     return sql_exec(
         "SELECT c.schema_name || '.' || c.table_name, st.op::text, st.nrows::int "
         "FROM _recovery.stmt st JOIN _recovery.captured c USING (table_id) "
-        "WHERE st.tag = %s ORDER BY st.stmt_id", [tag])
+        "WHERE st.tag = %s ORDER BY st.stmt_id",
+        [tag],
+    )
 
 
 def state(conn: psycopg.Connection, table: str) -> tuple[str, list[str]]:
@@ -121,14 +129,24 @@ def test_partitioned_writes_through_parent_and_partitions(conn, sql_exec):
     assert {p for p, _ in before} == {"orders_eu", "orders_us", "orders_apac", "orders_rest"}
 
     # Through the parent, touching every partition.
-    tagged(sql_exec, "bad", "INSERT INTO orders VALUES ('eu', 100, 'n', 1), ('apac', 101, 'n', 2),"
-                            " ('zz', 102, 'n', 3)")
+    tagged(
+        sql_exec,
+        "bad",
+        "INSERT INTO orders VALUES ('eu', 100, 'n', 1), ('apac', 101, 'n', 2), ('zz', 102, 'n', 3)",
+    )
     tagged(sql_exec, "bad", "UPDATE orders SET v = v || '!', amount = amount * 2 WHERE id % 5 = 0")
     # Rows moving across partitions (eu -> us, apac -> default, default -> apac).
-    tagged(sql_exec, "bad", "UPDATE orders SET region = 'us', v = 'moved' WHERE region = 'eu'"
-                            " AND id < 30")
-    tagged(sql_exec, "bad", "UPDATE orders SET region = CASE region WHEN 'apac' THEN 'nowhere'"
-                            " ELSE 'apac' END WHERE id IN (2, 3, 6, 7)")
+    tagged(
+        sql_exec,
+        "bad",
+        "UPDATE orders SET region = 'us', v = 'moved' WHERE region = 'eu' AND id < 30",
+    )
+    tagged(
+        sql_exec,
+        "bad",
+        "UPDATE orders SET region = CASE region WHEN 'apac' THEN 'nowhere'"
+        " ELSE 'apac' END WHERE id IN (2, 3, 6, 7)",
+    )
     tagged(sql_exec, "bad", "DELETE FROM orders WHERE id % 7 = 0")
     # Aimed directly at partitions (only the partition's statement triggers fire).
     tagged(sql_exec, "bad", "INSERT INTO orders_apac (region, id, v) VALUES ('apac', 200, 'd')")
@@ -145,7 +163,8 @@ def test_partitioned_writes_through_parent_and_partitions(conn, sql_exec):
     moved = sql_exec(
         "SELECT rec_img::text, c1, count(*) FROM _recovery.j_1 WHERE rec_stmt = (SELECT stmt_id"
         " FROM _recovery.stmt WHERE tag = 'bad' ORDER BY stmt_id OFFSET 2 LIMIT 1)"
-        " GROUP BY 1, 2 ORDER BY 1")
+        " GROUP BY 1, 2 ORDER BY 1"
+    )
     assert moved == [("A", "us", 7), ("B", "eu", 7)]
 
     undo(conn, "bad")
@@ -166,13 +185,15 @@ def test_partitioned_truncate_parent_and_one_partition(conn, sql_exec):
     sql_exec("INSERT INTO orders VALUES ('eu', 500, 'later', 5)")  # legitimate, kept
     tagged(sql_exec, "trunc-all", "TRUNCATE orders")
     assert sorted(n for _, op, n in journal(sql_exec, "trunc-all")) == sorted(
-        [per_part["orders_eu"] + 1, per_part["orders_apac"], per_part["orders_rest"]])
+        [per_part["orders_eu"] + 1, per_part["orders_apac"], per_part["orders_rest"]]
+    )
     assert texts(conn, "orders") == []
 
     undo(conn, "trunc-all")
     after_all = [("orders_eu", "(eu,500,later,5)")]
     assert placed(conn, "orders", "region, id") == sorted(
-        [x for x in before if x[0] != "orders_us"] + after_all, key=_region_id)
+        [x for x in before if x[0] != "orders_us"] + after_all, key=_region_id
+    )
     undo(conn, "trunc-part")
     assert placed(conn, "orders", "region, id") == sorted(before + after_all, key=_region_id)
 
@@ -190,12 +211,16 @@ def test_partitions_created_after_enable_are_captured(conn, sql_exec):
     # is itself partitioned, all after capture was enabled.
     sql_exec("CREATE TABLE orders_apac PARTITION OF orders FOR VALUES IN ('apac')")
     sql_exec(ODD_PARTITION.format(name="orders_rest", bound="DEFAULT"))
-    sql_exec("CREATE TABLE orders_asia PARTITION OF orders FOR VALUES IN ('asia') "
-             "PARTITION BY RANGE (id)")
+    sql_exec(
+        "CREATE TABLE orders_asia PARTITION OF orders FOR VALUES IN ('asia') "
+        "PARTITION BY RANGE (id)"
+    )
     sql_exec("CREATE TABLE orders_asia_lo PARTITION OF orders_asia FOR VALUES FROM (0) TO (1000)")
     assert state(conn, "public.orders") == ("on", [])
-    sql_exec("INSERT INTO orders SELECT r, g, 'v' || g, g FROM generate_series(10, 30) g, "
-             "unnest(ARRAY['apac', 'asia', 'xx']) r")
+    sql_exec(
+        "INSERT INTO orders SELECT r, g, 'v' || g, g FROM generate_series(10, 30) g, "
+        "unnest(ARRAY['apac', 'asia', 'xx']) r"
+    )
     before = placed(conn, "orders", "region, id")
 
     tagged(sql_exec, "bad", "UPDATE orders SET v = 'p' WHERE id % 2 = 0")
@@ -213,32 +238,42 @@ def test_partitions_created_after_enable_are_captured(conn, sql_exec):
 
 def test_detached_partition_is_no_longer_captured(conn, sql_exec):
     sql_exec(ORDERS)
-    sql_exec("INSERT INTO orders SELECT r, g, 'v', g FROM generate_series(1, 4) g, "
-             "unnest(ARRAY['eu', 'us']) r")
+    sql_exec(
+        "INSERT INTO orders SELECT r, g, 'v', g FROM generate_series(1, 4) g, "
+        "unnest(ARRAY['eu', 'us']) r"
+    )
     enable_capture(conn, ["orders"])
     sql_exec("ALTER TABLE orders DETACH PARTITION orders_us")
     tagged(sql_exec, "after-detach", "DELETE FROM orders_us WHERE id < 3")
     tagged(sql_exec, "after-detach", "UPDATE orders SET v = 'x' WHERE id = 1")
     # Only the write to the table still in the tree is the table's.
     assert journal(sql_exec, "after-detach") == [("public.orders", "U", 1)]
-    assert sql_exec("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders_us'::regclass "
-                    "AND NOT tgisinternal") == [(0,)]
+    assert sql_exec(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders_us'::regclass AND NOT tgisinternal"
+    ) == [(0,)]
     assert state(conn, "public.orders") == ("on", [])
 
 
 def test_many_partitions_enable_and_capture(conn, sql_exec):
     sql_exec("CREATE TABLE big (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
-    sql_exec("".join(f"CREATE TABLE big_{i} PARTITION OF big FOR VALUES FROM ({i * 10}) "
-                     f"TO ({i * 10 + 10});" for i in range(80)))
+    sql_exec(
+        "".join(
+            f"CREATE TABLE big_{i} PARTITION OF big FOR VALUES FROM ({i * 10}) TO ({i * 10 + 10});"
+            for i in range(80)
+        )
+    )
     sql_exec("INSERT INTO big SELECT g, 'v' || g FROM generate_series(0, 799) g")
     enable_capture(conn, ["big"])
     # The DDL that enabling runs does not set off the event trigger again (it did,
     # once per trigger created, nested, until the stack ran out).
     assert sql_exec("SELECT kind FROM _recovery.events ORDER BY id") == [("enable",)]
-    assert sql_exec("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                    "WHERE c.relname LIKE 'big%' AND t.tgname LIKE '\\_recovery%'") == [
+    assert sql_exec(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE c.relname LIKE 'big%' AND t.tgname LIKE '\\_recovery%'"
+    ) == [
         # parent: before-statement, insert, update, delete; leaves: also truncate
-        (4 + 80 * 5,)]
+        (4 + 80 * 5,)
+    ]
     before = texts(conn, "big")
     tagged(sql_exec, "bad", "UPDATE big_79 SET v = 'x'; DELETE FROM big WHERE id % 9 = 0")
     sql_exec("CREATE TABLE big_80 PARTITION OF big FOR VALUES FROM (800) TO (810)")
@@ -260,10 +295,14 @@ def test_partition_of_captured_table_cannot_be_enabled_alone(conn, sql_exec):
 
 
 def test_composite_primary_key(conn, sql_exec):
-    sql_exec("CREATE TABLE lines (order_id int, line text, qty int, note text, "
-             "PRIMARY KEY (line, order_id) DEFERRABLE)")
-    sql_exec("INSERT INTO lines SELECT o, 'l' || l, o * l, NULL FROM generate_series(1, 5) o, "
-             "generate_series(1, 4) l")
+    sql_exec(
+        "CREATE TABLE lines (order_id int, line text, qty int, note text, "
+        "PRIMARY KEY (line, order_id) DEFERRABLE)"
+    )
+    sql_exec(
+        "INSERT INTO lines SELECT o, 'l' || l, o * l, NULL FROM generate_series(1, 5) o, "
+        "generate_series(1, 4) l"
+    )
     enable_capture(conn, ["lines"])
     before = texts(conn, "lines", "order_id, line")
     tagged(sql_exec, "bad", "UPDATE lines SET qty = 0, note = 'zeroed' WHERE order_id = 2")
@@ -276,9 +315,11 @@ def test_composite_primary_key(conn, sql_exec):
 
 
 def test_table_without_primary_key_needs_key(conn, sql_exec):
-    sql_exec("CREATE TABLE nopk (code text NOT NULL, maybe int, dup int NOT NULL, v text);"
-             "CREATE UNIQUE INDEX ON nopk (code);"
-             "CREATE UNIQUE INDEX ON nopk (maybe);")
+    sql_exec(
+        "CREATE TABLE nopk (code text NOT NULL, maybe int, dup int NOT NULL, v text);"
+        "CREATE UNIQUE INDEX ON nopk (code);"
+        "CREATE UNIQUE INDEX ON nopk (maybe);"
+    )
     sql_exec("INSERT INTO nopk SELECT 'c' || g, g, 1, 'v' || g FROM generate_series(1, 6) g")
 
     with pytest.raises(RecoveryError) as err:
@@ -296,7 +337,8 @@ def test_table_without_primary_key_needs_key(conn, sql_exec):
 
     assert enable_capture(conn, ["nopk"], key=["code"]) == ["public.nopk"]
     assert [(s.key, s.key_source, s.state) for s in capture_status(conn)] == [
-        (["code"], "--key", "on")]
+        (["code"], "--key", "on")
+    ]
     before = texts(conn, "nopk", "code")
     tagged(sql_exec, "bad", "UPDATE nopk SET v = upper(v), maybe = NULL WHERE maybe < 4")
     tagged(sql_exec, "bad", "DELETE FROM nopk WHERE maybe = 5")
@@ -306,8 +348,9 @@ def test_table_without_primary_key_needs_key(conn, sql_exec):
 
 
 def test_key_of_several_columns_matches_unique_index_in_any_order(conn, sql_exec):
-    sql_exec("CREATE TABLE k2 (a int NOT NULL, b text NOT NULL, v text);"
-             "CREATE UNIQUE INDEX ON k2 (b, a)")
+    sql_exec(
+        "CREATE TABLE k2 (a int NOT NULL, b text NOT NULL, v text);CREATE UNIQUE INDEX ON k2 (b, a)"
+    )
     sql_exec("INSERT INTO k2 SELECT g % 3, 'b' || (g / 3), 'v' || g FROM generate_series(0, 11) g")
     enable_capture(conn, ["k2"], key=["a", "b"])
     before = texts(conn, "k2", "a, b")
@@ -339,7 +382,8 @@ def test_generated_and_identity_columns(conn, sql_exec):
     tagged(sql_exec, "bad", "INSERT INTO items (price, qty) VALUES (1, 1)")
     # The generated columns were captured as computed.
     assert sql_exec("SELECT c5::text FROM _recovery.j_1 WHERE rec_img = 'A' AND c1 = 1") == [
-        ("0.00",)]
+        ("0.00",)
+    ]
     undo(conn, "bad")
     assert texts(conn, "items", "id") == before
     # The identity sequences go on from where they were: a new row gets fresh values.
@@ -355,8 +399,10 @@ def test_values_of_several_megabytes(conn, sql_exec):
     big_text = os.urandom(2_750_000).hex()[:5_500_000]  # incompressible, 5.5 MB
     big_bytes = os.urandom(5 * 1024 * 1024)
     with psycopg.connect(conn.info.dsn, autocommit=True) as c:
-        c.execute("INSERT INTO blobs VALUES (1, %s, %s), (2, %s, %s), (3, 'small', '\\x00')",
-                  [big_text, big_bytes, big_text[::-1], big_bytes[::-1]])
+        c.execute(
+            "INSERT INTO blobs VALUES (1, %s, %s), (2, %s, %s), (3, 'small', '\\x00')",
+            [big_text, big_bytes, big_text[::-1], big_bytes[::-1]],
+        )
     enable_capture(conn, ["blobs"])
     tagged(sql_exec, "bad", "UPDATE blobs SET t = 'gone', b = NULL WHERE id = 1")
     tagged(sql_exec, "bad", "DELETE FROM blobs WHERE id = 2")
@@ -365,29 +411,39 @@ def test_values_of_several_megabytes(conn, sql_exec):
     conn.rollback()
     got = conn.execute("SELECT id, t, b FROM blobs ORDER BY id").fetchall()
     conn.rollback()
-    assert got == [(1, big_text, big_bytes), (2, big_text[::-1], big_bytes[::-1]),
-                   (3, "small", b"\x00")]
+    assert got == [
+        (1, big_text, big_bytes),
+        (2, big_text[::-1], big_bytes[::-1]),
+        (3, "small", b"\x00"),
+    ]
 
 
 # -- names -----------------------------------------------------------------------------------
 
 
 def test_mixed_case_and_quoted_names(conn, sql_exec):
-    sql_exec('CREATE SCHEMA "Sales";'
-             'CREATE TABLE "Sales"."Order Items" ("Order Id" int, "Line" int,'
-             ' "Unit Price" numeric(10, 2), "it\'s ""odd"" %s" text, "UPPER" text,'
-             ' PRIMARY KEY ("Order Id", "Line"))')
-    sql_exec('INSERT INTO "Sales"."Order Items" SELECT g / 3, g % 3, g * 1.5, \'o\' || g, '
-             'NULL FROM generate_series(1, 12) g')
+    sql_exec(
+        'CREATE SCHEMA "Sales";'
+        'CREATE TABLE "Sales"."Order Items" ("Order Id" int, "Line" int,'
+        ' "Unit Price" numeric(10, 2), "it\'s ""odd"" %s" text, "UPPER" text,'
+        ' PRIMARY KEY ("Order Id", "Line"))'
+    )
+    sql_exec(
+        'INSERT INTO "Sales"."Order Items" SELECT g / 3, g % 3, g * 1.5, \'o\' || g, '
+        "NULL FROM generate_series(1, 12) g"
+    )
     assert enable_capture(conn, ['"Sales"."Order Items"']) == ["Sales.Order Items"]
     assert state(conn, "Sales.Order Items") == ("on", [])
     tbl = '"Sales"."Order Items"'
     before = texts(conn, tbl, '"Order Id", "Line"')
-    tagged(sql_exec, "bad", f'UPDATE {tbl} SET "Unit Price" = 0, "it\'s ""odd"" %s" = \'%\' '
-                            'WHERE "Line" = 1')
+    tagged(
+        sql_exec,
+        "bad",
+        f'UPDATE {tbl} SET "Unit Price" = 0, "it\'s ""odd"" %s" = \'%\' WHERE "Line" = 1',
+    )
     tagged(sql_exec, "bad", f'DELETE FROM {tbl} WHERE "Order Id" = 2')
     tagged(sql_exec, "bad", f'UPDATE {tbl} SET "Order Id" = "Order Id" + 100 WHERE "Line" = 0')
-    tagged(sql_exec, "bad", f'INSERT INTO {tbl} VALUES (50, 1, 1, \'x\', \'Y\')')
+    tagged(sql_exec, "bad", f"INSERT INTO {tbl} VALUES (50, 1, 1, 'x', 'Y')")
     undo(conn, "bad")
     assert texts(conn, tbl, '"Order Id", "Line"') == before
     tagged(sql_exec, "bad2", f"TRUNCATE {tbl}")
@@ -424,9 +480,11 @@ def test_own_triggers_do_not_touch_restored_rows(conn, sql_exec):
     sql_exec("INSERT INTO acct (id, balance) SELECT g, g * 100 FROM generate_series(1, 6) g")
     sql_exec("UPDATE acct SET balance = balance + 1 WHERE id = 6")  # rev 2, a real timestamp
     enable_capture(conn, ["acct"])
-    triggers = sql_exec("SELECT tgname, tgenabled::text FROM pg_trigger "
-                        "WHERE tgrelid = 'acct'::regclass AND tgname NOT LIKE '\\_recovery%' "
-                        "ORDER BY 1")
+    triggers = sql_exec(
+        "SELECT tgname, tgenabled::text FROM pg_trigger "
+        "WHERE tgrelid = 'acct'::regclass AND tgname NOT LIKE '\\_recovery%' "
+        "ORDER BY 1"
+    )
     before = texts(conn, "acct")
     tagged(sql_exec, "bad", "UPDATE acct SET balance = 0 WHERE id IN (1, 2, 6)")
     tagged(sql_exec, "bad", "UPDATE acct SET balance = -1 WHERE id = 1")
@@ -439,9 +497,14 @@ def test_own_triggers_do_not_touch_restored_rows(conn, sql_exec):
     assert texts(conn, "acct") == before  # updated_at and rev as they were, exactly
     assert texts(conn, "audit") == audit  # the undo left no audit trail of its own
     # Triggers are back as they were, and fire again for the application.
-    assert sql_exec("SELECT tgname, tgenabled::text FROM pg_trigger "
-                    "WHERE tgrelid = 'acct'::regclass AND tgname NOT LIKE '\\_recovery%' "
-                    "ORDER BY 1") == triggers
+    assert (
+        sql_exec(
+            "SELECT tgname, tgenabled::text FROM pg_trigger "
+            "WHERE tgrelid = 'acct'::regclass AND tgname NOT LIKE '\\_recovery%' "
+            "ORDER BY 1"
+        )
+        == triggers
+    )
     sql_exec("UPDATE acct SET balance = 1 WHERE id = 5")
     assert texts(conn, "acct")[4].endswith(",2)")
     assert len(texts(conn, "audit")) == len(audit) + 2
@@ -457,11 +520,15 @@ DDL = {
     "rename column": ('ALTER TABLE {t} RENAME COLUMN note TO "Remark"', "{t}"),
     "retype column": ("ALTER TABLE {t} ALTER COLUMN n TYPE numeric(12, 2)", "{t}"),
     "retype to text": ("ALTER TABLE {t} ALTER COLUMN n TYPE text", "{t}"),
-    "retype twice": ("ALTER TABLE {t} ALTER COLUMN n TYPE bigint; "
-                     "ALTER TABLE {t} ALTER COLUMN n TYPE numeric", "{t}"),
+    "retype twice": (
+        "ALTER TABLE {t} ALTER COLUMN n TYPE bigint; ALTER TABLE {t} ALTER COLUMN n TYPE numeric",
+        "{t}",
+    ),
     "rename table": ("ALTER TABLE {t} RENAME TO {t}_renamed", "{t}_renamed"),
-    "set schema": ("CREATE SCHEMA IF NOT EXISTS other; ALTER TABLE {t} SET SCHEMA other",
-                   "other.{t}"),
+    "set schema": (
+        "CREATE SCHEMA IF NOT EXISTS other; ALTER TABLE {t} SET SCHEMA other",
+        "other.{t}",
+    ),
 }
 
 
@@ -487,8 +554,12 @@ def test_schema_change_is_followed(conn, sql_exec, change):
     tagged(sql_exec, "post", f"UPDATE {name} SET n = NULL WHERE id = 4")
     tagged(sql_exec, "post", f"DELETE FROM {name} WHERE id = 5")
     tagged(sql_exec, "post", f"INSERT INTO {name} (id) VALUES (9)")
-    assert journal(sql_exec, "post") == [(label, "U", 1), (label, "U", 1), (label, "D", 1),
-                                         (label, "I", 1)]
+    assert journal(sql_exec, "post") == [
+        (label, "U", 1),
+        (label, "U", 1),
+        (label, "D", 1),
+        (label, "I", 1),
+    ]
     undo(conn, "post")
     assert texts(conn, name) == at_ddl
     # Changes from before the schema change are undone in the table's new shape.
@@ -503,10 +574,12 @@ def test_rows_deleted_before_columns_were_added_come_back_with_their_defaults(co
     enable_capture(conn, ["s"])
     tagged(sql_exec, "bad", "UPDATE s SET v = 'x' WHERE id = 1; DELETE FROM s")  # table empty
     for t in ("s", "w"):
-        sql_exec(f"ALTER TABLE {t} ADD COLUMN n int NOT NULL DEFAULT 7,"
-                 " ADD COLUMN e text DEFAULT 'e', ADD COLUMN none text,"
-                 " ADD COLUMN at timestamptz NOT NULL DEFAULT '2020-02-02 02:02+00',"
-                 " ADD COLUMN tags text[] NOT NULL DEFAULT '{a,\"b c\"}'")
+        sql_exec(
+            f"ALTER TABLE {t} ADD COLUMN n int NOT NULL DEFAULT 7,"
+            " ADD COLUMN e text DEFAULT 'e', ADD COLUMN none text,"
+            " ADD COLUMN at timestamptz NOT NULL DEFAULT '2020-02-02 02:02+00',"
+            " ADD COLUMN tags text[] NOT NULL DEFAULT '{a,\"b c\"}'"
+        )
     sql_exec("ALTER TABLE s ALTER COLUMN n SET DEFAULT 8")  # later default: not the rows'
     assert state(conn, "public.s") == ("on", [])
     undo(conn, "bad")
@@ -538,18 +611,27 @@ def test_schema_change_without_event_trigger_stops_capture_plainly(conn, sql_exe
     assert texts(conn, "s") == before
 
 
-@pytest.mark.parametrize("ddl, write, after", [
-    # A column dropped and another of the same type added: same types in the same
-    # order, but at another attribute number (the journal maps by attribute number).
-    ("ALTER TABLE s DROP COLUMN note; ALTER TABLE s ADD COLUMN memo varchar(10)",
-     "UPDATE s SET n = 0, memo = 'm' WHERE id = 1", ["(1,0,m)", "(2,2,)", "(3,3,)"]),
-    # Only the type modifier changes: a longer value would not fit the journal column.
-    ("ALTER TABLE s ALTER COLUMN note TYPE varchar(30)",
-     "UPDATE s SET n = 0, note = repeat('y', 25) WHERE id = 1",
-     [f"(1,0,{'y' * 25})", "(2,2,x)", "(3,3,x)"]),
-])
-def test_any_shape_change_without_event_trigger_keeps_writes_working(conn, sql_exec, ddl,
-                                                                     write, after):
+@pytest.mark.parametrize(
+    "ddl, write, after",
+    [
+        # A column dropped and another of the same type added: same types in the same
+        # order, but at another attribute number (the journal maps by attribute number).
+        (
+            "ALTER TABLE s DROP COLUMN note; ALTER TABLE s ADD COLUMN memo varchar(10)",
+            "UPDATE s SET n = 0, memo = 'm' WHERE id = 1",
+            ["(1,0,m)", "(2,2,)", "(3,3,)"],
+        ),
+        # Only the type modifier changes: a longer value would not fit the journal column.
+        (
+            "ALTER TABLE s ALTER COLUMN note TYPE varchar(30)",
+            "UPDATE s SET n = 0, note = repeat('y', 25) WHERE id = 1",
+            [f"(1,0,{'y' * 25})", "(2,2,x)", "(3,3,x)"],
+        ),
+    ],
+)
+def test_any_shape_change_without_event_trigger_keeps_writes_working(
+    conn, sql_exec, ddl, write, after
+):
     sql_exec("CREATE TABLE s (id int PRIMARY KEY, n int, note varchar(10))")
     sql_exec("INSERT INTO s SELECT g, g, 'x' FROM generate_series(1, 3) g")
     enable_capture(conn, ["s"])
@@ -640,9 +722,11 @@ def test_type_matrix_round_trip(conn, sql_exec):
         matrix = MATRIX.replace(" x xml,", " x text,")
     sql_exec(matrix)
     sql_exec(MATRIX_ROWS)
-    sql_exec("INSERT INTO m SELECT 10 + id, i2, i4, i8, num, num_p, r4, r8, t, vc, ch, b, bo, d,"
-             " tm, ttz, ts, tstz, iv, u, js, jb, arr, arr2, mood, moods, dom, comp, rng, trng, nr,"
-             " mr, ip, cid, mac, mny, bt, vb, tsv, x, pt, ch1, nm FROM m")
+    sql_exec(
+        "INSERT INTO m SELECT 10 + id, i2, i4, i8, num, num_p, r4, r8, t, vc, ch, b, bo, d,"
+        " tm, ttz, ts, tstz, iv, u, js, jb, arr, arr2, mood, moods, dom, comp, rng, trng, nr,"
+        " mr, ip, cid, mac, mny, bt, vb, tsv, x, pt, ch1, nm FROM m"
+    )
     enable_capture(conn, ["m"])
     before = cells(conn, "m", "id")
     whole = texts(conn, "m", "id")
@@ -651,16 +735,30 @@ def test_type_matrix_round_trip(conn, sql_exec):
     collist = ", ".join(cols)
 
     # Every value moved to another row, every row to NULLs and back, some deleted.
-    tagged(sql_exec, "bad", f"UPDATE m SET ({collist}) = (SELECT {collist} FROM m y "
-                            f"WHERE y.id = m.id % 4 + 1) WHERE id <= 4")
-    tagged(sql_exec, "bad", f"UPDATE m SET ({collist}) = (SELECT {collist} FROM m y "
-                            "WHERE y.id = 3) WHERE id = 12")
+    tagged(
+        sql_exec,
+        "bad",
+        f"UPDATE m SET ({collist}) = (SELECT {collist} FROM m y "
+        f"WHERE y.id = m.id % 4 + 1) WHERE id <= 4",
+    )
+    tagged(
+        sql_exec,
+        "bad",
+        f"UPDATE m SET ({collist}) = (SELECT {collist} FROM m y WHERE y.id = 3) WHERE id = 12",
+    )
     # Changes equality cannot see: -0 to 0, 1.0 to 1.00, json whitespace, NaN to NaN.
-    tagged(sql_exec, "bad", "UPDATE m SET r4 = 0, r8 = 0, num = 1.00, num_p = 1, "
-                            "js = (js::jsonb)::json, ts = ts WHERE id IN (11, 14)")
+    tagged(
+        sql_exec,
+        "bad",
+        "UPDATE m SET r4 = 0, r8 = 0, num = 1.00, num_p = 1, "
+        "js = (js::jsonb)::json, ts = ts WHERE id IN (11, 14)",
+    )
     tagged(sql_exec, "bad", "DELETE FROM m WHERE id IN (13, 14)")
-    tagged(sql_exec, "bad", f"INSERT INTO m (id, {collist}) SELECT 20 + id, {collist} FROM m "
-                            "WHERE id <= 4")
+    tagged(
+        sql_exec,
+        "bad",
+        f"INSERT INTO m (id, {collist}) SELECT 20 + id, {collist} FROM m WHERE id <= 4",
+    )
     assert cells(conn, "m", "id") != before
 
     undo(conn, "bad")
@@ -671,14 +769,23 @@ def test_type_matrix_round_trip(conn, sql_exec):
 _counter = itertools.count()
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-            max_size=40),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.one_of(st.none(), st.integers(min_value=-(2**31), max_value=2**31 - 1)),
-), min_size=1, max_size=15))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                max_size=40,
+            ),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.one_of(st.none(), st.integers(min_value=-(2**31), max_value=2**31 - 1)),
+        ),
+        min_size=1,
+        max_size=15,
+    )
+)
 def test_text_and_integers_round_trip(db_url, rows):
     with psycopg.connect(db_url, autocommit=True) as app:
         app.execute("CREATE TABLE IF NOT EXISTS h (id int PRIMARY KEY, t text, n bigint, i int)")
@@ -687,8 +794,9 @@ def test_text_and_integers_round_trip(db_url, rows):
                 enable_capture(conn, ["h"])
             app.execute("DELETE FROM h")
             with app.cursor() as cur:
-                cur.executemany("INSERT INTO h VALUES (%s, %s, %s, %s)",
-                                [(k, *r) for k, r in enumerate(rows)])
+                cur.executemany(
+                    "INSERT INTO h VALUES (%s, %s, %s, %s)", [(k, *r) for k, r in enumerate(rows)]
+                )
             before = conn.execute("SELECT id, t, n, i FROM h ORDER BY id").fetchall()
             conn.rollback()
             assert before == [(k, *r) for k, r in enumerate(rows)]
@@ -720,7 +828,9 @@ def test_statement_metadata(conn, db_url):
         app.execute("TRUNCATE t")
     got = conn.execute(
         "SELECT op::text, nrows, txid = %s, db_user = current_user, app, tag, "
-        "at <= clock_timestamp() FROM _recovery.stmt ORDER BY stmt_id", [txid]).fetchall()
+        "at <= clock_timestamp() FROM _recovery.stmt ORDER BY stmt_id",
+        [txid],
+    ).fetchall()
     conn.rollback()
     assert got == [
         ("I", 3, True, True, "billing-job", "deploy-42", True),
@@ -735,16 +845,28 @@ def test_upsert_merge_and_writable_ctes(conn, sql_exec):
     sql_exec("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 20) g")
     enable_capture(conn, ["t"])
     before = texts(conn, "t")
-    tagged(sql_exec, "bad", "INSERT INTO t SELECT g, 'up', 0 FROM generate_series(15, 25) g "
-                            "ON CONFLICT (id) DO UPDATE SET v = excluded.v || t.v")
-    tagged(sql_exec, "bad", """
+    tagged(
+        sql_exec,
+        "bad",
+        "INSERT INTO t SELECT g, 'up', 0 FROM generate_series(15, 25) g "
+        "ON CONFLICT (id) DO UPDATE SET v = excluded.v || t.v",
+    )
+    tagged(
+        sql_exec,
+        "bad",
+        """
         MERGE INTO t USING (SELECT g AS id FROM generate_series(1, 30) g) s ON t.id = s.id
         WHEN MATCHED AND t.id % 3 = 0 THEN DELETE
         WHEN MATCHED AND t.id % 3 = 1 THEN UPDATE SET n = -t.n, v = 'merged'
-        WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'm', s.id)""")
-    tagged(sql_exec, "bad", "WITH a AS (UPDATE t SET v = 'cte1' WHERE id = 2 RETURNING id), "
-                            "b AS (DELETE FROM t WHERE id = 5 RETURNING id) "
-                            "UPDATE t SET v = 'cte2' WHERE id = 8")
+        WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'm', s.id)""",
+    )
+    tagged(
+        sql_exec,
+        "bad",
+        "WITH a AS (UPDATE t SET v = 'cte1' WHERE id = 2 RETURNING id), "
+        "b AS (DELETE FROM t WHERE id = 5 RETURNING id) "
+        "UPDATE t SET v = 'cte2' WHERE id = 8",
+    )
     assert texts(conn, "t") != before
     undo(conn, "bad")
     assert texts(conn, "t") == before
@@ -766,11 +888,18 @@ def test_replica_mode_and_repeated_updates_in_one_transaction(conn, sql_exec):
     sql_exec("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5) g")
     enable_capture(conn, ["t"])
     before = texts(conn, "t")
-    tagged(sql_exec, "bad", "SET session_replication_role = replica; "
-                            "UPDATE t SET v = 'replica' WHERE id = 1")
-    tagged(sql_exec, "bad", "BEGIN; UPDATE t SET v = 'a' WHERE id = 2; "
-                            "UPDATE t SET v = 'b' WHERE id = 2; DELETE FROM t WHERE id = 2; "
-                            "INSERT INTO t VALUES (2, 'c'); COMMIT")
+    tagged(
+        sql_exec,
+        "bad",
+        "SET session_replication_role = replica; UPDATE t SET v = 'replica' WHERE id = 1",
+    )
+    tagged(
+        sql_exec,
+        "bad",
+        "BEGIN; UPDATE t SET v = 'a' WHERE id = 2; "
+        "UPDATE t SET v = 'b' WHERE id = 2; DELETE FROM t WHERE id = 2; "
+        "INSERT INTO t VALUES (2, 'c'); COMMIT",
+    )
     assert [op for _, op, _ in journal(sql_exec, "bad")] == list("UUUDI")
     undo(conn, "bad")
     assert texts(conn, "t") == before
@@ -796,8 +925,9 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     assert sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1") == journal_before
     assert sql_exec("SELECT s::text FROM _recovery.stmt s ORDER BY stmt_id") == stmts_before
     assert sql_exec("SELECT c::text FROM _recovery.captured c") == captured_before
-    assert sql_exec("SELECT count(*) FROM pg_event_trigger WHERE evtname = "
-                    "'_recovery_follow_ddl'") == [(1,)]
+    assert sql_exec(
+        "SELECT count(*) FROM pg_event_trigger WHERE evtname = '_recovery_follow_ddl'"
+    ) == [(1,)]
     assert state(conn, "public.t") == ("on", [])
 
     # Capture goes on after init, and what was captured before it is still undoable.
@@ -809,8 +939,10 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
     # place, keeping what was captured.
     tagged(sql_exec, "bad3", "UPDATE t SET v = 'y' WHERE id = 1")
     journal_v1 = sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1")
-    sql_exec("DROP TABLE _recovery.snapshots; "
-             "UPDATE _recovery.meta SET value = '1' WHERE key = 'schema_version'")
+    sql_exec(
+        "DROP TABLE _recovery.snapshots; "
+        "UPDATE _recovery.meta SET value = '1' WHERE key = 'schema_version'"
+    )
     with pytest.raises(RecoveryError, match=f"version 1, this tool needs {SCHEMA_VERSION}"):
         undo(conn, "bad3")
     res = init(conn)
@@ -822,10 +954,14 @@ def test_init_again_keeps_captured_data(conn, sql_exec):
 
 
 def test_truncate_of_plain_table_is_undone(conn, sql_exec):
-    sql_exec("CREATE TABLE parent (id int PRIMARY KEY, v text);"
-             "CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent, v text)")
-    sql_exec("INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;"
-             "INSERT INTO child SELECT g, g % 10 + 1, 'c' || g FROM generate_series(1, 30) g")
+    sql_exec(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);"
+        "CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent, v text)"
+    )
+    sql_exec(
+        "INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;"
+        "INSERT INTO child SELECT g, g % 10 + 1, 'c' || g FROM generate_series(1, 30) g"
+    )
     enable_capture(conn, ["parent", "child"])
     parents, children = texts(conn, "parent"), texts(conn, "child")
     tagged(sql_exec, "bad", "TRUNCATE child")
@@ -833,8 +969,10 @@ def test_truncate_of_plain_table_is_undone(conn, sql_exec):
     undo(conn, "bad")
     assert texts(conn, "child") == children
     tagged(sql_exec, "bad2", "TRUNCATE parent CASCADE")
-    assert sorted(journal(sql_exec, "bad2")) == [("public.child", "T", 30),
-                                                 ("public.parent", "T", 10)]
+    assert sorted(journal(sql_exec, "bad2")) == [
+        ("public.child", "T", 30),
+        ("public.parent", "T", 10),
+    ]
     undo(conn, "bad2")
     assert (texts(conn, "parent"), texts(conn, "child")) == (parents, children)
     # An empty table's TRUNCATE records nothing.

@@ -20,23 +20,33 @@ from .test_capture import state, tagged, texts
 
 
 def captured_names(sql_exec) -> list[str]:  # type: ignore[no-untyped-def]
-    return [r[0] for r in sql_exec(
-        "SELECT schema_name || '.' || table_name FROM _recovery.captured WHERE enabled "
-        "ORDER BY 1")]
+    return [
+        r[0]
+        for r in sql_exec(
+            "SELECT schema_name || '.' || table_name FROM _recovery.captured WHERE enabled "
+            "ORDER BY 1"
+        )
+    ]
 
 
 def capture_triggers(sql_exec, table: str) -> int:  # type: ignore[no-untyped-def]
-    return int(sql_exec(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
-        "AND tgname LIKE '\\_recovery\\_capture\\_%%'", [table])[0][0])
+    return int(
+        sql_exec(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
+            "AND tgname LIKE '\\_recovery\\_capture\\_%%'",
+            [table],
+        )[0][0]
+    )
 
 
 # -- 0. a helper never ends its caller's transaction -------------------------------------
 
 
 def test_enable_keeps_tables_before_a_name_that_needs_quotes(conn, sql_exec, cli):
-    sql_exec('CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE "Mixed Table" (id int PRIMARY KEY);'
-             "CREATE TABLE b (id int PRIMARY KEY)")
+    sql_exec(
+        'CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE "Mixed Table" (id int PRIMARY KEY);'
+        "CREATE TABLE b (id int PRIMARY KEY)"
+    )
     out = cli("capture", "enable", "a", "Mixed Table", "b")
     assert out.exit_code == 0, out.output
     assert captured_names(sql_exec) == ["public.Mixed Table", "public.a", "public.b"]
@@ -50,8 +60,10 @@ def test_enable_keeps_tables_before_a_name_that_needs_quotes(conn, sql_exec, cli
 
 
 def test_enable_is_all_or_nothing_and_respects_the_callers_transaction(conn, sql_exec):
-    sql_exec('CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE "Mixed Table" (id int PRIMARY KEY);'
-             "CREATE TABLE mine (id int)")
+    sql_exec(
+        'CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE "Mixed Table" (id int PRIMARY KEY);'
+        "CREATE TABLE mine (id int)"
+    )
     # A missing table after two good ones: nothing is enabled, and the error names it.
     with pytest.raises(RecoveryError, match="'nope' not found"):
         enable_capture(conn, ["a", "Mixed Table", "nope"])
@@ -122,17 +134,22 @@ def test_journal_does_not_pin_types_and_values_come_back_exactly(conn, sql_exec)
     before = texts(conn, "t")
     # Written under output settings other than recovery's own: the journal's text
     # forms are still read back exactly.
-    tagged(sql_exec, "bad", "SET datestyle = 'SQL, DMY'; SET extra_float_digits = 0;"
-                            "SET bytea_output = 'escape'; SET intervalstyle = 'sql_standard';"
-                            "UPDATE t SET ot = 'angry', moods = '{angry}', "
-                            "p = '(0.30000000000000004,2021-03-04,angry,\\\\x01)', dm = 'calm',"
-                            " sm = 7, v = 'x'; DELETE FROM t WHERE id = 2")
+    tagged(
+        sql_exec,
+        "bad",
+        "SET datestyle = 'SQL, DMY'; SET extra_float_digits = 0;"
+        "SET bytea_output = 'escape'; SET intervalstyle = 'sql_standard';"
+        "UPDATE t SET ot = 'angry', moods = '{angry}', "
+        "p = '(0.30000000000000004,2021-03-04,angry,\\\\x01)', dm = 'calm',"
+        " sm = 7, v = 'x'; DELETE FROM t WHERE id = 2",
+    )
     # Nothing in the journal depends on the application's types.
     deps = sql_exec(
         "SELECT count(*) FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = '_recovery' AND d.refclassid = 'pg_type'::regclass "
-        "AND d.refobjid IN (SELECT oid FROM pg_type WHERE typnamespace = 'other'::regnamespace)")
+        "AND d.refobjid IN (SELECT oid FROM pg_type WHERE typnamespace = 'other'::regnamespace)"
+    )
     assert deps == [(0,)]
     report = rollback(conn, Selector(tags=("bad",)))
     assert report.status == "done" and report.conflicts == 0
@@ -141,9 +158,11 @@ def test_journal_does_not_pin_types_and_values_come_back_exactly(conn, sql_exec)
     # The repro: a migration drops the enum column and the type; it succeeds, and so
     # does the same for the domains and the composite.
     tagged(sql_exec, "late", "UPDATE t SET v = 'later' WHERE id = 1")
-    sql_exec("ALTER TABLE t DROP COLUMN ot, DROP COLUMN moods, DROP COLUMN p, DROP COLUMN dm,"
-             " DROP COLUMN sm; DROP DOMAIN other.moody; DROP DOMAIN other.small;"
-             " DROP TYPE other.pair; DROP TYPE other.mood")
+    sql_exec(
+        "ALTER TABLE t DROP COLUMN ot, DROP COLUMN moods, DROP COLUMN p, DROP COLUMN dm,"
+        " DROP COLUMN sm; DROP DOMAIN other.moody; DROP DOMAIN other.small;"
+        " DROP TYPE other.pair; DROP TYPE other.mood"
+    )
     assert state(conn, "public.t") == ("on", [])
     # History of the remaining columns is intact and undoable.
     rollback(conn, Selector(tags=("late",)))
@@ -151,9 +170,11 @@ def test_journal_does_not_pin_types_and_values_come_back_exactly(conn, sql_exec)
 
 
 def test_drop_type_cascade_keeps_the_journal(conn, sql_exec):
-    sql_exec("CREATE TYPE mood AS ENUM ('calm', 'angry');"
-             "CREATE TABLE t (id int PRIMARY KEY, m mood, v text);"
-             "INSERT INTO t VALUES (1, 'calm', 'one')")
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('calm', 'angry');"
+        "CREATE TABLE t (id int PRIMARY KEY, m mood, v text);"
+        "INSERT INTO t VALUES (1, 'calm', 'one')"
+    )
     enable_capture(conn, ["t"])
     tagged(sql_exec, "bad", "UPDATE t SET m = 'angry', v = 'x'")
     journal = sql_exec("SELECT j::text FROM _recovery.j_1 j ORDER BY 1")
@@ -165,19 +186,25 @@ def test_drop_type_cascade_keeps_the_journal(conn, sql_exec):
 
 
 def test_init_converts_an_older_journal_that_pins_a_type(conn, sql_exec):
-    sql_exec("CREATE TYPE mood AS ENUM ('calm', 'angry');"
-             "CREATE TABLE t (id int PRIMARY KEY, m mood, v text);"
-             "INSERT INTO t VALUES (1, 'calm', 'one'), (2, 'angry', 'two')")
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('calm', 'angry');"
+        "CREATE TABLE t (id int PRIMARY KEY, m mood, v text);"
+        "INSERT INTO t VALUES (1, 'calm', 'one'), (2, 'angry', 'two')"
+    )
     enable_capture(conn, ["t"])
     tagged(sql_exec, "bad", "UPDATE t SET m = 'angry', v = 'x' WHERE id = 1")
     # A journal as versions before 4 wrote it: the column in the enum type itself.
-    sql_exec("ALTER TABLE _recovery.j_1 ALTER COLUMN c2 TYPE mood USING c2::mood;"
-             "UPDATE _recovery.columns SET type_name = 'mood' WHERE jcol = 'c2';"
-             "UPDATE _recovery.meta SET value = '3' WHERE key = 'schema_version'")
+    sql_exec(
+        "ALTER TABLE _recovery.j_1 ALTER COLUMN c2 TYPE mood USING c2::mood;"
+        "UPDATE _recovery.columns SET type_name = 'mood' WHERE jcol = 'c2';"
+        "UPDATE _recovery.meta SET value = '3' WHERE key = 'schema_version'"
+    )
     res = init(conn)
     assert res.previous_version == 3
-    assert sql_exec("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                    "WHERE attrelid = '_recovery.j_1'::regclass AND attname = 'c2'") == [("text",)]
+    assert sql_exec(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = '_recovery.j_1'::regclass AND attname = 'c2'"
+    ) == [("text",)]
     assert sql_exec("SELECT type_name FROM _recovery.columns WHERE jcol = 'c2'") == [("text",)]
     rollback(conn, Selector(tags=("bad",)))
     assert texts(conn, "t") == ["(1,calm,one)", "(2,angry,two)"]
@@ -197,8 +224,10 @@ CREATE TABLE nokey (v text);
 
 def test_inheritance_parent_and_child_are_refused(conn, sql_exec, cli):
     sql_exec(INHERITS)
-    for name, why in (("parent", "has legacy inheritance children (child)"),
-                      ("child", "inherits from parent")):
+    for name, why in (
+        ("parent", "has legacy inheritance children (child)"),
+        ("child", "inherits from parent"),
+    ):
         out = cli("capture", "enable", "plain", name)
         assert out.exit_code == 1 and why in out.stderr, out.output
         assert out.stderr.count("\n") == 1  # one line
@@ -214,7 +243,8 @@ def test_inheritance_parent_and_child_are_refused(conn, sql_exec, cli):
     assert [(d["table"], d["reason"].split(":")[0]) for d in doc["skipped"]] == [
         ("public.child", "public.child inherits from parent (legacy inheritance)"),
         ("public.nokey", "public.nokey has no primary key"),
-        ("public.parent", "public.parent has legacy inheritance children (child)")]
+        ("public.parent", "public.parent has legacy inheritance children (child)"),
+    ]
     # Named on stderr too, one line each.
     assert [ln.split(":")[0] for ln in out.stderr.splitlines()] == ["not captured"] * 3
     assert captured_names(sql_exec) == ["public.plain"]
@@ -225,8 +255,9 @@ def test_a_captured_table_that_gains_an_inheritance_child_says_so(conn, sql_exec
     enable_capture(conn, ["parent"])
     assert state(conn, "public.parent") == ("on", [])
     # The DDL succeeds exactly as without capture ...
-    sql_exec("CREATE TABLE child (extra int) INHERITS (parent);"
-             "INSERT INTO child VALUES (2, 'b', 0)")
+    sql_exec(
+        "CREATE TABLE child (extra int) INHERITS (parent);INSERT INTO child VALUES (2, 'b', 0)"
+    )
     # ... and status says plainly what is not covered.
     st, problems = state(conn, "public.parent")
     assert st == "stopped"
@@ -260,13 +291,15 @@ def test_a_rebuild_that_fails_after_ddl_never_fails_the_ddl(conn, sql_exec):
 
 
 def test_enum_value_renamed_after_capture_reads_back_as_the_same_value(conn, sql_exec):
-    sql_exec("CREATE TYPE mood AS ENUM ('calm', 'sad'); CREATE DOMAIN dm AS mood;"
-             "CREATE TABLE t (id int PRIMARY KEY, m mood, ms mood[], d dm);"
-             "INSERT INTO t VALUES (1, 'calm', '{calm,sad}', 'sad'), (2, 'sad', NULL, 'calm')")
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('calm', 'sad'); CREATE DOMAIN dm AS mood;"
+        "CREATE TABLE t (id int PRIMARY KEY, m mood, ms mood[], d dm);"
+        "INSERT INTO t VALUES (1, 'calm', '{calm,sad}', 'sad'), (2, 'sad', NULL, 'calm')"
+    )
     enable_capture(conn, ["t"])
     tagged(sql_exec, "bad", "UPDATE t SET m = 'calm', ms = '{calm}', d = 'calm'")
     sql_exec("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'; ALTER TYPE mood ADD VALUE 'new'")
     tagged(sql_exec, "bad2", "UPDATE t SET m = 'new' WHERE id = 1")
     sql_exec("ALTER TYPE mood RENAME VALUE 'new' TO 'newer'")
     rollback(conn, Selector(tags=("bad", "bad2")))
-    assert texts(conn, "t") == ["(1,calm,\"{calm,blue}\",blue)", "(2,blue,,calm)"]
+    assert texts(conn, "t") == ['(1,calm,"{calm,blue}",blue)', "(2,blue,,calm)"]

@@ -8,10 +8,17 @@ import psycopg
 
 DATA = Path(__file__).parent / "data" / "chinook.sql"
 TABLES = {
-    "album": "album_id", "artist": "artist_id", "customer": "customer_id",
-    "employee": "employee_id", "genre": "genre_id", "invoice": "invoice_id",
-    "invoice_line": "invoice_line_id", "media_type": "media_type_id",
-    "playlist": "playlist_id", "playlist_track": "playlist_id, track_id", "track": "track_id",
+    "album": "album_id",
+    "artist": "artist_id",
+    "customer": "customer_id",
+    "employee": "employee_id",
+    "genre": "genre_id",
+    "invoice": "invoice_id",
+    "invoice_line": "invoice_line_id",
+    "media_type": "media_type_id",
+    "playlist": "playlist_id",
+    "playlist_track": "playlist_id, track_id",
+    "track": "track_id",
 }
 
 BAD = """
@@ -39,7 +46,7 @@ UPDATE customer SET email = 'new-address@example.com' WHERE customer_id = 5;
 
 def _load(url: str) -> None:
     text = DATA.read_text()
-    text = text[text.index("\\c chinook;") + len("\\c chinook;"):]
+    text = text[text.index("\\c chinook;") + len("\\c chinook;") :]
     with psycopg.connect(url, autocommit=True) as c:
         c.execute(text)
 
@@ -48,8 +55,7 @@ def _state(url: str) -> dict[str, dict[str, str]]:
     out = {}
     with psycopg.connect(url) as c:
         for t, key in TABLES.items():
-            rows = c.execute(
-                f"SELECT concat_ws(',', {key}), x::text FROM {t} x").fetchall()  # noqa: S608
+            rows = c.execute(f"SELECT concat_ws(',', {key}), x::text FROM {t} x").fetchall()  # noqa: S608
             out[t] = dict(rows)
     return out
 

@@ -31,11 +31,13 @@ SCRIPT = Path(sys.executable).with_name("recovery")
 PASSWORD = "Sup3rS3cretPw"
 USER_TABLES = ("items", "orders", "nokey", "fresh")
 ORIGINAL_ITEMS = [(i, f"item{i}", i * 10) for i in range(1, 6)]
-STMT_Q = ("SELECT stmt_id, gen, table_id, op, txid, tag, db_user, nrows FROM _recovery.stmt"
-          " ORDER BY 1")
+STMT_Q = (
+    "SELECT stmt_id, gen, table_id, op, txid, tag, db_user, nrows FROM _recovery.stmt ORDER BY 1"
+)
 
 
 # -- helpers -------------------------------------------------------------------------
+
 
 def url_as(db_url: str, user: str) -> str:
     """The test database's URL for another role (the test cluster trusts local logins)."""
@@ -45,8 +47,9 @@ def url_as(db_url: str, user: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def write(db_url: str, statements: Sequence[str], tag: str | None = None,
-          app: str = "shop-app") -> int:
+def write(
+    db_url: str, statements: Sequence[str], tag: str | None = None, app: str = "shop-app"
+) -> int:
     """Run statements in one committed transaction, as an application; return its txid."""
     with psycopg.connect(db_url, application_name=app) as c:
         if tag is not None:
@@ -81,7 +84,9 @@ def journal(conn: psycopg.Connection, where: str = "true") -> list[tuple[Any, ..
     conn.rollback()
     out = conn.execute(
         "SELECT stmt_id, gen, table_id, op, tag, nrows FROM _recovery.stmt WHERE "  # noqa: S608
-        + where + " ORDER BY stmt_id").fetchall()
+        + where
+        + " ORDER BY stmt_id"
+    ).fetchall()
     conn.rollback()
     return out
 
@@ -102,16 +107,27 @@ def run_as(url: str, *args: str, input: str | None = None) -> Result:
 
 
 def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RECOVERY_DB_URL", "DATABASE_URL", "PGOPTIONS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RECOVERY_DB_URL", "DATABASE_URL", "PGOPTIONS")
+    }
     env["PYTHONWARNINGS"] = "error"
     return env
 
 
-def run_proc(argv: Sequence[str], env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env=env or subprocess_env(), cwd=cwd or ROOT, timeout=60)
+def run_proc(
+    argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env or subprocess_env(),
+        cwd=cwd or ROOT,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -147,6 +163,7 @@ def stranger(server_url: str) -> Iterator[str]:
 
 # -- bad input: one line, exit 1, nothing changed --------------------------------------
 
+
 def test_capture_enable_unknown_table(cli, conn, shop):  # type: ignore[no-untyped-def]
     before = state(conn)
     res = cli("capture", "enable", "fresh", "no_such_table")
@@ -173,16 +190,34 @@ def test_capture_enable_table_without_key(cli, conn, shop):  # type: ignore[no-u
 # database with captured history (tag deploy-1), which none of them may change.
 BAD_INPUT = [
     # an unknown tag
-    *[((*cmd, "--tag", "deploy-2"), ("deploy-2",)) for cmd in (
-        ("changes",), ("diff",), ("rollback", "--yes"), ("rollback",), ("rollback", "--dry-run"))],
+    *[
+        ((*cmd, "--tag", "deploy-2"), ("deploy-2",))
+        for cmd in (
+            ("changes",),
+            ("diff",),
+            ("rollback", "--yes"),
+            ("rollback",),
+            ("rollback", "--dry-run"),
+        )
+    ],
     (("changes", "--json", "--tag", "deploy-2"), ("deploy-2",)),
     # a selector matching nothing
-    *[(("rollback", *sel, mode), (sel[1],)) for mode in ("--yes", "--dry-run") for sel in (
-        ("--since", "2099-01-01 00:00:00+00"), ("--until", "2000-01-01"), ("--user", "nobody"),
-        ("--app", "no-such-app"), ("--txid", "1"), ("--table", "fresh"),
-        ("--table", "no_such_table"))],
+    *[
+        (("rollback", *sel, mode), (sel[1],))
+        for mode in ("--yes", "--dry-run")
+        for sel in (
+            ("--since", "2099-01-01 00:00:00+00"),
+            ("--until", "2000-01-01"),
+            ("--user", "nobody"),
+            ("--app", "no-such-app"),
+            ("--txid", "1"),
+            ("--table", "fresh"),
+            ("--table", "no_such_table"),
+        )
+    ],
     # no selector at all
-    (("rollback",), ("--tag",)), (("rollback", "--yes"), ("--tag",)),
+    (("rollback",), ("--tag",)),
+    (("rollback", "--yes"), ("--tag",)),
     (("rollback", "--dry-run"), ("--tag",)),
     # a malformed time
     (("changes", "--since", "banana"), ("--since", "banana")),
@@ -191,8 +226,11 @@ BAD_INPUT = [
     (("rollback", "--dry-run", "--until", "banana"), ("--until", "banana")),
     (("changes", "--since", "2026-13-45"), ("--since", "2026-13-45")),
     # a malformed duration, with or without --yes
-    *[(("prune", "--older-than", d, *yes), ("--older-than", repr(d)))
-      for d in ("banana", "-1d", "7 fortnights", "") for yes in ((), ("--yes",))],
+    *[
+        (("prune", "--older-than", d, *yes), ("--older-than", repr(d)))
+        for d in ("banana", "-1d", "7 fortnights", "")
+        for yes in ((), ("--yes",))
+    ],
     # usage errors: exit 2 means conflicts, so a typo must not look like one
     (("rollback", "--txid", "abc", "--yes"), ("--txid",)),
     (("rollback", "--tag", "deploy-1", "--on-conflict", "bogus", "--yes"), ("--on-conflict",)),
@@ -216,16 +254,23 @@ def test_bad_input_one_line_exit_1_nothing_changed(cli, conn, db_url, shop):  # 
     assert state(conn) == before
 
 
-@pytest.mark.parametrize("url", [
-    f"postgresql://nobody:{PASSWORD}@127.0.0.1:1/x",
-    f"postgresql+psycopg://nobody:{PASSWORD}@127.0.0.1:1/x",
-    f"postgresql://nobody@127.0.0.1:1/x?password={PASSWORD}&connect_timeout=5",
-    f"host=127.0.0.1 port=1 user=nobody password={PASSWORD} dbname=x",
-    f"host=127.0.0.1 port=1 user=nobody password='{PASSWORD}' dbname=x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://nobody:{PASSWORD}@127.0.0.1:1/x",
+        f"postgresql+psycopg://nobody:{PASSWORD}@127.0.0.1:1/x",
+        f"postgresql://nobody@127.0.0.1:1/x?password={PASSWORD}&connect_timeout=5",
+        f"host=127.0.0.1 port=1 user=nobody password={PASSWORD} dbname=x",
+        f"host=127.0.0.1 port=1 user=nobody password='{PASSWORD}' dbname=x",
+    ],
+)
 def test_unreachable_database_hides_password(url):  # type: ignore[no-untyped-def]
-    for args in (("changes",), ("capture", "status"), ("rollback", "--tag", "t", "--yes"),
-                 ("init",)):
+    for args in (
+        ("changes",),
+        ("capture", "status"),
+        ("rollback", "--tag", "t", "--yes"),
+        ("init",),
+    ):
         res = run_as(url, *args)
         line = assert_error(res, "cannot reach the database", "127.0.0.1")
         assert PASSWORD not in res.output + res.stderr, line
@@ -254,18 +299,29 @@ def test_unreachable_database_from_environment_in_subprocess():
 
 
 @pytest.mark.parametrize("viewer_grants", [False, True], ids=["no-grants", "viewer-grants"])
-def test_capture_enable_without_privilege(db_url, conn, shop, stranger,  # type: ignore[no-untyped-def]
-                                          viewer_grants):
+def test_capture_enable_without_privilege(
+    db_url,
+    conn,
+    shop,
+    stranger,  # type: ignore[no-untyped-def]
+    viewer_grants,
+):
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute(sql.SQL("GRANT SELECT ON fresh, items TO {}").format(sql.Identifier(stranger)))
         if viewer_grants:
-            c.execute(sql.SQL("GRANT USAGE ON SCHEMA _recovery TO {0};"
-                              " GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0}").format(
-                sql.Identifier(stranger)))
+            c.execute(
+                sql.SQL(
+                    "GRANT USAGE ON SCHEMA _recovery TO {0};"
+                    " GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0}"
+                ).format(sql.Identifier(stranger))
+            )
     before = state(conn)
     url = url_as(db_url, stranger)
-    for args in (("capture", "enable", "fresh"), ("capture", "disable", "items"),
-                 ("capture", "enable", "--all")):
+    for args in (
+        ("capture", "enable", "fresh"),
+        ("capture", "disable", "items"),
+        ("capture", "enable", "--all"),
+    ):
         res = run_as(url, *args)
         assert_error(res, "permission denied")
         assert res.stdout == ""
@@ -275,8 +331,9 @@ def test_capture_enable_without_privilege(db_url, conn, shop, stranger,  # type:
 def test_database_url_sources(db_url, shop):  # type: ignore[no-untyped-def]
     """--db, then RECOVERY_DB_URL, then DATABASE_URL; SQLAlchemy-style URLs accepted."""
     info = psycopg.conninfo.conninfo_to_dict(db_url)
-    sqla = (f"postgresql+psycopg://{info['user']}@/{info['dbname']}"
-            f"?host={info['host']}" + (f"&port={info['port']}" if info.get("port") else ""))
+    sqla = f"postgresql+psycopg://{info['user']}@/{info['dbname']}?host={info['host']}" + (
+        f"&port={info['port']}" if info.get("port") else ""
+    )
     bad = "postgresql://nobody@127.0.0.1:1/x"
 
     def run(args: list[str], env: dict[str, str | None]) -> Result:
@@ -293,8 +350,7 @@ def test_database_url_sources(db_url, shop):  # type: ignore[no-untyped-def]
         res = run(["capture", "status", "--json", *args], env)
         if ok:
             assert res.exit_code == 0, (args, env, res.output)
-            assert [s["table"] for s in json.loads(res.stdout)] == ["public.items",
-                                                                    "public.orders"]
+            assert [s["table"] for s in json.loads(res.stdout)] == ["public.items", "public.orders"]
         else:
             assert_error(res, "cannot reach the database", what=(args, env))
 
@@ -305,9 +361,14 @@ def test_rollback_on_a_terminal_asks(conn, db_url, shop):  # type: ignore[no-unt
     for answer, code in (("n", 1), ("y", 0)):
         master, slave = os.openpty()
         try:
-            p = subprocess.Popen([str(SCRIPT), "rollback", "--tag", "bad", "--db", db_url],
-                                 stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=subprocess_env())
+            p = subprocess.Popen(
+                [str(SCRIPT), "rollback", "--tag", "bad", "--db", db_url],
+                stdin=slave,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=subprocess_env(),
+            )
             os.write(master, f"{answer}\n".encode())
             out, err = p.communicate(timeout=60)
         finally:
@@ -325,6 +386,7 @@ def test_rollback_on_a_terminal_asks(conn, db_url, shop):  # type: ignore[no-unt
 
 # -- --yes, terminals, conflicts -------------------------------------------------------
 
+
 def test_rollback_without_yes_and_no_terminal_refuses(cli, conn, db_url, shop):  # type: ignore[no-untyped-def]
     write(db_url, ["UPDATE items SET qty = 0 WHERE id <= 3"], tag="bad")
     before = state(conn)
@@ -340,8 +402,11 @@ def test_rollback_without_yes_and_no_terminal_refuses(cli, conn, db_url, shop): 
 
 
 def test_rollback_with_yes_applies_and_can_itself_be_undone(cli, conn, db_url, shop):  # type: ignore[no-untyped-def]
-    write(db_url, ["UPDATE items SET qty = 0 WHERE id <= 3", "DELETE FROM orders WHERE id = 2"],
-          tag="bad")
+    write(
+        db_url,
+        ["UPDATE items SET qty = 0 WHERE id <= 3", "DELETE FROM orders WHERE id = 2"],
+        tag="bad",
+    )
     damaged = (rows(conn, "items"), rows(conn, "orders"))
     res = cli("rollback", "--tag", "bad", "--yes")
     assert res.exit_code == 0, res.output
@@ -353,7 +418,8 @@ def test_rollback_with_yes_applies_and_can_itself_be_undone(cli, conn, db_url, s
     op = int(m.group(1))
     ops = json.loads(cli("operations", "--json").stdout)
     assert [(o["op_id"], o["kind"], o["status"], o["selector"]) for o in ops] == [
-        (op, "rollback", "done", {"tags": ["bad"]})]
+        (op, "rollback", "done", {"tags": ["bad"]})
+    ]
     # The undo is tagged, so it can be undone in turn.
     assert f"recovery-undo-{op}" in res.stdout
     res = cli("rollback", "--tag", f"recovery-undo-{op}", "--yes")
@@ -395,8 +461,13 @@ def test_rollback_conflict_exit_2(cli, conn, db_url, shop):  # type: ignore[no-u
     # Skipping the conflict undoes the rest and keeps the later write.
     res = cli("rollback", "--tag", "bad", "--yes", "--on-conflict", "skip")
     assert res.exit_code == 0, res.output
-    assert rows(conn, "items") == [(1, "item1", 10), (2, "item2", 99), (3, "item3", 30),
-                                   (4, "item4", 40), (5, "item5", 50)]
+    assert rows(conn, "items") == [
+        (1, "item1", 10),
+        (2, "item2", 99),
+        (3, "item3", 30),
+        (4, "item4", 40),
+        (5, "item5", 50),
+    ]
 
 
 # -- --json: exactly one document on stdout --------------------------------------------
@@ -414,8 +485,12 @@ JSON_COMMANDS = [
 
 def test_json_is_one_document(cli, conn, db_url, shop):  # type: ignore[no-untyped-def]
     write(db_url, ["UPDATE items SET qty = 0 WHERE id <= 3"], tag="bad")
-    assert cli("rollback", "--txid", str(write(db_url, ["DELETE FROM orders WHERE id = 1"])),
-               "--yes").exit_code == 0
+    assert (
+        cli(
+            "rollback", "--txid", str(write(db_url, ["DELETE FROM orders WHERE id = 1"])), "--yes"
+        ).exit_code
+        == 0
+    )
     for command, kind in JSON_COMMANDS:
         for argv in ([*command, "--json"], ["--json", *command]):
             before = state(conn)
@@ -439,7 +514,9 @@ def test_json_in_subprocess(db_url, shop):  # type: ignore[no-untyped-def]
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert [(s["table"], s["state"], s["statements"], s["rows"]) for s in doc] == [
-        ("public.items", "on", 1, 3), ("public.orders", "on", 0, 0)]
+        ("public.items", "on", 1, 3),
+        ("public.orders", "on", 0, 0),
+    ]
     p = run_proc([str(SCRIPT), "rollback", "--tag", "bad", "--dry-run", "--json", "--db", db_url])
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "dry-run"
@@ -447,9 +524,15 @@ def test_json_in_subprocess(db_url, shop):  # type: ignore[no-untyped-def]
 
 # -- the views: capture status, changes, diff ------------------------------------------
 
+
 def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-untyped-def]
-    write(db_url, ["INSERT INTO items VALUES (6, 'item6', 60), (7, 'item7', 70)",
-                   "UPDATE items SET qty = qty + 1 WHERE id <= 3"])
+    write(
+        db_url,
+        [
+            "INSERT INTO items VALUES (6, 'item6', 60), (7, 'item7', 70)",
+            "UPDATE items SET qty = qty + 1 WHERE id <= 3",
+        ],
+    )
     res = cli("capture", "status")
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
@@ -462,20 +545,27 @@ def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-u
     assert set(by) == {"public.items", "public.orders"}
     items = by["public.items"]
     assert (items["state"], items["enabled"], items["key"], items["key_source"]) == (
-        "on", True, ["id"], "primary key")
+        "on",
+        True,
+        ["id"],
+        "primary key",
+    )
     assert (items["statements"], items["rows"], items["problems"]) == (2, 5, [])
     journal_bytes = conn.execute(
         "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree("
         "(SELECT format('_recovery.j_%s', table_id)::regclass FROM _recovery.captured"
-        " WHERE table_name = 'items'))").fetchone()[0]
+        " WHERE table_name = 'items'))"
+    ).fetchone()[0]
     conn.rollback()
     assert items["journal_bytes"] == journal_bytes > 0
 
     # Capture that no longer works is reported as stopped, with the fix.  (The event
     # trigger, enabled ALWAYS, would put a disabled capture trigger back: without it,
     # nothing does.)
-    sql_exec("DROP EVENT TRIGGER _recovery_follow_ddl;"
-             " ALTER TABLE items DISABLE TRIGGER _recovery_capture_u")
+    sql_exec(
+        "DROP EVENT TRIGGER _recovery_follow_ddl;"
+        " ALTER TABLE items DISABLE TRIGGER _recovery_capture_u"
+    )
     doc = json.loads(cli("capture", "status", "--json").stdout)
     items = next(s for s in doc if s["table"] == "public.items")
     assert items["state"] == "stopped"
@@ -501,11 +591,16 @@ def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-u
 def test_changes_counts_are_exact(cli, conn, db_url, shop):  # type: ignore[no-untyped-def]
     user = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
     conn.rollback()
-    t1 = write(db_url, ["UPDATE items SET qty = qty + 1 WHERE id <= 3",
-                        "INSERT INTO orders VALUES (3, 3, 'x'), (4, 4, 'y')",
-                        "UPDATE items SET name = 'renamed' WHERE id = 1",
-                        "UPDATE items SET qty = 0 WHERE id = 999"],  # no row: not recorded
-               tag="a")
+    t1 = write(
+        db_url,
+        [
+            "UPDATE items SET qty = qty + 1 WHERE id <= 3",
+            "INSERT INTO orders VALUES (3, 3, 'x'), (4, 4, 'y')",
+            "UPDATE items SET name = 'renamed' WHERE id = 1",
+            "UPDATE items SET qty = 0 WHERE id = 999",
+        ],  # no row: not recorded
+        tag="a",
+    )
     t2 = write(db_url, ["DELETE FROM orders WHERE id = 1"], tag="b", app="other-app")
     t3 = write(db_url, ["INSERT INTO items VALUES (6, 'item6', 60)"])
 
@@ -518,11 +613,18 @@ def test_changes_counts_are_exact(cli, conn, db_url, shop):  # type: ignore[no-u
         {"table": "public.orders", "operation": "insert", "statements": 1, "rows": 2},
     ]
     assert [(t["tag"], t["statements"], t["rows"]) for t in doc["by_tag"]] == [
-        ("a", 3, 6), ("b", 1, 1), (None, 1, 1)]
-    assert [(t["txid"], t["tag"], t["user"], t["app"], t["statements"], t["rows"])
-            for t in doc["by_transaction"]] == [
-        (t1, "a", user, "shop-app", 3, 6), (t2, "b", user, "other-app", 1, 1),
-        (t3, None, user, "shop-app", 1, 1)]
+        ("a", 3, 6),
+        ("b", 1, 1),
+        (None, 1, 1),
+    ]
+    assert [
+        (t["txid"], t["tag"], t["user"], t["app"], t["statements"], t["rows"])
+        for t in doc["by_transaction"]
+    ] == [
+        (t1, "a", user, "shop-app", 3, 6),
+        (t2, "b", user, "other-app", 1, 1),
+        (t3, None, user, "shop-app", 1, 1),
+    ]
     assert doc["first"] <= doc["last"]
 
     def count(*selector: str) -> tuple[int, int, list[int]]:
@@ -550,19 +652,26 @@ def test_changes_counts_are_exact(cli, conn, db_url, shop):  # type: ignore[no-u
 
 
 def test_table_selector_follows_cascades_only(cli, conn, db_url, sql_exec, shop):  # type: ignore[no-untyped-def]
-    sql_exec("CREATE TABLE lines (id int PRIMARY KEY,"
-             " item_id int REFERENCES items ON DELETE CASCADE, n int)")
+    sql_exec(
+        "CREATE TABLE lines (id int PRIMARY KEY,"
+        " item_id int REFERENCES items ON DELETE CASCADE, n int)"
+    )
     sql_exec("INSERT INTO lines VALUES (1, 4, 1), (2, 5, 1), (3, 1, 1)")
     assert cli("capture", "enable", "lines").exit_code == 0
     # One transaction: a direct write to lines, and a delete on items that cascades.
-    write(db_url, ["UPDATE lines SET n = 2 WHERE id = 3", "DELETE FROM items WHERE id >= 4"],
-          tag="x")
+    write(
+        db_url, ["UPDATE lines SET n = 2 WHERE id = 3", "DELETE FROM items WHERE id >= 4"], tag="x"
+    )
     doc = json.loads(cli("changes", "--table", "items", "--json").stdout)
     assert [(t["table"], t["operation"], t["rows"]) for t in doc["by_table"]] == [
-        ("public.items", "delete", 2), ("public.lines", "delete", 2)]
+        ("public.items", "delete", 2),
+        ("public.lines", "delete", 2),
+    ]
     doc = json.loads(cli("changes", "--table", "lines", "--json").stdout)
     assert [(t["table"], t["operation"], t["rows"]) for t in doc["by_table"]] == [
-        ("public.lines", "delete", 2), ("public.lines", "update", 1)]
+        ("public.lines", "delete", 2),
+        ("public.lines", "update", 1),
+    ]
     # Undoing the items change brings back the cascaded rows, not the direct write.
     res = cli("rollback", "--table", "items", "--yes")
     assert res.exit_code == 0, res.output
@@ -571,20 +680,38 @@ def test_table_selector_follows_cascades_only(cli, conn, db_url, sql_exec, shop)
 
 
 def test_diff_shows_before_and_after_of_changed_columns(cli, db_url, shop):  # type: ignore[no-untyped-def]
-    txid = write(db_url, ["UPDATE items SET qty = 500 WHERE id = 5",
-                          "UPDATE items SET qty = qty WHERE id = 4",  # nothing changed
-                          "INSERT INTO orders VALUES (9, 5, 'new')",
-                          "DELETE FROM orders WHERE id = 2",
-                          "UPDATE orders SET note = NULL WHERE id = 1"], tag="d")
+    txid = write(
+        db_url,
+        [
+            "UPDATE items SET qty = 500 WHERE id = 5",
+            "UPDATE items SET qty = qty WHERE id = 4",  # nothing changed
+            "INSERT INTO orders VALUES (9, 5, 'new')",
+            "DELETE FROM orders WHERE id = 2",
+            "UPDATE orders SET note = NULL WHERE id = 1",
+        ],
+        tag="d",
+    )
     doc = json.loads(cli("diff", "--tag", "d", "--json").stdout)
     got = [(d["table"], d["operation"], d["txid"], d["tag"], d["key"], d["columns"]) for d in doc]
     assert got == [
         ("public.items", "update", txid, "d", {"id": "5"}, {"qty": ["50", "500"]}),
         ("public.items", "update", txid, "d", {"id": "4"}, {}),
-        ("public.orders", "insert", txid, "d", {"id": "9"},
-         {"id": [None, "9"], "item_id": [None, "5"], "note": [None, "new"]}),
-        ("public.orders", "delete", txid, "d", {"id": "2"},
-         {"id": ["2", None], "item_id": ["2", None], "note": ["second", None]}),
+        (
+            "public.orders",
+            "insert",
+            txid,
+            "d",
+            {"id": "9"},
+            {"id": [None, "9"], "item_id": [None, "5"], "note": [None, "new"]},
+        ),
+        (
+            "public.orders",
+            "delete",
+            txid,
+            "d",
+            {"id": "2"},
+            {"id": ["2", None], "item_id": ["2", None], "note": ["second", None]},
+        ),
         ("public.orders", "update", txid, "d", {"id": "1"}, {"note": ["first", None]}),
     ]
     res = cli("diff", "--tag", "d")
@@ -597,15 +724,19 @@ def test_diff_shows_before_and_after_of_changed_columns(cli, db_url, shop):  # t
     assert "\n    note: first -> NULL" in out
     # --limit caps the rows shown per table.
     doc = json.loads(cli("diff", "--tag", "d", "--limit", "1", "--json").stdout)
-    assert [(d["table"], d["key"]) for d in doc] == [("public.items", {"id": "5"}),
-                                                     ("public.orders", {"id": "9"})]
+    assert [(d["table"], d["key"]) for d in doc] == [
+        ("public.items", {"id": "5"}),
+        ("public.orders", {"id": "9"}),
+    ]
 
 
 # -- prune -----------------------------------------------------------------------------
 
+
 def _table_id(conn: psycopg.Connection, name: str) -> int:
-    tid = conn.execute("SELECT table_id FROM _recovery.captured WHERE table_name = %s",
-                       [name]).fetchone()[0]  # type: ignore[index]
+    tid = conn.execute(
+        "SELECT table_id FROM _recovery.captured WHERE table_name = %s", [name]
+    ).fetchone()[0]  # type: ignore[index]
     conn.rollback()
     return int(tid)
 
@@ -634,13 +765,23 @@ def test_prune_drops_old_chunks(cli, conn, db_url, shop):  # type: ignore[no-unt
     assert cli("capture", "enable", "orders").exit_code == 0
     doc = json.loads(cli("capture", "status", "--json").stdout)
     assert [(s["table"], s["state"], s["statements"]) for s in doc] == [
-        ("public.items", "on", 0), ("public.orders", "on", 0)]
+        ("public.items", "on", 0),
+        ("public.orders", "on", 0),
+    ]
 
     # New writes land in the new chunk and can be undone.
-    write(db_url, ["UPDATE items SET name = 'broken' WHERE id <= 2",
-                   "INSERT INTO orders VALUES (7, 3, 'new')"], tag="new")
+    write(
+        db_url,
+        [
+            "UPDATE items SET name = 'broken' WHERE id <= 2",
+            "INSERT INTO orders VALUES (7, 3, 'new')",
+        ],
+        tag="new",
+    )
     assert [(g, op, tag, n) for _s, g, _t, op, tag, n in journal(conn)] == [
-        (2, "U", "new", 2), (2, "I", "new", 1)]
+        (2, "U", "new", 2),
+        (2, "I", "new", 1),
+    ]
     assert json.loads(cli("changes", "--tag", "new", "--json").stdout)["rows"] == 3
     res = cli("rollback", "--tag", "new", "--yes")
     assert res.exit_code == 0, res.output
@@ -677,8 +818,10 @@ def test_prune_long_retention_keeps_everything(cli, conn, db_url, shop):  # type
 
 # -- help and docs ---------------------------------------------------------------------
 
-def _walk(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
-                                                                            click.Command]]:
+
+def _walk(
+    cmd: click.Command, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, cmd
     if isinstance(cmd, click.Group):
         for name, sub in sorted(cmd.commands.items()):
@@ -696,8 +839,17 @@ def test_every_command_has_help():
         res = CliRunner().invoke(main, [*path, "--help"], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         assert cmd.help.strip().splitlines()[0][:30] in " ".join(res.stdout.split())
-    for must in ("init", "capture enable", "capture disable", "capture status", "changes",
-                 "diff", "rollback", "operations", "prune"):
+    for must in (
+        "init",
+        "capture enable",
+        "capture disable",
+        "capture status",
+        "changes",
+        "diff",
+        "rollback",
+        "operations",
+        "prune",
+    ):
         assert must in seen
 
 
@@ -705,8 +857,11 @@ def test_every_command_is_in_the_readme():
     readme = ROOT / "README.md"
     assert readme.exists(), "README.md is missing"
     text = readme.read_text()
-    missing = [name for name in sorted(main.commands)
-               if not re.search(rf"(\brecovery\s+{re.escape(name)}\b|`{re.escape(name)}\b)", text)]
+    missing = [
+        name
+        for name in sorted(main.commands)
+        if not re.search(rf"(\brecovery\s+{re.escape(name)}\b|`{re.escape(name)}\b)", text)
+    ]
     assert not missing, f"commands not mentioned in README.md: {missing}"
 
 
@@ -730,7 +885,8 @@ def test_subprocess_rollback_needs_yes(conn, db_url, shop):  # type: ignore[no-u
         p = run_proc([*argv, "rollback", "--tag", "bad", "--db", db_url])
         assert p.returncode == 1, (p.stdout, p.stderr)
         assert p.stderr.strip().splitlines() == [
-            "error: refusing to change data without --yes: no terminal to ask"]
+            "error: refusing to change data without --yes: no terminal to ask"
+        ]
         assert state(conn) == before
     p = run_proc([str(SCRIPT), "rollback", "--tag", "bad", "--yes", "--quiet", "--db", db_url])
     assert p.returncode == 0, p.stderr

@@ -68,25 +68,33 @@ FIXTURES = {
     "plain": PLAIN,
     "parted": PARTED,
     "citext": PLAIN + "CREATE EXTENSION citext; ALTER TABLE t ADD COLUMN ci citext;"
-                      "UPDATE t SET ci = 'Ci ' || id;",
+    "UPDATE t SET ci = 'Ci ' || id;",
 }
 # Changes made (tagged "pre") before the DDL; none of them stops any DDL below.
 PRE = {
-    "plain": ["UPDATE t SET n = n + 1000, note = 'pre ' || id WHERE id <= 2",
-              "DELETE FROM t WHERE id IN (6, 8)",  # 6 is 'sad': see RENAME VALUE
-              "INSERT INTO t (id, n, note, rid, ot) VALUES (9, 90, 'note 9', 9, 'ok')"],
-    "parted": ["UPDATE t SET n = n + 1000, note = 'pre' WHERE id = 1",
-               "DELETE FROM t WHERE id = 7",
-               "INSERT INTO t VALUES (13, 'eu', 130, 'note 13')"],
+    "plain": [
+        "UPDATE t SET n = n + 1000, note = 'pre ' || id WHERE id <= 2",
+        "DELETE FROM t WHERE id IN (6, 8)",  # 6 is 'sad': see RENAME VALUE
+        "INSERT INTO t (id, n, note, rid, ot) VALUES (9, 90, 'note 9', 9, 'ok')",
+    ],
+    "parted": [
+        "UPDATE t SET n = n + 1000, note = 'pre' WHERE id = 1",
+        "DELETE FROM t WHERE id = 7",
+        "INSERT INTO t VALUES (13, 'eu', 130, 'note 13')",
+    ],
 }
 # The application's writes after the DDL, on the table's new name.
 POST = {
-    "plain": ["UPDATE {t} SET id = id + 100, rid = rid + 100 WHERE id = 3",
-              "DELETE FROM {t} WHERE id = 4",
-              "INSERT INTO {t} (id, n, rid) VALUES (50, 500, 55)"],
-    "parted": ["UPDATE {t} SET n = n + 1 WHERE id IN (5, 6)",
-               "DELETE FROM {t} WHERE id IN (9, 10)",
-               "INSERT INTO {t} VALUES (50, 'eu', 500, 'post')"],
+    "plain": [
+        "UPDATE {t} SET id = id + 100, rid = rid + 100 WHERE id = 3",
+        "DELETE FROM {t} WHERE id = 4",
+        "INSERT INTO {t} (id, n, rid) VALUES (50, 500, 55)",
+    ],
+    "parted": [
+        "UPDATE {t} SET n = n + 1 WHERE id IN (5, 6)",
+        "DELETE FROM {t} WHERE id IN (9, 10)",
+        "INSERT INTO {t} VALUES (50, 'eu', 500, 'post')",
+    ],
 }
 
 
@@ -94,14 +102,14 @@ POST = {
 class Case:
     ddl: str
     fixture: str = "plain"
-    table: str = "t"             # its name after the DDL (SQL), and as captured
+    table: str = "t"  # its name after the DDL (SQL), and as captured
     label: str = "public.t"
-    post: tuple[str, ...] = ()   # instead of POST[fixture] (and with {t})
+    post: tuple[str, ...] = ()  # instead of POST[fixture] (and with {t})
     extra_post: tuple[str, ...] = ()
     # Columns added by the DDL whose value a row re-inserted by the undo cannot know
     # (a volatile default was computed for the rows present at the DDL only).
     unknowable: tuple[str, ...] = ()
-    pre_undo: str = "equal"      # equal: like the twin; conflict: rows gone; dropped
+    pre_undo: str = "equal"  # equal: like the twin; conflict: rows gone; dropped
     needs: tuple[str, ...] = field(default=())  # extensions this case needs
 
 
@@ -109,13 +117,16 @@ CASES: dict[str, Case] = {
     "add column": Case("ALTER TABLE t ADD COLUMN extra int"),
     "add column with default": Case("ALTER TABLE t ADD COLUMN extra int NOT NULL DEFAULT 7"),
     "add column with volatile default": Case(
-        "ALTER TABLE t ADD COLUMN extra int DEFAULT vol()", unknowable=("extra",)),
+        "ALTER TABLE t ADD COLUMN extra int DEFAULT vol()", unknowable=("extra",)
+    ),
     "add not null column with volatile default": Case(
-        "ALTER TABLE t ADD COLUMN extra int NOT NULL DEFAULT vol()", unknowable=("extra",)),
+        "ALTER TABLE t ADD COLUMN extra int NOT NULL DEFAULT vol()", unknowable=("extra",)
+    ),
     "drop column": Case("ALTER TABLE t DROP COLUMN note"),
     "int to bigint": Case("ALTER TABLE t ALTER COLUMN n TYPE bigint"),
     "text to varchar(10) using": Case(
-        "ALTER TABLE t ALTER COLUMN note TYPE varchar(10) USING left(note, 10)"),
+        "ALTER TABLE t ALTER COLUMN note TYPE varchar(10) USING left(note, 10)"
+    ),
     "text to varchar(3) fails": Case("ALTER TABLE t ALTER COLUMN note TYPE varchar(3)"),
     "set default": Case("ALTER TABLE t ALTER COLUMN n SET DEFAULT 5"),
     "drop default": Case("ALTER TABLE t ALTER COLUMN note DROP DEFAULT"),
@@ -126,19 +137,28 @@ CASES: dict[str, Case] = {
     "drop check": Case("ALTER TABLE t DROP CONSTRAINT note_len"),
     # The key of a row changes, its unique n does not: undoing that re-inserts the
     # old key with the n that the new key still holds.
-    "add unique": Case("ALTER TABLE t ADD CONSTRAINT n_uniq UNIQUE (n)", post=(
-        "UPDATE {t} SET id = id + 100, rid = rid + 100 WHERE id = 3",
-        "DELETE FROM {t} WHERE id = 4", "INSERT INTO {t} (id, n, rid) VALUES (50, 500, 55)")),
+    "add unique": Case(
+        "ALTER TABLE t ADD CONSTRAINT n_uniq UNIQUE (n)",
+        post=(
+            "UPDATE {t} SET id = id + 100, rid = rid + 100 WHERE id = 3",
+            "DELETE FROM {t} WHERE id = 4",
+            "INSERT INTO {t} (id, n, rid) VALUES (50, 500, 55)",
+        ),
+    ),
     "drop unique": Case("ALTER TABLE t DROP CONSTRAINT rid_uniq"),
     "add foreign key": Case(
-        "ALTER TABLE t ADD CONSTRAINT t_rid_fkey FOREIGN KEY (rid) REFERENCES ref (id)"),
+        "ALTER TABLE t ADD CONSTRAINT t_rid_fkey FOREIGN KEY (rid) REFERENCES ref (id)"
+    ),
     "drop foreign key": Case("ALTER TABLE t DROP CONSTRAINT t_owner_fkey"),
     "rename column": Case("ALTER TABLE t RENAME COLUMN note TO remark"),
     "rename table": Case("ALTER TABLE t RENAME TO t2", table="t2", label="public.t2"),
-    "set schema": Case("CREATE SCHEMA moved; ALTER TABLE t SET SCHEMA moved",
-                       table="moved.t", label="moved.t"),
-    "enum add value": Case("ALTER TYPE other.mood ADD VALUE 'meh'",
-                           extra_post=("UPDATE t SET ot = 'meh' WHERE id = 5",)),
+    "set schema": Case(
+        "CREATE SCHEMA moved; ALTER TABLE t SET SCHEMA moved", table="moved.t", label="moved.t"
+    ),
+    "enum add value": Case(
+        "ALTER TYPE other.mood ADD VALUE 'meh'",
+        extra_post=("UPDATE t SET ot = 'meh' WHERE id = 5",),
+    ),
     "enum rename value": Case("ALTER TYPE other.mood RENAME VALUE 'sad' TO 'blue'"),
     "enum rename type": Case("ALTER TYPE other.mood RENAME TO feeling"),
     "drop enum type": Case("ALTER TABLE t DROP COLUMN ot; DROP TYPE other.mood"),
@@ -147,41 +167,59 @@ CASES: dict[str, Case] = {
     "drop domain over enum": Case("ALTER TABLE t DROP COLUMN dl; DROP DOMAIN other.dlevel"),
     "drop enum of array and domain": Case(
         "ALTER TABLE t DROP COLUMN levels, DROP COLUMN dl; DROP DOMAIN other.dlevel;"
-        " DROP TYPE other.level"),
+        " DROP TYPE other.level"
+    ),
     "drop composite type": Case("ALTER TABLE t DROP COLUMN pr; DROP TYPE other.pair"),
     "drop range type": Case("ALTER TABLE t DROP COLUMN sp; DROP TYPE other.span"),
-    "drop extension type": Case("ALTER TABLE t DROP COLUMN ci; DROP EXTENSION citext",
-                                fixture="citext", needs=("citext",)),
+    "drop extension type": Case(
+        "ALTER TABLE t DROP COLUMN ci; DROP EXTENSION citext", fixture="citext", needs=("citext",)
+    ),
     "create partition": Case(
-        "CREATE TABLE t_apac PARTITION OF t FOR VALUES IN ('apac')", fixture="parted",
-        extra_post=("INSERT INTO t VALUES (51, 'apac', 510, 'a')",
-                    "UPDATE t_apac SET n = 0 WHERE id = 51")),
+        "CREATE TABLE t_apac PARTITION OF t FOR VALUES IN ('apac')",
+        fixture="parted",
+        extra_post=(
+            "INSERT INTO t VALUES (51, 'apac', 510, 'a')",
+            "UPDATE t_apac SET n = 0 WHERE id = 51",
+        ),
+    ),
     "attach partition": Case(
         "CREATE TABLE t_x (note text, n int, region text NOT NULL, id int NOT NULL);"
         " INSERT INTO t_x VALUES ('x', 1, 'x', 60);"
-        " ALTER TABLE t ATTACH PARTITION t_x FOR VALUES IN ('x')", fixture="parted",
-        extra_post=("INSERT INTO t VALUES (61, 'x', 610, 'x')",
-                    "UPDATE t_x SET n = 0 WHERE id = 60", "DELETE FROM t_x WHERE id = 61")),
+        " ALTER TABLE t ATTACH PARTITION t_x FOR VALUES IN ('x')",
+        fixture="parted",
+        extra_post=(
+            "INSERT INTO t VALUES (61, 'x', 610, 'x')",
+            "UPDATE t_x SET n = 0 WHERE id = 60",
+            "DELETE FROM t_x WHERE id = 61",
+        ),
+    ),
     "detach partition": Case("ALTER TABLE t DETACH PARTITION t_us", fixture="parted"),
     "inherits": Case(
         "CREATE TABLE child () INHERITS (t)",
-        extra_post=("INSERT INTO child (id, n, rid) VALUES (60, 600, 66)",
-                    "UPDATE t SET n = n + 1 WHERE id = 60")),
+        extra_post=(
+            "INSERT INTO child (id, n, rid) VALUES (60, 600, 66)",
+            "UPDATE t SET n = n + 1 WHERE id = 60",
+        ),
+    ),
     "cluster": Case("CLUSTER t USING t_pkey"),
     "vacuum full": Case("VACUUM FULL t"),
     "replica identity full": Case("ALTER TABLE t REPLICA IDENTITY FULL"),
     "replica identity default": Case(
-        "ALTER TABLE t REPLICA IDENTITY FULL; ALTER TABLE t REPLICA IDENTITY DEFAULT"),
+        "ALTER TABLE t REPLICA IDENTITY FULL; ALTER TABLE t REPLICA IDENTITY DEFAULT"
+    ),
     "truncate": Case("TRUNCATE t", pre_undo="conflict"),
     "disable trigger all": Case("ALTER TABLE t DISABLE TRIGGER ALL"),
     "enable trigger all": Case(
-        "ALTER TABLE t DISABLE TRIGGER ALL; ALTER TABLE t ENABLE TRIGGER ALL"),
-    "set unlogged": Case("ALTER TABLE t DROP CONSTRAINT t_owner_fkey;"
-                         " ALTER TABLE t SET UNLOGGED"),
-    "set logged": Case("ALTER TABLE t DROP CONSTRAINT t_owner_fkey;"
-                       " ALTER TABLE t SET UNLOGGED; ALTER TABLE t SET LOGGED"),
+        "ALTER TABLE t DISABLE TRIGGER ALL; ALTER TABLE t ENABLE TRIGGER ALL"
+    ),
+    "set unlogged": Case("ALTER TABLE t DROP CONSTRAINT t_owner_fkey; ALTER TABLE t SET UNLOGGED"),
+    "set logged": Case(
+        "ALTER TABLE t DROP CONSTRAINT t_owner_fkey;"
+        " ALTER TABLE t SET UNLOGGED; ALTER TABLE t SET LOGGED"
+    ),
     "add generated column": Case(
-        "ALTER TABLE t ADD COLUMN n2 int GENERATED ALWAYS AS (n * 2) STORED"),
+        "ALTER TABLE t ADD COLUMN n2 int GENERATED ALWAYS AS (n * 2) STORED"
+    ),
     "drop table": Case("DROP TABLE t", post=(), pre_undo="dropped"),
 }
 
@@ -234,12 +272,19 @@ def key_of(fixture: str) -> str:
 def cells(url: str, table: str, order: str) -> list[dict[str, str | None]]:
     """Every row as {column: value::text}, so that a mismatch names its column."""
     with psycopg.connect(url) as c:
-        cols = [r[0] for r in c.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-            " AND NOT attisdropped ORDER BY attnum", [table])]
+        cols = [
+            r[0]
+            for r in c.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
+                [table],
+            )
+        ]
         sel = ", ".join(f'x."{col}"::text' for col in cols)
-        return [dict(zip(cols, r)) for r in c.execute(
-            f"SELECT {sel} FROM {table} x ORDER BY {order}".encode())]
+        return [
+            dict(zip(cols, r))
+            for r in c.execute(f"SELECT {sel} FROM {table} x ORDER BY {order}".encode())
+        ]
 
 
 def journal(url: str, tag: str) -> list[tuple[str, str, int]]:
@@ -247,7 +292,9 @@ def journal(url: str, tag: str) -> list[tuple[str, str, int]]:
         return c.execute(
             "SELECT c.schema_name || '.' || c.table_name, st.op::text, st.nrows::int "
             "FROM _recovery.stmt st JOIN _recovery.captured c USING (table_id) "
-            "WHERE st.tag = %s ORDER BY st.stmt_id", [tag]).fetchall()
+            "WHERE st.tag = %s ORDER BY st.stmt_id",
+            [tag],
+        ).fetchall()
 
 
 def problems(conn: psycopg.Connection, label: str) -> list[str]:
@@ -269,8 +316,10 @@ def ops(stmt: str) -> str:
 
 def available(url: str, ext: str) -> bool:
     with psycopg.connect(url) as c:
-        return c.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s",
-                         [ext]).fetchone() is not None
+        return (
+            c.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", [ext]).fetchone()
+            is not None
+        )
 
 
 # -- the matrix ----------------------------------------------------------------------------
@@ -284,9 +333,15 @@ def available(url: str, ext: str) -> bool:
 KNOWN_GAPS = {"add column with volatile default", "add not null column with volatile default"}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="volatile default: issue 13"))
-    if n in KNOWN_GAPS else n for n in CASES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="volatile default: issue 13"))
+        if n in KNOWN_GAPS
+        else n
+        for n in CASES
+    ],
+)
 def test_ddl(db_url, twin_url, conn, name):
     case = CASES[name]
     for ext in case.needs:
@@ -313,8 +368,10 @@ def test_ddl(db_url, twin_url, conn, name):
     at_ddl = cells(db_url, table, order)
 
     # The application's writes: captured exactly, or a plain reason why not.
-    post = [p.format(t=table) for p in (case.post or POST[
-        "parted" if case.fixture == "parted" else "plain"])] + list(case.extra_post)
+    post = [
+        p.format(t=table)
+        for p in (case.post or POST["parted" if case.fixture == "parted" else "plain"])
+    ] + list(case.extra_post)
     expected = []
     for stmt in post:
         n = run(twin_url, stmt)

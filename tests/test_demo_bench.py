@@ -33,7 +33,10 @@ def test_demo_cli_with_db_leaves_no_scratch_database(server_url):
         before = {r[0] for r in c.execute("SELECT datname FROM pg_database")}
     out = subprocess.run(
         [sys.executable, "-m", "recovery", "demo", "--db", server_url, "--rows", "1500", "--json"],
-        capture_output=True, text=True, check=True)
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     assert doc["ok"] is True
     with psycopg.connect(server_url) as c:
@@ -43,9 +46,24 @@ def test_demo_cli_with_db_leaves_no_scratch_database(server_url):
 
 def test_benchmark_smoke(db_url, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "--scale", "0.002", "--runs", "1",
-         "--pgbench-seconds", "1", "--db", db_url],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--scale",
+            "0.002",
+            "--runs",
+            "1",
+            "--pgbench-seconds",
+            "1",
+            "--db",
+            db_url,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "UPDATE of every row, capture on / off" in out.stdout
     assert "CLI peak memory" in out.stdout

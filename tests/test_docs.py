@@ -19,8 +19,9 @@ from recovery.cli import main
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[
-        tuple[tuple[str, ...], click.Command]]:
+def _commands(
+    cmd: click.Command, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, cmd
     if isinstance(cmd, click.Group):
         for name in sorted(cmd.commands):
@@ -39,12 +40,13 @@ def _rows() -> list[str]:
 
 
 def _long_options(cmd: click.Command) -> list[str]:
-    return [o for p in cmd.params if isinstance(p, click.Option) for o in p.opts
-            if o.startswith("--")]
+    return [
+        o for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o.startswith("--")
+    ]
 
 
 GLOBAL = set(_long_options(main))
-SELECTORS = README[README.index("SELECTORS: "):].split("\n\n")[0]
+SELECTORS = README[README.index("SELECTORS: ") :].split("\n\n")[0]
 
 
 @pytest.mark.parametrize("path", [" ".join(p) or "recovery" for p, _ in COMMANDS])
@@ -62,8 +64,12 @@ def test_readme_table_documents_every_command_and_option(path):
     group, name = (words[0], words[-1]) if len(words) > 1 else (None, words[0])
     if group:
         # `recovery snapshot list \| show NAME \| ...`: one row may hold a group's commands.
-        rows = [r for r in _rows() if r.startswith(f"| `recovery {group} ")
-                and re.search(rf"(`recovery {group} |\\\| ){name}\b", r)]
+        rows = [
+            r
+            for r in _rows()
+            if r.startswith(f"| `recovery {group} ")
+            and re.search(rf"(`recovery {group} |\\\| ){name}\b", r)
+        ]
     else:
         rows = [r for r in _rows() if re.match(rf"\| `recovery {name}\b", r)]
     assert rows, f"README's command table has no row for `recovery {path}`"
@@ -72,7 +78,8 @@ def test_readme_table_documents_every_command_and_option(path):
         if opt in GLOBAL or opt == "--help":
             continue
         assert any(opt in r for r in rows) or f"`{opt}" in SELECTORS, (
-            f"`recovery {path} {opt}` is in --help but not in README's command table")
+            f"`recovery {path} {opt}` is in --help but not in README's command table"
+        )
 
 
 def test_readme_table_names_no_command_that_does_not_exist():

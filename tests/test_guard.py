@@ -68,11 +68,25 @@ def test_guard_psql_migration_then_undo_keeps_untagged_writes(db_url, conn, acco
         "UPDATE accounts SET balance = balance * 2 WHERE id <= 100;\n"
         "SELECT pg_sleep(0.3);\n"
         "DELETE FROM accounts WHERE id BETWEEN 191 AND 200;\n"
-        "INSERT INTO accounts VALUES (1000, 1, 'migration');\n")
+        "INSERT INTO accounts VALUES (1000, 1, 'migration');\n"
+    )
     stop, t = _start_legit(db_url)
     try:
-        res = run(db_url, "guard", "--tag", "mig-7", "--", PSQL, "-X", "-q",
-                  "-v", "ON_ERROR_STOP=1", "-f", str(migration), db_url)
+        res = run(
+            db_url,
+            "guard",
+            "--tag",
+            "mig-7",
+            "--",
+            PSQL,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            str(migration),
+            db_url,
+        )
     finally:
         stop.set()
         t.join()
@@ -80,8 +94,10 @@ def test_guard_psql_migration_then_undo_keeps_untagged_writes(db_url, conn, acco
     assert "recovery rollback --tag mig-7 --since" in res.output
     doc = recovery.changes(conn, recovery.Selector(tags=("mig-7",)))
     assert {(r["table"], r["operation"], r["rows"]) for r in doc.by_table} == {
-        ("public.accounts", "update", 100), ("public.accounts", "delete", 10),
-        ("public.accounts", "insert", 1)}
+        ("public.accounts", "update", 100),
+        ("public.accounts", "delete", 10),
+        ("public.accounts", "insert", 1),
+    }
 
     res = run(db_url, "rollback", "--tag", "mig-7", "--yes")
     assert res.exit_code == 0, res.output
@@ -95,9 +111,20 @@ def test_guard_python_backfill_script(db_url, conn, accounts, tmp_path):
     script.write_text(
         "import sys, psycopg\n"
         "with psycopg.connect(sys.argv[1]) as c:\n"
-        "    c.execute('UPDATE accounts SET note = upper(note) WHERE id <= 50')\n")
-    res = run(db_url, "guard", "--tag", "bf-1", "--table", "accounts", "--",
-              sys.executable, str(script), db_url)
+        "    c.execute('UPDATE accounts SET note = upper(note) WHERE id <= 50')\n"
+    )
+    res = run(
+        db_url,
+        "guard",
+        "--tag",
+        "bf-1",
+        "--table",
+        "accounts",
+        "--",
+        sys.executable,
+        str(script),
+        db_url,
+    )
     assert res.exit_code == 0, res.output
     assert rows(conn, "accounts")[0] == (1, 10, "N1")
     assert run(db_url, "rollback", "--tag", "bf-1", "--yes").exit_code == 0
@@ -111,19 +138,47 @@ def test_guard_keeps_the_command_exit_code(db_url, accounts):
 
 @pytest.mark.skipif(PSQL is None, reason="psql is not installed")
 def test_cap_aborts_the_transaction_and_guard_exits_3(db_url, conn, accounts):
-    res = run(db_url, "guard", "--tag", "big", "--max-rows", "50", "--",
-              PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
-              "UPDATE accounts SET balance = 0 WHERE id <= 30; "
-              "UPDATE accounts SET balance = 0 WHERE id > 100", db_url)
+    res = run(
+        db_url,
+        "guard",
+        "--tag",
+        "big",
+        "--max-rows",
+        "50",
+        "--",
+        PSQL,
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "UPDATE accounts SET balance = 0 WHERE id <= 30; "
+        "UPDATE accounts SET balance = 0 WHERE id > 100",
+        db_url,
+    )
     assert res.exit_code == 3, res.output
     assert "blast-radius cap hit" in res.output
     assert "this transaction wrote 130 rows, more than recovery.max_rows = 50" in res.output
     assert "raise the cap" in res.output
-    assert rows(conn, "accounts") == accounts   # nothing the transaction wrote stays
+    assert rows(conn, "accounts") == accounts  # nothing the transaction wrote stays
 
-    res = run(db_url, "guard", "--tag", "big2", "--max-rows-per-table", "accounts=5", "--",
-              PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
-              "UPDATE accounts SET balance = 0 WHERE id <= 6", db_url)
+    res = run(
+        db_url,
+        "guard",
+        "--tag",
+        "big2",
+        "--max-rows-per-table",
+        "accounts=5",
+        "--",
+        PSQL,
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "UPDATE accounts SET balance = 0 WHERE id <= 6",
+        db_url,
+    )
     assert res.exit_code == 3
     assert "wrote 6 rows to public.accounts, more than its cap of 5" in res.output
     assert rows(conn, "accounts") == accounts
@@ -138,14 +193,17 @@ def test_a_later_set_of_the_tag_keeps_the_cap(db_url, conn, accounts):
     assert rows(conn, "accounts") == accounts
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tag", "ok", "--", "no-such-command-xyz"], "not found"),
-    (["--tag", "has space", "--", "true"], "cannot be passed safely"),
-    (["--tag", "quo'te", "--", "true"], "cannot be passed safely"),
-    (["--tag", "ok", "--max-rows", "-1", "--", "true"], "0 or more"),
-    (["--tag", "ok", "--max-rows-per-table", "accounts", "--", "true"], "TABLE=N"),
-    (["--tag", "ok"], "no command given"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tag", "ok", "--", "no-such-command-xyz"], "not found"),
+        (["--tag", "has space", "--", "true"], "cannot be passed safely"),
+        (["--tag", "quo'te", "--", "true"], "cannot be passed safely"),
+        (["--tag", "ok", "--max-rows", "-1", "--", "true"], "0 or more"),
+        (["--tag", "ok", "--max-rows-per-table", "accounts", "--", "true"], "TABLE=N"),
+        (["--tag", "ok"], "no command given"),
+    ],
+)
 def test_guard_bad_input(db_url, conn, accounts, tmp_path, args, message):
     marker = tmp_path / "ran"
     if args[-1] == "true":
@@ -198,7 +256,7 @@ def test_python_api_sqlalchemy_orm_backfill(db_url, conn, accounts):
             for acc in session.scalars(sa.select(Account).where(Account.id <= 20)):
                 acc.note = f"orm {acc.id}"
             session.commit()
-    with Session(engine) as session:   # after the block: untagged
+    with Session(engine) as session:  # after the block: untagged
         session.get(Account, 150).note = "untagged"  # type: ignore[union-attr]
         session.commit()
     engine.dispose()
@@ -212,8 +270,16 @@ def test_python_api_sqlalchemy_orm_backfill(db_url, conn, accounts):
 
 
 def test_guard_exit_code_of_a_signal(db_url, accounts):
-    res = run(db_url, "guard", "--tag", "x", "--", sys.executable, "-c",
-              "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    res = run(
+        db_url,
+        "guard",
+        "--tag",
+        "x",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+    )
     assert res.exit_code == 128 + 15
 
 
@@ -221,8 +287,18 @@ def test_per_table_cap_must_name_a_captured_table(db_url, sql_exec, accounts, tm
     sql_exec("CREATE TABLE other (id int PRIMARY KEY)")
     marker = tmp_path / "ran"
     for name in ("other", "no_such_table"):
-        res = run(db_url, "guard", "--tag", "x", "--max-rows-per-table", f"{name}=1", "--",
-                  sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+        res = run(
+            db_url,
+            "guard",
+            "--tag",
+            "x",
+            "--max-rows-per-table",
+            f"{name}=1",
+            "--",
+            sys.executable,
+            "-c",
+            f"open({str(marker)!r}, 'w')",
+        )
         assert res.exit_code == 1, res.output
         assert len(res.stderr.strip().splitlines()) == 1
     assert not marker.exists()
@@ -232,33 +308,36 @@ def test_api_settings_survive_a_rollback_and_go_away_after(db_url, conn, account
     app = psycopg.connect(db_url)
 
     def current() -> tuple[str | None, str | None]:
-        row = app.execute("SELECT current_setting('recovery.tag', true),"
-                          " current_setting('recovery.max_rows', true)").fetchone()
+        row = app.execute(
+            "SELECT current_setting('recovery.tag', true),"
+            " current_setting('recovery.max_rows', true)"
+        ).fetchone()
         app.rollback()
         return (row[0] or None, row[1] or None)  # type: ignore[index]
 
-    app.execute("SELECT 1")                      # a transaction is open: refused
+    app.execute("SELECT 1")  # a transaction is open: refused
     with pytest.raises(recovery.RecoveryError, match="no transaction open"):
         with recovery.guard(app, tag="g1", max_rows=5):
             pass
     app.rollback()
     with recovery.guard(app, tag="g1", max_rows=5):
         app.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
-        app.rollback()                           # the block's own rollback keeps the tag
+        app.rollback()  # the block's own rollback keeps the tag
         assert current() == ("g1", "5")
     assert current() == (None, None)
     app.rollback()
     assert current() == (None, None)
 
-    with pytest.raises(psycopg.Error) as err:    # a cap hit inside the block propagates
+    with pytest.raises(psycopg.Error) as err:  # a cap hit inside the block propagates
         with recovery.guard(app, tag="g2", max_rows=2):
             app.execute("UPDATE accounts SET balance = 1 WHERE id <= 3")
     assert err.value.sqlstate == "RC001"
     assert current() == (None, None)
     app.execute("UPDATE accounts SET note = 'after' WHERE id = 5")
     app.commit()
-    assert conn.execute("SELECT tag FROM _recovery.stmt ORDER BY stmt_id DESC LIMIT 1"
-                        ).fetchone() == (None,)
+    assert conn.execute(
+        "SELECT tag FROM _recovery.stmt ORDER BY stmt_id DESC LIMIT 1"
+    ).fetchone() == (None,)
     conn.rollback()
     app.close()
 
@@ -269,7 +348,7 @@ def test_resume_takes_no_dry_run(db_url, accounts):
     assert "--resume" in res.stderr
 
 
-ORM_SCRIPT = '''
+ORM_SCRIPT = """
 import sys
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -290,12 +369,13 @@ with Session(engine) as session:
         if acc.id % 20 == 0:
             session.commit()
     session.commit()
-'''
+"""
 
 
 @pytest.mark.parametrize("kind", ["psycopg", "sqlalchemy-orm"])
 def test_guard_backfill_scripts_with_concurrent_untagged_writes(
-        db_url, conn, accounts, tmp_path, kind):
+    db_url, conn, accounts, tmp_path, kind
+):
     script = tmp_path / "backfill.py"
     if kind == "psycopg":
         script.write_text(
@@ -305,15 +385,26 @@ def test_guard_backfill_scripts_with_concurrent_untagged_writes(
             "        c.execute('UPDATE accounts SET balance = balance * 3'\n"
             "                  ' WHERE id BETWEEN %s AND %s', [lo, lo + 19])\n"
             "        c.commit()\n"
-            "        time.sleep(0.1)\n")
+            "        time.sleep(0.1)\n"
+        )
         target = db_url
     else:
         script.write_text(ORM_SCRIPT)
         target = sqlalchemy_url(db_url)
     stop, t = _start_legit(db_url)
     try:
-        res = run(db_url, "guard", "--tag", f"bf-{kind}", "--max-rows", "100", "--",
-                  sys.executable, str(script), target)
+        res = run(
+            db_url,
+            "guard",
+            "--tag",
+            f"bf-{kind}",
+            "--max-rows",
+            "100",
+            "--",
+            sys.executable,
+            str(script),
+            target,
+        )
     finally:
         stop.set()
         t.join()

@@ -13,13 +13,13 @@ def _setup(sql_exec, cli):  # type: ignore[no-untyped-def]
 
 def test_mark_bounds_the_undo(cli, conn, sql_exec):
     _setup(sql_exec, cli)
-    sql_exec("UPDATE m SET v = 'early' WHERE id = 1")          # before the mark: kept
+    sql_exec("UPDATE m SET v = 'early' WHERE id = 1")  # before the mark: kept
     res = cli("mark", "before-deploy-42", "--note", "deploy 42")
     assert res.exit_code == 0, res.output
     assert "before-deploy-42" in res.output
     sql_exec("UPDATE m SET v = 'bad' WHERE id IN (2, 3); DELETE FROM m WHERE id = 4")
     assert cli("mark", "after-deploy-42").exit_code == 0
-    sql_exec("INSERT INTO m VALUES (5, 'later')")               # after the second mark: kept
+    sql_exec("INSERT INTO m VALUES (5, 'later')")  # after the second mark: kept
 
     res = cli("changes", "--since", "before-deploy-42", "--until", "after-deploy-42", "--json")
     assert res.exit_code == 0, res.output
@@ -39,7 +39,7 @@ def test_mark_list_and_errors(cli, conn, sql_exec):
     doc = json.loads(cli("mark", "--list", "--json").stdout)
     assert [(m["name"], m["note"]) for m in doc] == [("m1", "first")]
 
-    res = cli("mark", "m1")                                      # a name is used once
+    res = cli("mark", "m1")  # a name is used once
     assert res.exit_code == 1 and "exists already" in res.stderr
     res = cli("mark", "bad name!")
     assert res.exit_code == 1 and "not valid" in res.stderr
@@ -48,7 +48,7 @@ def test_mark_list_and_errors(cli, conn, sql_exec):
 
     sql_exec("UPDATE m SET v = 'x' WHERE id = 1")
     before = rows(conn, "m")
-    res = cli("rollback", "--since", "no-such-mark", "--yes")    # unknown mark: nothing runs
+    res = cli("rollback", "--since", "no-such-mark", "--yes")  # unknown mark: nothing runs
     assert res.exit_code == 1
     assert "neither a mark nor a time" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

@@ -34,12 +34,23 @@ BOOKS = ROOT / "runbooks"
 ROLLBACK = str(BOOKS / "bad-deploy-rollback.yaml")
 PRE = str(BOOKS / "pre-deploy-snapshot.yaml")
 RESTORE = str(BOOKS / "restore-from-snapshot.yaml")
-ROLLBACK_STEPS = ["freeze", "damage", "sample", "plan", "approve", "apply", "recheck",
-                  "nothing_left", "check", "report"]
+ROLLBACK_STEPS = [
+    "freeze",
+    "damage",
+    "sample",
+    "plan",
+    "approve",
+    "apply",
+    "recheck",
+    "nothing_left",
+    "check",
+    "report",
+]
 _roles = itertools.count()
 
 
 # -- helpers -----------------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,14 +86,22 @@ def query(conn: psycopg.Connection, q: str, params: Any = None) -> list[tuple[An
 
 
 def runs(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-    return query(conn, "SELECT run_id, name, status, dry_run, error FROM _recovery.runbook_runs"
-                       " ORDER BY run_id")
+    return query(
+        conn,
+        "SELECT run_id, name, status, dry_run, error FROM _recovery.runbook_runs ORDER BY run_id",
+    )
 
 
 def steps(conn: psycopg.Connection, run_id: int) -> dict[str, tuple[str, dict[str, Any]]]:
-    return {sid: (status, result) for sid, status, result in query(
-        conn, "SELECT step_id, status, result FROM _recovery.runbook_steps WHERE run_id = %s"
-              " ORDER BY step_no", [run_id])}
+    return {
+        sid: (status, result)
+        for sid, status, result in query(
+            conn,
+            "SELECT step_id, status, result FROM _recovery.runbook_steps WHERE run_id = %s"
+            " ORDER BY step_no",
+            [run_id],
+        )
+    }
 
 
 def ok(res: Result) -> Result:
@@ -98,16 +117,22 @@ def runbook_file(tmp_path: Path, text: str, name: str = "book.yaml") -> str:
 
 # -- the seeded bad deploy -----------------------------------------------------------
 
+
 @pytest.fixture
 def shop(conn: psycopg.Connection, sql_exec: Any) -> dict[str, list[tuple[Any, ...]]]:
     """customers and orders (ON DELETE CASCADE), captured; returns the rows before."""
     sql_exec("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text)")
-    sql_exec("CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES"
-             " customers ON DELETE CASCADE, total numeric(10, 2) NOT NULL, status text NOT NULL)")
-    sql_exec("INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com'"
-             " FROM generate_series(1, 50) g")
-    sql_exec("INSERT INTO orders SELECT g, g % 50 + 1, g * 1.5, 'new'"
-             " FROM generate_series(1, 200) g")
+    sql_exec(
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES"
+        " customers ON DELETE CASCADE, total numeric(10, 2) NOT NULL, status text NOT NULL)"
+    )
+    sql_exec(
+        "INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com'"
+        " FROM generate_series(1, 50) g"
+    )
+    sql_exec(
+        "INSERT INTO orders SELECT g, g % 50 + 1, g * 1.5, 'new' FROM generate_series(1, 200) g"
+    )
     recovery.enable_capture(conn, ["customers", "orders"])
     return state(conn)
 
@@ -119,18 +144,29 @@ def state(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
 def bad_deploy(db_url: str, tag: str = "deploy-42") -> None:
     """Prices zeroed, two customers deleted (8 orders cascade), 5 bogus orders; then
     untagged legitimate writes that must survive: a status column, a new customer."""
-    write(db_url, ["UPDATE orders SET total = 0 WHERE id % 4 = 0",
-                   "DELETE FROM customers WHERE id IN (3, 7)",
-                   "INSERT INTO orders SELECT g, 1, 9.99, 'bogus'"
-                   " FROM generate_series(1001, 1005) g"], tag=tag)
-    write(db_url, ["UPDATE orders SET status = 'shipped' WHERE id % 10 = 0",
-                   "INSERT INTO customers VALUES (51, 'customer 51', 'c51@example.com')"])
+    write(
+        db_url,
+        [
+            "UPDATE orders SET total = 0 WHERE id % 4 = 0",
+            "DELETE FROM customers WHERE id IN (3, 7)",
+            "INSERT INTO orders SELECT g, 1, 9.99, 'bogus' FROM generate_series(1001, 1005) g",
+        ],
+        tag=tag,
+    )
+    write(
+        db_url,
+        [
+            "UPDATE orders SET status = 'shipped' WHERE id % 10 = 0",
+            "INSERT INTO customers VALUES (51, 'customer 51', 'c51@example.com')",
+        ],
+    )
 
 
 def expected(before: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
-    return {"customers": before["customers"] + [(51, "customer 51", "c51@example.com")],
-            "orders": [(i, c, t, "shipped" if i % 10 == 0 else s)
-                       for i, c, t, s in before["orders"]]}
+    return {
+        "customers": before["customers"] + [(51, "customer 51", "c51@example.com")],
+        "orders": [(i, c, t, "shipped" if i % 10 == 0 else s) for i, c, t, s in before["orders"]],
+    }
 
 
 # 46 orders restored, 2 customers + 8 cascaded orders re-inserted, 5 bogus orders deleted.
@@ -139,10 +175,21 @@ PLAN_ROWS = 61
 
 # -- bad-deploy-rollback -------------------------------------------------------------
 
+
 def test_bad_deploy_rollback_end_to_end(db_url, conn, shop, tmp_path):  # type: ignore[no-untyped-def]
     bad_deploy(db_url)
-    res = ok(invoke(db_url, "runbook", "run", ROLLBACK, "--param", "tag=deploy-42",
-                    "--param", "check_query=SELECT count(*) FROM orders WHERE status = 'bogus'"))
+    res = ok(
+        invoke(
+            db_url,
+            "runbook",
+            "run",
+            ROLLBACK,
+            "--param",
+            "tag=deploy-42",
+            "--param",
+            "check_query=SELECT count(*) FROM orders WHERE status = 'bogus'",
+        )
+    )
     assert state(conn) == expected(shop)
     [(run_id, name, status, dry_run, error)] = runs(conn)
     assert (name, status, dry_run, error) == ("bad-deploy-rollback", "done", False, None)
@@ -152,7 +199,9 @@ def test_bad_deploy_rollback_end_to_end(db_url, conn, shop, tmp_path):  # type: 
     plan, apply = done["plan"][1], done["apply"][1]
     assert (plan["rows"], plan["table_count"], plan["conflicts"]) == (PLAN_ROWS, 2, 0)
     assert {t["table"]: (t["reinsert"], t["restore"], t["delete"]) for t in plan["tables"]} == {
-        "public.customers": (2, 0, 0), "public.orders": (8, 46, 5)}
+        "public.customers": (2, 0, 0),
+        "public.orders": (8, 46, 5),
+    }
     assert done["approve"][1]["needed"] is False
     assert (apply["status"], apply["rows"], apply["conflicts"]) == ("done", PLAN_ROWS, 0)
     assert done["damage"][1]["rows"] == 50 + 2 + 8 + 5
@@ -160,10 +209,14 @@ def test_bad_deploy_rollback_end_to_end(db_url, conn, shop, tmp_path):  # type: 
     assert done["check"][1]["query"] == "SELECT count(*) FROM orders WHERE status = 'bogus'"
     assert f"undo operation {apply['op_id']}" in done["report"][1]["message"]
     assert query(conn, "SELECT name FROM _recovery.marks") == [
-        (f"rollback-deploy-42-run-{run_id}",)]
-    for line in ("[4/10] plan (rollback_plan): 61 row(s) of 2 table(s) to undo, 0 conflict(s)",
-                 f"[6/10] apply (rollback_apply): operation {apply['op_id']}: 61 row(s) changed "
-                 "in 2 table(s)", "[8/10] nothing_left (sql_check): ok: 0"):
+        (f"rollback-deploy-42-run-{run_id}",)
+    ]
+    for line in (
+        "[4/10] plan (rollback_plan): 61 row(s) of 2 table(s) to undo, 0 conflict(s)",
+        f"[6/10] apply (rollback_apply): operation {apply['op_id']}: 61 row(s) changed "
+        "in 2 table(s)",
+        "[8/10] nothing_left (sql_check): ok: 0",
+    ):
         assert line in res.stdout.splitlines()
     report = tmp_path / "runbook-reports" / f"run-{run_id}"
     assert f"report: {report}\n" in res.stdout
@@ -179,8 +232,19 @@ def test_bad_deploy_rollback_end_to_end(db_url, conn, shop, tmp_path):  # type: 
 def test_dry_run_changes_nothing(db_url, conn, shop):  # type: ignore[no-untyped-def]
     bad_deploy(db_url)
     before = state(conn)
-    res = ok(invoke(db_url, "runbook", "run", ROLLBACK, "--param", "tag=deploy-42", "--dry-run",
-                    "--param", "max_rows=10"))
+    res = ok(
+        invoke(
+            db_url,
+            "runbook",
+            "run",
+            ROLLBACK,
+            "--param",
+            "tag=deploy-42",
+            "--dry-run",
+            "--param",
+            "max_rows=10",
+        )
+    )
     assert state(conn) == before
     for table in ("marks", "operations", "approval_requests"):
         assert query(conn, f"SELECT count(*) FROM _recovery.{table}") == [(0,)], table
@@ -188,17 +252,30 @@ def test_dry_run_changes_nothing(db_url, conn, shop):  # type: ignore[no-untyped
     assert (status, dry_run) == ("done", True)
     done = steps(conn, run_id)
     status_of = {k: v[0] for k, v in done.items()}
-    assert status_of == {"freeze": "skipped", "damage": "done", "sample": "done", "plan": "done",
-                         "approve": "done", "apply": "skipped", "recheck": "done",
-                         "nothing_left": "skipped", "check": "skipped", "report": "done"}
-    assert done["apply"][1] == {"dry_run": True, "args": {
-        "tag": ["deploy-42"], "on_conflict": "fail", "approval": "approve"}}
+    assert status_of == {
+        "freeze": "skipped",
+        "damage": "done",
+        "sample": "done",
+        "plan": "done",
+        "approve": "done",
+        "apply": "skipped",
+        "recheck": "done",
+        "nothing_left": "skipped",
+        "check": "skipped",
+        "report": "done",
+    }
+    assert done["apply"][1] == {
+        "dry_run": True,
+        "args": {"tag": ["deploy-42"], "on_conflict": "fail", "approval": "approve"},
+    }
     assert done["plan"][1]["rows"] == PLAN_ROWS
     assert (done["approve"][1]["needed"], done["approve"][1]["req_id"]) == (True, None)
     assert "approve (approval): needed (not requested: dry run)" in res.stdout
     assert done["report"][1]["sent"] is False
-    assert 'apply (rollback_apply): would run with {"approval": "approve", "on_conflict": ' \
-           '"fail", "tag": ["deploy-42"]}' in res.stdout
+    assert (
+        'apply (rollback_apply): would run with {"approval": "approve", "on_conflict": '
+        '"fail", "tag": ["deploy-42"]}' in res.stdout
+    )
     assert "freeze (mark): would run with" in res.stdout
 
 
@@ -216,8 +293,18 @@ def test_conflicts_refuse_with_exit_2(db_url, conn, shop):  # type: ignore[no-un
     assert done["approve"][0] == "skipped" and done["apply"][0] == "failed"
     assert "recheck" not in done
     # skip undoes everything else and keeps the later edit
-    ok(invoke(db_url, "runbook", "run", ROLLBACK, "--param", "tag=deploy-42",
-              "--param", "on_conflict=skip"))
+    ok(
+        invoke(
+            db_url,
+            "runbook",
+            "run",
+            ROLLBACK,
+            "--param",
+            "tag=deploy-42",
+            "--param",
+            "on_conflict=skip",
+        )
+    )
     want = expected(shop)
     want["orders"] = [(i, c, 7 if i == 8 else t, s) for i, c, t, s in want["orders"]]
     assert state(conn) == want
@@ -225,16 +312,32 @@ def test_conflicts_refuse_with_exit_2(db_url, conn, shop):  # type: ignore[no-un
 
 # -- pre-deploy-snapshot, then restore-from-snapshot ---------------------------------
 
+
 @pytest.mark.parametrize("store", ["db", "directory"])
 def test_snapshot_then_restore(db_url, conn, shop, tmp_path, store):  # type: ignore[no-untyped-def]
     migration = tmp_path / "migration.sql"
-    migration.write_text("UPDATE orders SET total = total * 100 WHERE status = 'new'"
-                         " AND id <= 50;\nDELETE FROM orders WHERE id > 190;\n")
+    migration.write_text(
+        "UPDATE orders SET total = total * 100 WHERE status = 'new'"
+        " AND id <= 50;\nDELETE FROM orders WHERE id > 190;\n"
+    )
     where = "db" if store == "db" else str(tmp_path / "snaps")
     recovery.disable_capture(conn, ["orders"])
-    res = ok(invoke(db_url, "runbook", "run", PRE, "--param", f"migration={migration}",
-                    "--param", "name=pre-43", "--param", f"store={where}",
-                    "--param", "tables=orders, customers"))
+    res = ok(
+        invoke(
+            db_url,
+            "runbook",
+            "run",
+            PRE,
+            "--param",
+            f"migration={migration}",
+            "--param",
+            "name=pre-43",
+            "--param",
+            f"store={where}",
+            "--param",
+            "tables=orders, customers",
+        )
+    )
     [(run_id, _n, status, _d, _e)] = runs(conn)
     done = steps(conn, run_id)
     assert status == "done" and {s for s, _r in done.values()} == {"done"}
@@ -250,10 +353,21 @@ def test_snapshot_then_restore(db_url, conn, shop, tmp_path, store):  # type: ig
     write(db_url, migration.read_text().strip().rstrip(";").split(";\n"), tag="deploy-43")
     write(db_url, ["UPDATE orders SET status = 'shipped' WHERE id = 100"])  # not in the snapshot
     assert state(conn) != before
-    ok(invoke(db_url, "runbook", "run", RESTORE, "--param", "snapshot=pre-43",
-              "--param", f"store={where}"))
-    want = dict(before, orders=[(i, c, t, "shipped" if i == 100 else s)
-                                for i, c, t, s in before["orders"]])
+    ok(
+        invoke(
+            db_url,
+            "runbook",
+            "run",
+            RESTORE,
+            "--param",
+            "snapshot=pre-43",
+            "--param",
+            f"store={where}",
+        )
+    )
+    want = dict(
+        before, orders=[(i, c, t, "shipped" if i == 100 else s) for i, c, t, s in before["orders"]]
+    )
     assert state(conn) == want
     [_, (run_id, name, status, _d, _e)] = runs(conn)
     done = steps(conn, run_id)
@@ -264,6 +378,7 @@ def test_snapshot_then_restore(db_url, conn, shop, tmp_path, store):  # type: ig
 
 
 # -- approvals: two database users ---------------------------------------------------
+
 
 @pytest.fixture
 def two_users(server_url: str, db_url: str) -> Iterator[tuple[str, str]]:
@@ -284,15 +399,18 @@ def two_users(server_url: str, db_url: str) -> Iterator[tuple[str, str]]:
 
 
 def _wait_for_approval(db_url: str, conn: psycopg.Connection, alice: str) -> tuple[int, int]:
-    res = invoke(alice, "runbook", "run", ROLLBACK, "--param", "tag=deploy-42",
-                 "--param", "max_rows=10")
+    res = invoke(
+        alice, "runbook", "run", ROLLBACK, "--param", "tag=deploy-42", "--param", "max_rows=10"
+    )
     assert res.exit_code == 3, (res.stdout, res.stderr)
     [(run_id, _n, status, _d, _e)] = runs(conn)
     done = steps(conn, run_id)
     req = done["approve"][1]["req_id"]
     assert status == "waiting" and done["approve"][0] == "waiting" and "apply" not in done
-    assert res.stderr.strip() == (f'approval needed: another database user runs "recovery '
-                                  f'approve {req}", then "recovery runbook resume {run_id}"')
+    assert res.stderr.strip() == (
+        f'approval needed: another database user runs "recovery '
+        f'approve {req}", then "recovery runbook resume {run_id}"'
+    )
     return run_id, req
 
 
@@ -318,8 +436,9 @@ def test_approval_by_another_user(db_url, conn, shop, two_users):  # type: ignor
     done = steps(conn, run_id)
     assert done["approve"][1]["req_id"] == req and done["approve"][1]["status"] == "approved"
     assert done["apply"][1]["approval"] == req and done["apply"][1]["rows"] == PLAN_ROWS
-    assert query(conn, "SELECT status FROM _recovery.approval_requests WHERE req_id = %s",
-                 [req]) == [("executed",)]
+    assert query(
+        conn, "SELECT status FROM _recovery.approval_requests WHERE req_id = %s", [req]
+    ) == [("executed",)]
     assert "[5/10] approve (approval): request" in res.stdout
     listing = ok(invoke(db_url, "runbook", "list", "--runs")).stdout
     assert f"{run_id}" in listing and "bad-deploy-rollback  done" in listing
@@ -341,8 +460,9 @@ def test_plan_changed_after_approval_is_refused(db_url, conn, shop, two_users): 
     assert state(conn) == before
     assert runs(conn)[0][2] == "failed"
     assert steps(conn, run_id)["apply"][0] == "failed"
-    assert query(conn, "SELECT status FROM _recovery.approval_requests WHERE req_id = %s",
-                 [req]) == [("approved",)]  # not consumed by the refused apply
+    assert query(
+        conn, "SELECT status FROM _recovery.approval_requests WHERE req_id = %s", [req]
+    ) == [("approved",)]  # not consumed by the refused apply
     # The refused apply recorded the new plan as a request; approved, resume applies it.
     new_req = steps(conn, run_id)["apply"][1]["approval_pending"]
     assert new_req != req and f"recovery approve {new_req}" in line
@@ -354,12 +474,16 @@ def test_plan_changed_after_approval_is_refused(db_url, conn, shop, two_users): 
 
 # -- a run killed in the middle of its apply step ------------------------------------
 
+
 def _terminate_clients(conn: psycopg.Connection) -> None:
     """The killed client's server process goes away (it would, once it notices)."""
     for _ in range(200):
-        left = query(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
-                           " datname = current_database() AND pid <> pg_backend_pid()"
-                           " AND backend_type = 'client backend'")
+        left = query(
+            conn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+            " datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'",
+        )
         if not left:
             return
         time.sleep(0.05)
@@ -378,19 +502,42 @@ def test_killed_apply_resumes_to_the_same_state(db_url, conn, sql_exec, tmp_path
     sql_exec("UPDATE _recovery.meta SET value = '1000000' WHERE key = 'approval_rows'")
     env = {k: v for k, v in os.environ.items() if k not in ("RECOVERY_DB_URL", "DATABASE_URL")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recovery", "runbook", "run", ROLLBACK, "--param", "tag=big-deploy",
-         "--param", "batch_size=20000", "--param", "max_rows=1000000", "--db", db_url],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "recovery",
+            "runbook",
+            "run",
+            ROLLBACK,
+            "--param",
+            "tag=big-deploy",
+            "--param",
+            "batch_size=20000",
+            "--param",
+            "max_rows=1000000",
+            "--db",
+            db_url,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     try:
         while True:
-            seen = query(conn, "SELECT s.status, o.status, (o.summary->>'batches')::int"
-                               " FROM _recovery.runbook_steps s, _recovery.operations o"
-                               " WHERE s.step_id = 'apply' AND o.kind = 'rollback'")
+            seen = query(
+                conn,
+                "SELECT s.status, o.status, (o.summary->>'batches')::int"
+                " FROM _recovery.runbook_steps s, _recovery.operations o"
+                " WHERE s.step_id = 'apply' AND o.kind = 'rollback'",
+            )
             if seen and seen[0][:2] == ("started", "applying") and seen[0][2] >= 2:
                 break
-            assert proc.poll() is None, ("the run ended before it could be killed",
-                                         proc.communicate())
+            assert proc.poll() is None, (
+                "the run ended before it could be killed",
+                proc.communicate(),
+            )
             assert time.monotonic() < deadline, "the apply step never got under way"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -404,8 +551,9 @@ def test_killed_apply_resumes_to_the_same_state(db_url, conn, sql_exec, tmp_path
     assert killed[0] == "started"
     now = rows(conn, "big")
     assert now != want and any(a == b for a, b in zip(now, want))  # midway
-    [(op_id, op_status)] = query(conn, "SELECT op_id, status FROM _recovery.operations"
-                                       " WHERE kind = 'rollback'")
+    [(op_id, op_status)] = query(
+        conn, "SELECT op_id, status FROM _recovery.operations WHERE kind = 'rollback'"
+    )
     assert op_status == "applying"
     assert killed[1]["op_id"] == op_id  # kept as soon as the first batch committed
 
@@ -416,8 +564,10 @@ def test_killed_apply_resumes_to_the_same_state(db_url, conn, sql_exec, tmp_path
     done = steps(conn, run_id)
     assert done["apply"][1]["op_id"] == op_id and done["apply"][1]["rows"] == 300000
     assert done["nothing_left"][0] == "done"
-    assert query(conn, "SELECT op_id, status FROM _recovery.operations WHERE kind = 'rollback'"
-                       " ORDER BY op_id") == [(op_id, "done")]  # the same operation, continued
+    assert query(
+        conn,
+        "SELECT op_id, status FROM _recovery.operations WHERE kind = 'rollback' ORDER BY op_id",
+    ) == [(op_id, "done")]  # the same operation, continued
 
 
 def test_resume_after_crash_around_finished_steps(db_url, conn, shop):  # type: ignore[no-untyped-def]
@@ -429,9 +579,11 @@ def test_resume_after_crash_around_finished_steps(db_url, conn, shop):  # type: 
     ops = query(conn, "SELECT op_id FROM _recovery.operations ORDER BY op_id")
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("UPDATE _recovery.runbook_runs SET status = 'running', finished_at = NULL")
-        c.execute("UPDATE _recovery.runbook_steps SET status = 'started', finished_at = NULL,"
-                  " result = jsonb_build_object('args', result->'args')"
-                  " WHERE step_id IN ('freeze', 'apply')")
+        c.execute(
+            "UPDATE _recovery.runbook_steps SET status = 'started', finished_at = NULL,"
+            " result = jsonb_build_object('args', result->'args')"
+            " WHERE step_id IN ('freeze', 'apply')"
+        )
         c.execute("DELETE FROM _recovery.runbook_steps WHERE step_no > 6")
     res = ok(invoke(db_url, "runbook", "resume", str(run_id)))
     assert "freeze (mark): recovered after the interruption, not run again" in res.stdout
@@ -449,49 +601,101 @@ def test_resume_after_crash_around_finished_steps(db_url, conn, shop):  # type: 
 
 GOOD_HEAD = "name: t\nparameters:\n  tag: {type: string}\nsteps:\n"
 BAD = {
-    "yaml syntax": ("name: t\nsteps:\n  - id: a\n    kind: mark\n   name: x\n", 5,
-                    "YAML syntax error"),
-    "unknown kind": (GOOD_HEAD + "  - id: a\n    kind: rollbak\n", 6,
-                     "step a: unknown kind 'rollbak': use one of capture_on, capture_off, mark"),
-    "missing parameter": (GOOD_HEAD + "  - id: a\n    kind: changes\n    tag: ${params.tga}\n", 7,
-                          "params.tga names no parameter: declare it under parameters"),
-    "forward reference": (GOOD_HEAD + "  - id: a\n    kind: changes\n    when: steps.b.rows > 0\n"
-                          "  - id: b\n    kind: changes\n", 7,
-                          "refers to a later step (a forward reference, which makes a cycle)"),
-    "cycle": (GOOD_HEAD + "  - id: a\n    kind: changes\n    when: \"steps.a.rows > 0\"\n", 7,
-              "steps.a.rows refers to the step itself (a cycle)"),
+    "yaml syntax": (
+        "name: t\nsteps:\n  - id: a\n    kind: mark\n   name: x\n",
+        5,
+        "YAML syntax error",
+    ),
+    "unknown kind": (
+        GOOD_HEAD + "  - id: a\n    kind: rollbak\n",
+        6,
+        "step a: unknown kind 'rollbak': use one of capture_on, capture_off, mark",
+    ),
+    "missing parameter": (
+        GOOD_HEAD + "  - id: a\n    kind: changes\n    tag: ${params.tga}\n",
+        7,
+        "params.tga names no parameter: declare it under parameters",
+    ),
+    "forward reference": (
+        GOOD_HEAD + "  - id: a\n    kind: changes\n    when: steps.b.rows > 0\n"
+        "  - id: b\n    kind: changes\n",
+        7,
+        "refers to a later step (a forward reference, which makes a cycle)",
+    ),
+    "cycle": (
+        GOOD_HEAD + '  - id: a\n    kind: changes\n    when: "steps.a.rows > 0"\n',
+        7,
+        "steps.a.rows refers to the step itself (a cycle)",
+    ),
     "forward reference in a value": (
         GOOD_HEAD + "  - id: a\n    kind: mark\n    name: m${steps.b.rows}\n"
-        "  - id: b\n    kind: changes\n", 7, "a forward reference"),
-    "unknown top-level key": ("name: t\nstep:\n  - id: a\n    kind: changes\n", 2,
-                              "unknown top-level key 'step'"),
-    "unknown step key": (GOOD_HEAD + "  - id: a\n    kind: changes\n    tags: [x]\n", 7,
-                         "step a: unknown key 'tags' for kind changes: it takes tag, txid"),
-    "missing argument": (GOOD_HEAD + "  - id: a\n    kind: mark\n", 5,
-                         "step a: kind mark needs argument 'name'"),
-    "tables not a list": (GOOD_HEAD + "  - id: a\n    kind: capture_on\n    tables: orders\n", 7,
-                          "step a: tables must be a list, e.g. [orders, customers]"),
-    "duplicate id": (GOOD_HEAD + "  - id: a\n    kind: changes\n  - id: a\n    kind: changes\n", 7,
-                     "duplicate step id 'a'"),
-    "bad default": ("name: t\nparameters:\n  n: {type: int, default: lots}\nsteps:\n"
-                    "  - id: a\n    kind: changes\n", 3,
-                    "default of parameter n must be a whole number, not 'lots'"),
-    "bad condition": (GOOD_HEAD + "  - id: a\n    kind: changes\n    when: \"params.tag ==\"\n", 7,
-                      "condition 'params.tag ==' does not parse"),
-    "unknown field": (GOOD_HEAD + "  - id: p\n    kind: rollback_plan\n    tag: x\n"
-                      "  - id: a\n    kind: changes\n    when: steps.p.rowz > 1\n", 10,
-                      "a rollback_plan step has no field rowz"),
-    "approval of a non-plan": (GOOD_HEAD + "  - id: p\n    kind: changes\n"
-                               "  - id: a\n    kind: approval\n    for: p\n", 9,
-                               "for must name a rollback_plan or restore_plan step"),
-    "duplicate key": ("name: t\nname: u\nsteps:\n  - id: a\n    kind: changes\n", 2,
-                      "duplicate key 'name'"),
-    "bound on text": ("name: t\nparameters:\n  s:\n    type: string\n    min: 1\nsteps:\n"
-                      "  - id: a\n    kind: changes\n", 5,
-                      "parameter s: min needs type int or number"),
-    "unknown parameter type": ("name: t\nparameters:\n  s: {type: list}\nsteps:\n"
-                               "  - id: a\n    kind: changes\n", 3,
-                               "parameter s has type 'list': use one of string, int"),
+        "  - id: b\n    kind: changes\n",
+        7,
+        "a forward reference",
+    ),
+    "unknown top-level key": (
+        "name: t\nstep:\n  - id: a\n    kind: changes\n",
+        2,
+        "unknown top-level key 'step'",
+    ),
+    "unknown step key": (
+        GOOD_HEAD + "  - id: a\n    kind: changes\n    tags: [x]\n",
+        7,
+        "step a: unknown key 'tags' for kind changes: it takes tag, txid",
+    ),
+    "missing argument": (
+        GOOD_HEAD + "  - id: a\n    kind: mark\n",
+        5,
+        "step a: kind mark needs argument 'name'",
+    ),
+    "tables not a list": (
+        GOOD_HEAD + "  - id: a\n    kind: capture_on\n    tables: orders\n",
+        7,
+        "step a: tables must be a list, e.g. [orders, customers]",
+    ),
+    "duplicate id": (
+        GOOD_HEAD + "  - id: a\n    kind: changes\n  - id: a\n    kind: changes\n",
+        7,
+        "duplicate step id 'a'",
+    ),
+    "bad default": (
+        "name: t\nparameters:\n  n: {type: int, default: lots}\nsteps:\n"
+        "  - id: a\n    kind: changes\n",
+        3,
+        "default of parameter n must be a whole number, not 'lots'",
+    ),
+    "bad condition": (
+        GOOD_HEAD + '  - id: a\n    kind: changes\n    when: "params.tag =="\n',
+        7,
+        "condition 'params.tag ==' does not parse",
+    ),
+    "unknown field": (
+        GOOD_HEAD + "  - id: p\n    kind: rollback_plan\n    tag: x\n"
+        "  - id: a\n    kind: changes\n    when: steps.p.rowz > 1\n",
+        10,
+        "a rollback_plan step has no field rowz",
+    ),
+    "approval of a non-plan": (
+        GOOD_HEAD + "  - id: p\n    kind: changes\n  - id: a\n    kind: approval\n    for: p\n",
+        9,
+        "for must name a rollback_plan or restore_plan step",
+    ),
+    "duplicate key": (
+        "name: t\nname: u\nsteps:\n  - id: a\n    kind: changes\n",
+        2,
+        "duplicate key 'name'",
+    ),
+    "bound on text": (
+        "name: t\nparameters:\n  s:\n    type: string\n    min: 1\nsteps:\n"
+        "  - id: a\n    kind: changes\n",
+        5,
+        "parameter s: min needs type int or number",
+    ),
+    "unknown parameter type": (
+        "name: t\nparameters:\n  s: {type: list}\nsteps:\n  - id: a\n    kind: changes\n",
+        3,
+        "parameter s has type 'list': use one of string, int",
+    ),
 }
 
 
@@ -504,14 +708,18 @@ def test_bad_runbooks(db_url, conn, shop, tmp_path, case):  # type: ignore[no-un
         assert res.exit_code == 1, (case, res.stdout, res.stderr)
         errors = res.stderr.strip().splitlines()
         assert errors and all(e.startswith(f"error: {path}:") for e in errors), errors
-        assert any(e.startswith(f"error: {path}:{line}: ") and needle in e for e in errors), \
-            (case, errors)
+        assert any(e.startswith(f"error: {path}:{line}: ") and needle in e for e in errors), (
+            case,
+            errors,
+        )
     assert runs(conn) == []
 
 
 def test_several_problems_are_all_reported(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    path = runbook_file(tmp_path, "name: t\nsteps:\n  - id: a\n    kind: nope\n"
-                                  "  - id: b\n    kind: mark\n    nam: x\n")
+    path = runbook_file(
+        tmp_path,
+        "name: t\nsteps:\n  - id: a\n    kind: nope\n  - id: b\n    kind: mark\n    nam: x\n",
+    )
     res = invoke(db_url, "runbook", "validate", path, "--json")
     assert res.exit_code == 1
     doc = json.loads(res.stdout)
@@ -519,16 +727,22 @@ def test_several_problems_are_all_reported(db_url, tmp_path):  # type: ignore[no
     assert [e.split(":")[1] for e in doc["errors"]] == ["4", "7", "5"]
 
 
-@pytest.mark.parametrize("params,needle", [
-    ([], "runbook bad-deploy-rollback needs parameter tag (string: the deploy's recovery.tag"),
-    (["tag=x", "colour=red"], "unknown parameter 'colour' for runbook bad-deploy-rollback"),
-    (["tag=x", "max_rows=lots"], "parameter max_rows must be a whole number, not 'lots'"),
-    (["tag=x", "max_rows=-1"], "parameter max_rows must be at least 0, not -1"),
-    (["tag=x", "on_conflict=maybe"], "parameter on_conflict must be one of fail, skip, overwrite"),
-    (["tag=x", "tables=orders,nosuch"], "table 'nosuch' not found"),
-    (["tag=x", "tag=y"], "--param tag is given twice"),
-    (["tag"], "--param 'tag': write it as NAME=VALUE"),
-])
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ([], "runbook bad-deploy-rollback needs parameter tag (string: the deploy's recovery.tag"),
+        (["tag=x", "colour=red"], "unknown parameter 'colour' for runbook bad-deploy-rollback"),
+        (["tag=x", "max_rows=lots"], "parameter max_rows must be a whole number, not 'lots'"),
+        (["tag=x", "max_rows=-1"], "parameter max_rows must be at least 0, not -1"),
+        (
+            ["tag=x", "on_conflict=maybe"],
+            "parameter on_conflict must be one of fail, skip, overwrite",
+        ),
+        (["tag=x", "tables=orders,nosuch"], "table 'nosuch' not found"),
+        (["tag=x", "tag=y"], "--param tag is given twice"),
+        (["tag"], "--param 'tag': write it as NAME=VALUE"),
+    ],
+)
 def test_bad_parameters(db_url, conn, shop, params, needle):  # type: ignore[no-untyped-def]
     bad_deploy(db_url)
     before = state(conn)
@@ -549,11 +763,17 @@ def test_shipped_runbooks_are_valid_and_listed(db_url):  # type: ignore[no-untyp
     assert "--param tag=<string>  required" in res.stdout
     assert "--param max_rows=<int>  default 10000" in res.stdout
     doc = json.loads(ok(invoke(db_url, "runbook", "list", "--dir", str(BOOKS), "--json")).stdout)
-    assert [d["name"] for d in doc] == ["bad-deploy-rollback", "pre-deploy-snapshot",
-                                        "restore-from-snapshot"]
-    assert doc[0]["parameters"]["tables"] == {"type": "table", "default": None,
-                                              "required": False, "description": doc[0][
-                                                  "parameters"]["tables"]["description"]}
+    assert [d["name"] for d in doc] == [
+        "bad-deploy-rollback",
+        "pre-deploy-snapshot",
+        "restore-from-snapshot",
+    ]
+    assert doc[0]["parameters"]["tables"] == {
+        "type": "table",
+        "default": None,
+        "required": False,
+        "description": doc[0]["parameters"]["tables"]["description"],
+    }
 
 
 # -- checks, pauses, notifications ---------------------------------------------------
@@ -587,8 +807,10 @@ def test_failed_check_exits_2_and_resume_does_not_repeat(db_url, conn, shop, tmp
     path = runbook_file(tmp_path, CHECKS)
     res = invoke(db_url, "runbook", "run", path)
     assert res.exit_code == 2, (res.stdout, res.stderr)
-    assert res.stderr.strip() == ("error: step wrong (sql_check) failed: verification failed: "
-                                  "expected 49, got 50 from SELECT count(*) FROM customers")
+    assert res.stderr.strip() == (
+        "error: step wrong (sql_check) failed: verification failed: "
+        "expected 49, got 50 from SELECT count(*) FROM customers"
+    )
     [(run_id, _n, status, _d, _e)] = runs(conn)
     done = steps(conn, run_id)
     assert status == "failed" and list(done) == ["before", "count", "rows", "wrong"]
@@ -600,16 +822,23 @@ def test_failed_check_exits_2_and_resume_does_not_repeat(db_url, conn, shop, tmp
     assert query(conn, "SELECT name FROM _recovery.marks") == [(f"m-{run_id}",)]
 
 
-@pytest.mark.parametrize("q,needle", [
-    ("DELETE FROM customers RETURNING 1", "sql_check query must be a SELECT"),
-    ("SELECT 1; DELETE FROM customers", "sql_check query must be one SELECT"),
-    ("SELECT count(*) FROM (SELECT set_config('x.y', 'z', false)) s WHERE nextval('s') > 0",
-     "read-only transaction"),
-])
+@pytest.mark.parametrize(
+    "q,needle",
+    [
+        ("DELETE FROM customers RETURNING 1", "sql_check query must be a SELECT"),
+        ("SELECT 1; DELETE FROM customers", "sql_check query must be one SELECT"),
+        (
+            "SELECT count(*) FROM (SELECT set_config('x.y', 'z', false)) s WHERE nextval('s') > 0",
+            "read-only transaction",
+        ),
+    ],
+)
 def test_checks_cannot_write(db_url, conn, shop, sql_exec, tmp_path, q, needle):  # type: ignore[no-untyped-def]
     sql_exec("CREATE SEQUENCE s")
-    path = runbook_file(tmp_path, "name: w\nsteps:\n  - id: c\n    kind: sql_check\n"
-                                  f"    query: \"{q}\"\n    expect: 1\n")
+    path = runbook_file(
+        tmp_path,
+        f'name: w\nsteps:\n  - id: c\n    kind: sql_check\n    query: "{q}"\n    expect: 1\n',
+    )
     res = invoke(db_url, "runbook", "run", path)
     assert res.exit_code == 1, (res.stdout, res.stderr)
     assert needle in res.stderr
@@ -618,31 +847,42 @@ def test_checks_cannot_write(db_url, conn, shop, sql_exec, tmp_path, q, needle):
 
 
 def test_pause_then_resume(db_url, conn, shop, tmp_path):  # type: ignore[no-untyped-def]
-    path = runbook_file(tmp_path, "name: p\nsteps:\n  - id: one\n    kind: mark\n"
-                                  "    name: p1-${run.id}\n  - id: hold\n    kind: pause\n"
-                                  "    message: check the dashboards\n  - id: two\n"
-                                  "    kind: mark\n    name: p2-${run.id}\n")
+    path = runbook_file(
+        tmp_path,
+        "name: p\nsteps:\n  - id: one\n    kind: mark\n"
+        "    name: p1-${run.id}\n  - id: hold\n    kind: pause\n"
+        "    message: check the dashboards\n  - id: two\n"
+        "    kind: mark\n    name: p2-${run.id}\n",
+    )
     res = ok(invoke(db_url, "runbook", "run", path))
     [(run_id, _n, status, _d, _e)] = runs(conn)
     assert status == "waiting"
-    assert (f'paused: check the dashboards; continue with "recovery runbook resume {run_id}"'
-            in res.stdout)
+    assert (
+        f'paused: check the dashboards; continue with "recovery runbook resume {run_id}"'
+        in res.stdout
+    )
     assert query(conn, "SELECT name FROM _recovery.marks") == [(f"p1-{run_id}",)]
     # One session at a time executes a run.
     with psycopg.connect(db_url) as other:
-        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-                      [f"_recovery.runbook_runs.{run_id}"])
+        other.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"_recovery.runbook_runs.{run_id}"]
+        )
         res = invoke(db_url, "runbook", "resume", str(run_id))
         assert res.exit_code == 1 and "being executed by another session" in res.stderr
     doc = json.loads(ok(invoke(db_url, "runbook", "resume", str(run_id), "--json")).stdout)
     assert (doc["run_id"], doc["status"], doc["exit_code"]) == (run_id, "done", 0)
     assert [(s["step_id"], s["status"]) for s in doc["steps"]] == [
-        ("one", "done"), ("hold", "done"), ("two", "done")]
+        ("one", "done"),
+        ("hold", "done"),
+        ("two", "done"),
+    ]
     assert runs(conn)[0][2] == "done"
     [listed] = json.loads(ok(invoke(db_url, "runbook", "list", "--runs", "--json")).stdout)
     assert (listed["run_id"], listed["status"], listed["at_step"]) == (run_id, "done", None)
     assert query(conn, "SELECT name FROM _recovery.marks ORDER BY 1") == [
-        (f"p1-{run_id}",), (f"p2-{run_id}",)]
+        (f"p1-{run_id}",),
+        (f"p2-{run_id}",),
+    ]
 
 
 def test_notify_webhook(db_url, conn, tmp_path):  # type: ignore[no-untyped-def]
@@ -664,14 +904,28 @@ def test_notify_webhook(db_url, conn, tmp_path):  # type: ignore[no-untyped-def]
     dead_port = closed.server_address[1]
     closed.server_close()
     try:
-        path = runbook_file(tmp_path, "name: n\nparameters:\n  url: {type: string}\nsteps:\n"
-                                      "  - id: tell\n    kind: notify\n"
-                                      "    message: run ${run.id} says hi\n"
-                                      "    webhook: ${params.url}\n")
-        ok(invoke(db_url, "runbook", "run", path, "--param",
-                  f"url=http://127.0.0.1:{server.server_address[1]}/hook"))
-        res = ok(invoke(db_url, "runbook", "run", path, "--param",
-                        f"url=http://127.0.0.1:{dead_port}/hook"))
+        path = runbook_file(
+            tmp_path,
+            "name: n\nparameters:\n  url: {type: string}\nsteps:\n"
+            "  - id: tell\n    kind: notify\n"
+            "    message: run ${run.id} says hi\n"
+            "    webhook: ${params.url}\n",
+        )
+        ok(
+            invoke(
+                db_url,
+                "runbook",
+                "run",
+                path,
+                "--param",
+                f"url=http://127.0.0.1:{server.server_address[1]}/hook",
+            )
+        )
+        res = ok(
+            invoke(
+                db_url, "runbook", "run", path, "--param", f"url=http://127.0.0.1:{dead_port}/hook"
+            )
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -687,31 +941,47 @@ def test_notify_webhook(db_url, conn, tmp_path):  # type: ignore[no-untyped-def]
 
 # -- the condition language ----------------------------------------------------------
 
-VALUES = {"steps.plan.rows": 12000, "steps.plan.tables": 2, "params.tag": "deploy-42",
-          "params.none": None, "steps.ok.flag": True}
+VALUES = {
+    "steps.plan.rows": 12000,
+    "steps.plan.tables": 2,
+    "params.tag": "deploy-42",
+    "params.none": None,
+    "steps.ok.flag": True,
+}
 
 
-@pytest.mark.parametrize("text,value", [
-    ("steps.plan.rows > 10000", True),
-    ("steps.plan.rows <= 10000 or steps.plan.tables >= 2", True),
-    ("not (steps.plan.rows > 10000) and true", False),
-    ("params.tag == 'deploy-42' and params.tag != \"x\"", True),
-    ("params.none == null", True),
-    ("params.none > 3", False),
-    ("steps.ok.flag", True),
-    ("1.5 < 2", True),
-    ("steps.plan.tables > -1", True),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("steps.plan.rows > 10000", True),
+        ("steps.plan.rows <= 10000 or steps.plan.tables >= 2", True),
+        ("not (steps.plan.rows > 10000) and true", False),
+        ("params.tag == 'deploy-42' and params.tag != \"x\"", True),
+        ("params.none == null", True),
+        ("params.none > 3", False),
+        ("steps.ok.flag", True),
+        ("1.5 < 2", True),
+        ("steps.plan.tables > -1", True),
+    ],
+)
 def test_conditions(text, value):  # type: ignore[no-untyped-def]
     tree = parse_condition(text)
     assert evaluate(tree, VALUES.__getitem__) is value
     assert set(condition_refs(tree)) <= set(VALUES)
 
 
-@pytest.mark.parametrize("text", [
-    "__import__('os').system('true')", "steps.plan.rows >", "(1 < 2", "1 < 2 3", "a + 1",
-    "steps.plan.rows > 1 and", "lambda: 1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('true')",
+        "steps.plan.rows >",
+        "(1 < 2",
+        "1 < 2 3",
+        "a + 1",
+        "steps.plan.rows > 1 and",
+        "lambda: 1",
+    ],
+)
 def test_conditions_that_do_not_parse(text):  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
         parse_condition(text)

@@ -54,10 +54,14 @@ def app_url(db_url: str, conn: psycopg.Connection, sql_exec, roles) -> str:  # t
     sql_exec("CREATE TABLE accounts (id serial PRIMARY KEY, owner text NOT NULL, balance int)")
     sql_exec("INSERT INTO accounts (owner, balance) VALUES ('ann', 100), ('bob', 200), ('cy', 300)")
     enable_capture(conn, ["accounts"])
-    sql_exec(sql.SQL(
-        "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {0};"
-        " GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {0}").format(sql.Identifier(APP))
-        .as_string(None))
+    sql_exec(
+        sql.SQL(
+            "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {0};"
+            " GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {0}"
+        )
+        .format(sql.Identifier(APP))
+        .as_string(None)
+    )
     return url_as(db_url, APP)
 
 
@@ -66,27 +70,30 @@ def journal(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
     out = conn.execute(
         "SELECT st.stmt_id, st.op, st.txid, st.db_user, st.tag, st.depth, st.nrows,"
         " st.at > now() - interval '5 minutes' AND st.at <= clock_timestamp()"
-        " FROM _recovery.stmt st ORDER BY st.stmt_id").fetchall()
+        " FROM _recovery.stmt st ORDER BY st.stmt_id"
+    ).fetchall()
     conn.rollback()
     return out
 
 
 def recovery_state(conn: psycopg.Connection) -> dict[str, Any]:
     out: dict[str, Any] = {"accounts": rows(conn, "accounts")}
-    for q in ("SELECT * FROM _recovery.stmt ORDER BY stmt_id",
-              "SELECT * FROM _recovery.captured ORDER BY 1",
-              "SELECT * FROM _recovery.meta ORDER BY 1",
-              "SELECT op_id, kind, status FROM _recovery.operations ORDER BY 1",
-              "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'accounts'::regclass"
-              " ORDER BY 1",
-              "SELECT relname FROM pg_class WHERE relnamespace = '_recovery'::regnamespace"
-              " ORDER BY 1"):
+    for q in (
+        "SELECT * FROM _recovery.stmt ORDER BY stmt_id",
+        "SELECT * FROM _recovery.captured ORDER BY 1",
+        "SELECT * FROM _recovery.meta ORDER BY 1",
+        "SELECT op_id, kind, status FROM _recovery.operations ORDER BY 1",
+        "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'accounts'::regclass ORDER BY 1",
+        "SELECT relname FROM pg_class WHERE relnamespace = '_recovery'::regnamespace ORDER BY 1",
+    ):
         conn.rollback()
         out[q] = conn.execute(q).fetchall()  # type: ignore[arg-type]
     tid = conn.execute("SELECT table_id FROM _recovery.captured").fetchone()[0]  # type: ignore[index]
     out["journal"] = conn.execute(
         sql.SQL("SELECT * FROM {} ORDER BY rec_stmt, rec_img, rec_ord").format(
-            sql.Identifier("_recovery", f"j_{tid}"))).fetchall()
+            sql.Identifier("_recovery", f"j_{tid}")
+        )
+    ).fetchall()
     conn.rollback()
     return out
 
@@ -171,20 +178,34 @@ def test_app_role_cannot_touch_the_journal(app_url, conn):  # type: ignore[no-un
     with psycopg.connect(app_url) as app:
         app.execute("UPDATE accounts SET balance = 1 WHERE id = 2")
     assert [(op, user, n) for _s, op, _t, user, _tag, _d, n, _at in journal(conn)] == [
-        ("U", APP, 1), ("U", APP, 1)]
+        ("U", APP, 1),
+        ("U", APP, 1),
+    ]
 
 
 def test_lookalike_functions_and_tables_are_never_used(app_url, db_url, conn, sql_exec):  # type: ignore[no-untyped-def]
-    sql_exec(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-        sql.Identifier(conn.info.dbname), sql.Identifier(APP)).as_string(None))
+    sql_exec(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}")
+        .format(sql.Identifier(conn.info.dbname), sql.Identifier(APP))
+        .as_string(None)
+    )
     tid = conn.execute("SELECT table_id FROM _recovery.captured").fetchone()[0]  # type: ignore[index]
     conn.rollback()
     with psycopg.connect(app_url, autocommit=True) as app:
         app.execute("CREATE SCHEMA evil")
         app.execute("CREATE TABLE evil.marker (fn text)")
         # Tables named like the journal's, holding nothing.
-        for name in ("stmt", "stmt_1", "captured", "meta", f"j_{tid}", f"j_{tid}_1", "rec_old",
-                     "rec_new", "stmt_seq_t"):
+        for name in (
+            "stmt",
+            "stmt_1",
+            "captured",
+            "meta",
+            f"j_{tid}",
+            f"j_{tid}_1",
+            "rec_old",
+            "rec_new",
+            "stmt_seq_t",
+        ):
             app.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier("evil", name)))
         app.execute("CREATE SEQUENCE evil.stmt_seq START 1000000")
 
@@ -192,7 +213,8 @@ def test_lookalike_functions_and_tables_are_never_used(app_url, db_url, conn, sq
             name = signature.split("(")[0]
             app.execute(
                 f"CREATE FUNCTION evil.{signature} RETURNS {returns} LANGUAGE plpgsql AS $$"
-                f" BEGIN INSERT INTO evil.marker VALUES ('{name}'); RETURN {value}; END $$")
+                f" BEGIN INSERT INTO evil.marker VALUES ('{name}'); RETURN {value}; END $$"
+            )
 
         fn("nextval(regclass)", "bigint", "-1")
         fn("nextval(text)", "bigint", "-2")
@@ -229,10 +251,22 @@ def test_lookalike_functions_and_tables_are_never_used(app_url, db_url, conn, sq
         app.commit()
 
     assert sql_exec("SELECT fn FROM evil.marker") == []
-    for name in ("stmt", "stmt_1", "captured", "meta", f"j_{tid}", f"j_{tid}_1", "rec_old",
-                 "rec_new"):
-        assert sql_exec(sql.SQL("SELECT * FROM {}").format(
-            sql.Identifier("evil", name)).as_string(None)) == [], name
+    for name in (
+        "stmt",
+        "stmt_1",
+        "captured",
+        "meta",
+        f"j_{tid}",
+        f"j_{tid}_1",
+        "rec_old",
+        "rec_new",
+    ):
+        assert (
+            sql_exec(
+                sql.SQL("SELECT * FROM {}").format(sql.Identifier("evil", name)).as_string(None)
+            )
+            == []
+        ), name
     got = journal(conn)[1:]
     assert [r[1:] for r in got] == [
         ("I", t1, APP, "deploy-evil", depth, 1, True),
@@ -243,11 +277,19 @@ def test_lookalike_functions_and_tables_are_never_used(app_url, db_url, conn, sq
     # Statement ids come from the real sequence, in order.
     assert [r[0] for r in got] == list(range(base_stmt + 1, base_stmt + 5))
     j = sql.Identifier("_recovery", f"j_{tid}")
-    assert conn.execute(sql.SQL(
-        "SELECT rec_stmt, rec_img, array_agg(rec_ord ORDER BY rec_ord) FROM {}"
-        " WHERE rec_stmt > %s GROUP BY 1, 2 ORDER BY 1, 2").format(j), [base_stmt]).fetchall() == [
-        (got[0][0], "A", [1]), (got[1][0], "A", [1, 2]), (got[1][0], "B", [1, 2]),
-        (got[2][0], "B", [1]), (got[3][0], "B", [1, 2, 3])]
+    assert conn.execute(
+        sql.SQL(
+            "SELECT rec_stmt, rec_img, array_agg(rec_ord ORDER BY rec_ord) FROM {}"
+            " WHERE rec_stmt > %s GROUP BY 1, 2 ORDER BY 1, 2"
+        ).format(j),
+        [base_stmt],
+    ).fetchall() == [
+        (got[0][0], "A", [1]),
+        (got[1][0], "A", [1, 2]),
+        (got[1][0], "B", [1, 2]),
+        (got[2][0], "B", [1]),
+        (got[3][0], "B", [1, 2, 3]),
+    ]
     conn.rollback()
     # And the before-images are right: undoing deploy-evil gives the table back.
     assert rollback(conn, Selector(tags=("deploy-evil",))).status == "done"
@@ -260,9 +302,14 @@ def _cli(url: str, *args: str) -> Result:
 
 def test_viewer_reads_changes_and_changes_nothing(app_url, db_url, conn, sql_exec):  # type: ignore[no-untyped-def]
     # The grant the README documents for a read-only viewer.
-    sql_exec(sql.SQL("GRANT USAGE ON SCHEMA _recovery TO {0};"
-                     " GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0}").format(
-        sql.Identifier(VIEWER)).as_string(None))
+    sql_exec(
+        sql.SQL(
+            "GRANT USAGE ON SCHEMA _recovery TO {0};"
+            " GRANT SELECT ON ALL TABLES IN SCHEMA _recovery TO {0}"
+        )
+        .format(sql.Identifier(VIEWER))
+        .as_string(None)
+    )
     with psycopg.connect(app_url) as app:
         app.execute("SET recovery.tag = 'deploy-9'")
         app.execute("UPDATE accounts SET balance = -1 WHERE id <= 2")
@@ -278,20 +325,25 @@ def test_viewer_reads_changes_and_changes_nothing(app_url, db_url, conn, sql_exe
     res = _cli(viewer, "capture", "status", "--json")
     assert res.exit_code == 0, res.output
     assert [(t["table"], t["state"], t["rows"]) for t in json.loads(res.stdout)] == [
-        ("public.accounts", "on", 2)]
+        ("public.accounts", "on", 2)
+    ]
     res = _cli(viewer, "diff", "--tag", "deploy-9", "--json")
     assert res.exit_code == 0, res.output
     assert [(d["key"], d["columns"]) for d in json.loads(res.stdout)] == [
-        ({"id": "1"}, {"balance": ["100", "-1"]}), ({"id": "2"}, {"balance": ["200", "-1"]})]
+        ({"id": "1"}, {"balance": ["100", "-1"]}),
+        ({"id": "2"}, {"balance": ["200", "-1"]}),
+    ]
     res = _cli(viewer, "operations", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == []
 
     before = recovery_state(conn)
-    for args in (("rollback", "--tag", "deploy-9", "--yes"),
-                 ("capture", "disable", "accounts"),
-                 ("capture", "enable", "accounts"),
-                 ("prune", "--older-than", "0s", "--yes"),
-                 ("init",)):
+    for args in (
+        ("rollback", "--tag", "deploy-9", "--yes"),
+        ("capture", "disable", "accounts"),
+        ("capture", "enable", "accounts"),
+        ("prune", "--older-than", "0s", "--yes"),
+        ("init",),
+    ):
         res = _cli(viewer, *args)
         assert res.exit_code == 1, (args, res.output)
         lines = res.stderr.strip().splitlines()
@@ -299,10 +351,14 @@ def test_viewer_reads_changes_and_changes_nothing(app_url, db_url, conn, sql_exe
         assert "permission denied" in lines[0] or "cannot install" in lines[0], lines[0]
         assert recovery_state(conn) == before, args
     with psycopg.connect(viewer) as v:
-        for stmt in ("UPDATE _recovery.stmt SET tag = 'x'", "DELETE FROM _recovery.captured",
-                     "INSERT INTO _recovery.meta VALUES ('k', 'v')",
-                     "SELECT _recovery.build_capture(1)", "UPDATE accounts SET balance = 5",
-                     "TRUNCATE _recovery.stmt"):
+        for stmt in (
+            "UPDATE _recovery.stmt SET tag = 'x'",
+            "DELETE FROM _recovery.captured",
+            "INSERT INTO _recovery.meta VALUES ('k', 'v')",
+            "SELECT _recovery.build_capture(1)",
+            "UPDATE accounts SET balance = 5",
+            "TRUNCATE _recovery.stmt",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 v.execute(stmt)  # type: ignore[arg-type]
             v.rollback()

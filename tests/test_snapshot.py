@@ -80,8 +80,7 @@ def test_delete_new_removes_rows_added_since(conn, sql_exec, store) -> None:
     _shop(sql_exec)
     before = rows(conn, "orders")
     snap.create(conn, "s", snap.table_specs(conn, ["orders"], []), store=store)
-    snap.create(conn, "w", snap.table_specs(conn, ["orders"], ["customer_id <= 10"]),
-                store=store)
+    snap.create(conn, "w", snap.table_specs(conn, ["orders"], ["customer_id <= 10"]), store=store)
     sql_exec("INSERT INTO orders (customer_id, total) VALUES (1, 9), (15, 8)")
     # Order 11 (customer 12) existed outside the WHERE and moves into it: not new.
     sql_exec("UPDATE orders SET customer_id = 2 WHERE id = 11")
@@ -97,12 +96,15 @@ def test_delete_new_removes_rows_added_since(conn, sql_exec, store) -> None:
 
 
 def test_restore_into_a_second_database_recreates_the_dropped_table(
-        conn, sql_exec, server_url, tmp_path) -> None:
-    sql_exec("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');"
-             "CREATE DOMAIN posint AS int CHECK (VALUE > 0);"
-             "CREATE TABLE t (id bigserial PRIMARY KEY, m mood, p posint NOT NULL DEFAULT 1,"
-             " g int GENERATED ALWAYS AS (p * 2) STORED, u text UNIQUE);"
-             "INSERT INTO t (m, p, u) VALUES ('sad', 3, 'a'), (NULL, 4, 'b'), ('happy', 5, NULL)")
+    conn, sql_exec, server_url, tmp_path
+) -> None:
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');"
+        "CREATE DOMAIN posint AS int CHECK (VALUE > 0);"
+        "CREATE TABLE t (id bigserial PRIMARY KEY, m mood, p posint NOT NULL DEFAULT 1,"
+        " g int GENERATED ALWAYS AS (p * 2) STORED, u text UNIQUE);"
+        "INSERT INTO t (m, p, u) VALUES ('sad', 3, 'a'), (NULL, 4, 'b'), ('happy', 5, NULL)"
+    )
     before = rows(conn, "t")
     store = str(tmp_path / "store")
     info = snap.create(conn, "full", snap.table_specs(conn, ["t"], []), store=store)
@@ -163,8 +165,12 @@ def test_bad_input(conn, sql_exec, tmp_path) -> None:
             snap.create(conn, "x", snap.table_specs(conn, ["orders"], []), store=str(ro))
     (tmp_path / "file").write_text("")
     with pytest.raises(RecoveryError, match="cannot be created"):
-        snap.create(conn, "x", snap.table_specs(conn, ["orders"], []),
-                    store=str(tmp_path / "file" / "store"))
+        snap.create(
+            conn,
+            "x",
+            snap.table_specs(conn, ["orders"], []),
+            store=str(tmp_path / "file" / "store"),
+        )
     assert snap.list_snapshots(conn) == []
     store = tmp_path / "s"
     snap.create(conn, "new", snap.table_specs(conn, ["orders"], []), store=str(store))
@@ -187,11 +193,14 @@ TRUNCATE audit;
 
 @pytest.mark.parametrize("where", ["db", "dir"])
 def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
-        conn, sql_exec, cli, tmp_path, where) -> None:
+    conn, sql_exec, cli, tmp_path, where
+) -> None:
     _shop(sql_exec)
-    sql_exec("CREATE TABLE audit (id int PRIMARY KEY, what text);"
-             "INSERT INTO audit SELECT g, 'a' || g FROM generate_series(1, 7) g;"
-             "CREATE TABLE untouched (id int PRIMARY KEY); INSERT INTO untouched VALUES (1)")
+    sql_exec(
+        "CREATE TABLE audit (id int PRIMARY KEY, what text);"
+        "INSERT INTO audit SELECT g, 'a' || g FROM generate_series(1, 7) g;"
+        "CREATE TABLE untouched (id int PRIMARY KEY); INSERT INTO untouched VALUES (1)"
+    )
     before = {t: rows(conn, t) for t in ("orders", "customers", "audit")}
     mig = tmp_path / "migration.sql"
     mig.write_text(MIGRATION)
@@ -209,8 +218,10 @@ def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
     saved = {t["table"]: t for t in doc["tables"]}
     # Exactly what the migration could destroy: gold customers' orders and the orders
     # over 140, customers' id + tier, all of audit; nothing of untouched.
-    gold = sql_exec("SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"
-                    " WHERE c.tier = 'gold' OR o.total > 140")[0][0]
+    gold = sql_exec(
+        "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"
+        " WHERE c.tier = 'gold' OR o.total > 140"
+    )[0][0]
     assert saved["public.orders"]["rows"] == gold
     assert saved["public.customers"]["columns"] == ["id", "tier"]
     assert saved["public.customers"]["rows"] == 20 and saved["public.audit"]["rows"] == 7
@@ -222,9 +233,10 @@ def test_for_sql_snapshot_restores_everything_the_migration_destroyed(
     assert rows(conn, "orders") == before["orders"]
     assert rows(conn, "customers") == before["customers"]  # tier added back, at the end
     assert rows(conn, "audit") == before["audit"] + [(100, "after")]
-    assert sql_exec("SELECT column_default FROM information_schema.columns"
-                    " WHERE table_name = 'customers' AND column_name = 'tier'"
-                    ) == [("'std'::text",)]
+    assert sql_exec(
+        "SELECT column_default FROM information_schema.columns"
+        " WHERE table_name = 'customers' AND column_name = 'tier'"
+    ) == [("'std'::text",)]
 
 
 def test_a_damaged_manifest_does_not_hide_the_other_snapshots(conn, sql_exec, cli, tmp_path):
@@ -243,8 +255,10 @@ def test_a_damaged_manifest_does_not_hide_the_other_snapshots(conn, sql_exec, cl
 
 
 def test_identity_always_column_is_reported_not_restored_forever(conn, sql_exec) -> None:
-    sql_exec("CREATE TABLE t3 (id int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);"
-             "INSERT INTO t3 (id, v) VALUES (1, 'a'), (2, 'b')")
+    sql_exec(
+        "CREATE TABLE t3 (id int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);"
+        "INSERT INTO t3 (id, v) VALUES (1, 'a'), (2, 'b')"
+    )
     info = snap.create(conn, "t3", snap.table_specs(conn, ["t3"], []))
     sql_exec("UPDATE t3 SET n = DEFAULT, v = 'x' WHERE id = 1; DELETE FROM t3 WHERE id = 2")
     done = restore(conn, snap.find(conn, info.name))

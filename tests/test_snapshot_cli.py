@@ -64,10 +64,11 @@ def data(conn: psycopg.Connection, ops: bool = True) -> dict[str, Any]:
     Bad input (exit 1) leaves all of it as it was; a refused restore (exit 2) records
     its failed operation, and changes nothing else."""
     out: dict[str, Any] = {t: rows(conn, t, "1, 2") for t in TABLES}
-    for q in ("SELECT name, manifest FROM _recovery.snapshots ORDER BY 1",
-              *([OPS] if ops else []),
-              "SELECT relname FROM pg_class WHERE relnamespace = '_recovery'::regnamespace"
-              " ORDER BY 1"):
+    for q in (
+        "SELECT name, manifest FROM _recovery.snapshots ORDER BY 1",
+        *([OPS] if ops else []),
+        "SELECT relname FROM pg_class WHERE relnamespace = '_recovery'::regnamespace ORDER BY 1",
+    ):
         conn.rollback()
         out[q] = conn.execute(q).fetchall()  # type: ignore[arg-type]
     conn.rollback()
@@ -87,9 +88,12 @@ def error_line(res: Result, code: int, *needles: str) -> str:
 
 def no_db(*args: str) -> Result:
     """The CLI with no database configured at all (no --db, no environment)."""
-    return CliRunner().invoke(main, list(args), env={"RECOVERY_DB_URL": None,
-                                                     "DATABASE_URL": None},
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        main,
+        list(args),
+        env={"RECOVERY_DB_URL": None, "DATABASE_URL": None},
+        catch_exceptions=False,
+    )
 
 
 def store_args(store: str) -> list[str]:
@@ -97,6 +101,7 @@ def store_args(store: str) -> list[str]:
 
 
 # -- bad input: exit 1, one line, nothing changed -----------------------------------
+
 
 def test_bad_input_exit_1_and_nothing_changes(cli, conn, shop, tmp_path, store) -> None:
     st = store_args(store)
@@ -109,31 +114,82 @@ def test_bad_input_exit_1_and_nothing_changes(cli, conn, shop, tmp_path, store) 
         (("snapshot", "verify", "nope", *st), ("no snapshot nope",)),
         (("snapshot", "drop", "nope", *st, "--yes"), ("no snapshot nope",)),
         (("restore", "nope", *st, "--yes"), ("no snapshot nope",)),
-        (("restore", "good", *st, "--table", "customers", "--yes"),
-         ("holds no table 'customers'", "public.orders")),
-        (("snapshot", "create", "s", "--table", "orders", "--where", "total >", *st, "--yes"),
-         ("does not parse", "total >")),
-        (("snapshot", "create", "s", "--table", "orders", "--where",
-          "true); DROP TABLE customers; --", *st, "--yes"), ("one boolean expression",)),
-        (("snapshot", "create", "s", "--table", "orders", "--where", "nope > 1", *st, "--yes"),
-         ('column "nope" does not exist',)),
-        (("snapshot", "create", "s", "--table", "orders", "--where",
-          "orders.customer_id <= 10", *st, "--yes"), ("without the table name",)),
-        (("snapshot", "create", "s", "--table", "orders", "--where",
-          "x.customer_id <= 10", *st, "--yes"), ('missing FROM-clause entry for table "x"',)),
-        (("snapshot", "create", "s", "--table", "nosuch", *st, "--yes"),
-         ("table 'nosuch' not found",)),
-        (("snapshot", "create", "s", "--table", "nokey", *st, "--yes"),
-         ("no primary key", "--key")),
-        (("snapshot", "create", "s", "--table", "nokey", "--key", "note", *st, "--yes"),
-         ("allows NULL",)),
-        (("snapshot", "create", "good", "--table", "orders", *st, "--yes"),
-         ("exists already",)),
-        (("snapshot", "create", "bad/name", "--table", "orders", *st, "--yes"),
-         ("invalid snapshot name",)),
+        (
+            ("restore", "good", *st, "--table", "customers", "--yes"),
+            ("holds no table 'customers'", "public.orders"),
+        ),
+        (
+            ("snapshot", "create", "s", "--table", "orders", "--where", "total >", *st, "--yes"),
+            ("does not parse", "total >"),
+        ),
+        (
+            (
+                "snapshot",
+                "create",
+                "s",
+                "--table",
+                "orders",
+                "--where",
+                "true); DROP TABLE customers; --",
+                *st,
+                "--yes",
+            ),
+            ("one boolean expression",),
+        ),
+        (
+            ("snapshot", "create", "s", "--table", "orders", "--where", "nope > 1", *st, "--yes"),
+            ('column "nope" does not exist',),
+        ),
+        (
+            (
+                "snapshot",
+                "create",
+                "s",
+                "--table",
+                "orders",
+                "--where",
+                "orders.customer_id <= 10",
+                *st,
+                "--yes",
+            ),
+            ("without the table name",),
+        ),
+        (
+            (
+                "snapshot",
+                "create",
+                "s",
+                "--table",
+                "orders",
+                "--where",
+                "x.customer_id <= 10",
+                *st,
+                "--yes",
+            ),
+            ('missing FROM-clause entry for table "x"',),
+        ),
+        (
+            ("snapshot", "create", "s", "--table", "nosuch", *st, "--yes"),
+            ("table 'nosuch' not found",),
+        ),
+        (
+            ("snapshot", "create", "s", "--table", "nokey", *st, "--yes"),
+            ("no primary key", "--key"),
+        ),
+        (
+            ("snapshot", "create", "s", "--table", "nokey", "--key", "note", *st, "--yes"),
+            ("allows NULL",),
+        ),
+        (("snapshot", "create", "good", "--table", "orders", *st, "--yes"), ("exists already",)),
+        (
+            ("snapshot", "create", "bad/name", "--table", "orders", *st, "--yes"),
+            ("invalid snapshot name",),
+        ),
         (("snapshot", "create", "s", *st, "--yes"), ("--table",)),
-        (("snapshot", "create", "s", "--table", "orders", "--table", "orders", *st, "--yes"),
-         ("named twice",)),
+        (
+            ("snapshot", "create", "s", "--table", "orders", "--table", "orders", *st, "--yes"),
+            ("named twice",),
+        ),
         (("restore", "good", *st, "--bogus"), ("--bogus",)),
     ]
     for args, needles in cases:
@@ -147,8 +203,16 @@ def test_bad_input_exit_1_and_nothing_changes(cli, conn, shop, tmp_path, store) 
 def test_store_that_cannot_be_created_or_written(cli, conn, shop, tmp_path) -> None:
     before = data(conn)
     (tmp_path / "file").write_text("")
-    res = cli("snapshot", "create", "s", "--table", "orders", "--store",
-              str(tmp_path / "file" / "store"), "--yes")
+    res = cli(
+        "snapshot",
+        "create",
+        "s",
+        "--table",
+        "orders",
+        "--store",
+        str(tmp_path / "file" / "store"),
+        "--yes",
+    )
     error_line(res, 1, "cannot be created", str(tmp_path / "file" / "store"))
     if os.geteuid() != 0:
         ro = tmp_path / "ro"
@@ -158,35 +222,51 @@ def test_store_that_cannot_be_created_or_written(cli, conn, shop, tmp_path) -> N
         ro = Path("/proc/self")
     res = cli("snapshot", "create", "s", "--table", "orders", "--store", str(ro), "--yes")
     error_line(res, 1, "not writable", "--store")
-    error_line(cli("snapshot", "list", "--store", str(tmp_path / "absent")), 1,
-               "not a directory")
+    error_line(cli("snapshot", "list", "--store", str(tmp_path / "absent")), 1, "not a directory")
     assert data(conn) == before
     assert not (tmp_path / "absent").exists()
 
 
 def test_manifest_of_a_newer_format(cli, conn, shop, tmp_path) -> None:
     store = tmp_path / "store"
-    assert cli("snapshot", "create", "new", "--table", "orders", "--store", str(store),
-               "--yes").exit_code == 0
+    assert (
+        cli(
+            "snapshot", "create", "new", "--table", "orders", "--store", str(store), "--yes"
+        ).exit_code
+        == 0
+    )
     path = store / "new" / "manifest.json"
     m = json.loads(path.read_text())
     m["format"] = 99
     path.write_text(json.dumps(m))
     sql_before = data(conn)
-    for args in (("snapshot", "show", "new"), ("snapshot", "verify", "new"),
-                 ("restore", "new", "--yes"), ("restore", "new", "--dry-run")):
-        error_line(cli(*args, "--store", str(store)), 1, "format 99 is newer",
-                   "upgrade the recovery package")
+    for args in (
+        ("snapshot", "show", "new"),
+        ("snapshot", "verify", "new"),
+        ("restore", "new", "--yes"),
+        ("restore", "new", "--dry-run"),
+    ):
+        error_line(
+            cli(*args, "--store", str(store)),
+            1,
+            "format 99 is newer",
+            "upgrade the recovery package",
+        )
     assert data(conn) == sql_before
 
 
 def test_table_without_primary_key_works_with_key(cli, conn, sql_exec, shop, store) -> None:
     st = store_args(store)
     before = rows(conn, "nokey")
-    error_line(cli("snapshot", "create", "nk", "--table", "nokey", *st, "--yes"), 1,
-               "table public.nokey has no primary key", "--key")
-    res = cli("snapshot", "create", "nk", "--table", "nokey", "--key", "code", *st, "--yes",
-              "--json")
+    error_line(
+        cli("snapshot", "create", "nk", "--table", "nokey", *st, "--yes"),
+        1,
+        "table public.nokey has no primary key",
+        "--key",
+    )
+    res = cli(
+        "snapshot", "create", "nk", "--table", "nokey", "--key", "code", *st, "--yes", "--json"
+    )
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["rows"] == 5
     sql_exec("UPDATE nokey SET n = 0, note = NULL WHERE code IN ('k1', 'k2')")
@@ -199,18 +279,35 @@ def test_table_without_primary_key_works_with_key(cli, conn, sql_exec, shop, sto
 
 # -- damaged snapshots: exit 2, named, nothing changed ------------------------------
 
+
 def _frame(text: bytes) -> bytes:
     return zstandard.ZstdCompressor(write_checksum=True).compress(text)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "append", "other-rows", "bad-value",
-                                    "missing"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "append", "other-rows", "bad-value", "missing"]
+)
 def test_damaged_file(cli, conn, sql_exec, shop, tmp_path, damage) -> None:
     store = str(tmp_path / "store")
-    assert cli("snapshot", "create", "d", "--table", "customers", "--store", store,
-               "--yes").exit_code == 0
-    assert cli("snapshot", "create", "k", "--table", "nokey", "--key", "code", "--store", store,
-               "--yes").exit_code == 0
+    assert (
+        cli("snapshot", "create", "d", "--table", "customers", "--store", store, "--yes").exit_code
+        == 0
+    )
+    assert (
+        cli(
+            "snapshot",
+            "create",
+            "k",
+            "--table",
+            "nokey",
+            "--key",
+            "code",
+            "--store",
+            store,
+            "--yes",
+        ).exit_code
+        == 0
+    )
     name = "d" if damage != "bad-value" else "k"
     info = snap.find(None, name, store=store)
     f = Path(store) / name / info.manifest["items"][0]["data"]
@@ -262,8 +359,9 @@ def test_damaged_database_store_snapshot(cli, conn, sql_exec, shop) -> None:
     assert cli("snapshot", "create", "d", "--table", "orders", "--yes").exit_code == 0
     item = snap.find(conn, "d").manifest["items"][0]
     sql_exec(f"UPDATE _recovery.{item['data']} SET note = 'z' WHERE id = 5")  # noqa: S608
-    line = error_line(cli("snapshot", "verify", "d", "--json"), 2, f"_recovery.{item['data']}",
-                      "checksum")
+    line = error_line(
+        cli("snapshot", "verify", "d", "--json"), 2, f"_recovery.{item['data']}", "checksum"
+    )
     assert "public.orders" in line
     sql_exec(f"DROP TABLE _recovery.{item['data']}")  # noqa: S608
     error_line(cli("snapshot", "verify", "d", "--json"), 2, "data table is missing")
@@ -271,15 +369,31 @@ def test_damaged_database_store_snapshot(cli, conn, sql_exec, shop) -> None:
 
 # -- the contract of each command ---------------------------------------------------
 
+
 def test_create_json_list_show_verify_drop(cli, conn, shop, store) -> None:
     st = store_args(store)
-    res = cli("snapshot", "create", "s1", "--table", "orders", "--where", "customer_id <= 10",
-              "--table", "customers", "--where", "true", *st, "--json")
+    res = cli(
+        "snapshot",
+        "create",
+        "s1",
+        "--table",
+        "orders",
+        "--where",
+        "customer_id <= 10",
+        "--table",
+        "customers",
+        "--where",
+        "true",
+        *st,
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)  # one JSON document, nothing else
     assert (doc["name"], doc["rows"]) == ("s1", 70)
     assert [(t["table"], t["rows"], t["where"]) for t in doc["tables"]] == [
-        ("public.orders", 50, "customer_id <= 10"), ("public.customers", 20, "true")]
+        ("public.orders", 50, "customer_id <= 10"),
+        ("public.customers", 20, "true"),
+    ]
     listed = json.loads(cli("snapshot", "list", *st, "--json").stdout)
     assert [(i["name"], i["rows"]) for i in listed] == [("s1", 70)]
     shown = json.loads(cli("snapshot", "show", "s1", *st, "--json").stdout)
@@ -296,8 +410,10 @@ def test_create_json_list_show_verify_drop(cli, conn, shop, store) -> None:
     assert json.loads(cli("snapshot", "list", *st, "--json").stdout) == []
     error_line(cli("snapshot", "show", "s1", *st), 1, "no snapshot s1")
     conn.rollback()
-    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace ="
-                        " '_recovery'::regnamespace AND relname LIKE 'snap\\_%'").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_class WHERE relnamespace ="
+        " '_recovery'::regnamespace AND relname LIKE 'snap\\_%'"
+    ).fetchone() == (0,)
     conn.rollback()
     if store != "db":
         assert os.listdir(store) == []
@@ -305,8 +421,10 @@ def test_create_json_list_show_verify_drop(cli, conn, shop, store) -> None:
 
 def test_directory_store_needs_no_database(cli, shop, tmp_path) -> None:
     store = str(tmp_path / "store")
-    assert cli("snapshot", "create", "s", "--table", "orders", "--store", store,
-               "--yes").exit_code == 0
+    assert (
+        cli("snapshot", "create", "s", "--table", "orders", "--store", store, "--yes").exit_code
+        == 0
+    )
     res = no_db("snapshot", "list", "--store", store, "--json")
     assert res.exit_code == 0, res.stderr
     assert [i["name"] for i in json.loads(res.stdout)] == ["s"]
@@ -326,8 +444,7 @@ def test_restore_dry_run_yes_table_and_undo(cli, conn, sql_exec, shop, store) ->
     st = store_args(store)
     assert cli("capture", "enable", "orders", "customers").exit_code == 0
     original = data(conn)
-    res = cli("snapshot", "create", "s", "--table", "orders", "--table", "customers", *st,
-              "--yes")
+    res = cli("snapshot", "create", "s", "--table", "orders", "--table", "customers", *st, "--yes")
     assert res.exit_code == 0, res.stderr
     sql_exec("UPDATE orders SET total = 0 WHERE customer_id <= 5")
     sql_exec("DELETE FROM orders WHERE customer_id = 7")
@@ -372,24 +489,43 @@ def test_restore_dry_run_yes_table_and_undo(cli, conn, sql_exec, shop, store) ->
 
 # -- killed midway ------------------------------------------------------------------
 
+
 def _admin(db_url: str) -> psycopg.Connection:
     return psycopg.connect(db_url, autocommit=True)
 
 
 def test_killed_midway_leaves_nothing(cli, conn, db_url, sql_exec, store, tmp_path) -> None:
     # About 170 MB: a snapshot of it takes one or two seconds in either store.
-    sql_exec("CREATE TABLE big (id int, pad text);"
-             " INSERT INTO big SELECT g, repeat(md5(g::text), 4)"
-             "  FROM generate_series(1, 1000000) g;"
-             " ALTER TABLE big ADD PRIMARY KEY (id)")
+    sql_exec(
+        "CREATE TABLE big (id int, pad text);"
+        " INSERT INTO big SELECT g, repeat(md5(g::text), 4)"
+        "  FROM generate_series(1, 1000000) g;"
+        " ALTER TABLE big ADD PRIMARY KEY (id)"
+    )
     st = [] if store == "db" else ["--store", store]
     env = {k: v for k, v in os.environ.items() if k not in ("RECOVERY_DB_URL", "DATABASE_URL")}
     errors = tmp_path / "stderr"
     with open(errors, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recovery", "snapshot", "create", "big", "--table", "big",
-             "--db", db_url, "--yes", *st], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=err)
+            [
+                sys.executable,
+                "-m",
+                "recovery",
+                "snapshot",
+                "create",
+                "big",
+                "--table",
+                "big",
+                "--db",
+                db_url,
+                "--yes",
+                *st,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     backend = None
     deadline = time.monotonic() + 30
     try:
@@ -416,8 +552,12 @@ def test_killed_midway_leaves_nothing(cli, conn, db_url, sql_exec, store, tmp_pa
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             # The server aborts the dead client's transaction once it notices.
-            while backend is not None and admin.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone():
+            while (
+                backend is not None
+                and admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [backend]
+                ).fetchone()
+            ):
                 assert time.monotonic() < deadline, "the killed client's backend stays"
                 time.sleep(0.05)
     finally:
@@ -440,8 +580,13 @@ def test_killed_midway_leaves_nothing(cli, conn, db_url, sql_exec, store, tmp_pa
         assert "incomplete snapshot big" in res.stderr
     error_line(cli("snapshot", "show", "big", *st), 1, "no snapshot big")
     conn.rollback()
-    assert conn.execute("SELECT relname FROM pg_class WHERE relnamespace ="
-                        " '_recovery'::regnamespace AND relname LIKE 'snap\\_%'").fetchall() == []
+    assert (
+        conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace ="
+            " '_recovery'::regnamespace AND relname LIKE 'snap\\_%'"
+        ).fetchall()
+        == []
+    )
     conn.rollback()
     if store != "db":  # the half-written snapshot is hidden, never under its name
         assert [p.name for p in Path(store).iterdir() if not p.name.startswith(".")] == []

@@ -40,19 +40,49 @@ CREATE DOMAIN intlist AS int[] CHECK (cardinality(VALUE) < 10);
 
 # Column name -> type; id is the primary key.
 COLUMNS = {
-    "i2": "smallint", "i4": "integer", "i8": "bigint",
-    "num": "numeric", "nump": "numeric(40,20)",
-    "f4": "real", "f8": "double precision",
-    "txt": "text", "vc": "varchar(20)", "ch": "char(5)",
-    "by": "bytea", "b": "boolean",
-    "d": "date", "t": "time", "ttz": "timetz", "ts": "timestamp", "tstz": "timestamptz",
-    "iv": "interval", "u": "uuid", "j": "json", "jb": "jsonb",
-    "a2": "int[]", "ta": "text[]", "lb": "int[]",
-    "e": "mood", "ea": "mood[]", "dm": "posint", "comp": "pair", "comps": "pair[]",
-    "r4": "int4range", "rtz": "tstzrange", "fr": "floatrange",
-    "ip": "inet", "cd": "cidr", "mac": "macaddr", "mny": "money",
-    "bt": "bit(8)", "vb": "varbit", "tsv": "tsvector", "x": "xml",
-    "col": '"Extra Types"."Color"', "sh": '"Extra Types".shade', "il": "intlist",
+    "i2": "smallint",
+    "i4": "integer",
+    "i8": "bigint",
+    "num": "numeric",
+    "nump": "numeric(40,20)",
+    "f4": "real",
+    "f8": "double precision",
+    "txt": "text",
+    "vc": "varchar(20)",
+    "ch": "char(5)",
+    "by": "bytea",
+    "b": "boolean",
+    "d": "date",
+    "t": "time",
+    "ttz": "timetz",
+    "ts": "timestamp",
+    "tstz": "timestamptz",
+    "iv": "interval",
+    "u": "uuid",
+    "j": "json",
+    "jb": "jsonb",
+    "a2": "int[]",
+    "ta": "text[]",
+    "lb": "int[]",
+    "e": "mood",
+    "ea": "mood[]",
+    "dm": "posint",
+    "comp": "pair",
+    "comps": "pair[]",
+    "r4": "int4range",
+    "rtz": "tstzrange",
+    "fr": "floatrange",
+    "ip": "inet",
+    "cd": "cidr",
+    "mac": "macaddr",
+    "mny": "money",
+    "bt": "bit(8)",
+    "vb": "varbit",
+    "tsv": "tsvector",
+    "x": "xml",
+    "col": '"Extra Types"."Color"',
+    "sh": '"Extra Types".shade',
+    "il": "intlist",
     "dma": "posint[]",
 }
 # On PostgreSQL 14+ also a multirange of the user-defined range (created with it).
@@ -73,59 +103,146 @@ def _rows_sql(server: int) -> list[dict[str, str]]:
     """Rows as SQL literals per column (missing columns are NULL)."""
     r: list[dict[str, str]] = [
         {  # minimums, NaN, the far past
-            "i2": "-32768", "i4": "-2147483648", "i8": "-9223372036854775808",
-            "num": "'NaN'", "nump": "'-12345678901234567890.12345678901234567890'",
-            "f4": "'NaN'", "f8": "'NaN'", "vc": "'ünïcödé'", "ch": "'ab'", "b": "false",
-            "d": "'-infinity'", "t": "'00:00'", "ttz": "'00:00:00-15:59'",
-            "ts": "'-infinity'", "tstz": "'-infinity'", "iv": "'-178000000 years'",
+            "i2": "-32768",
+            "i4": "-2147483648",
+            "i8": "-9223372036854775808",
+            "num": "'NaN'",
+            "nump": "'-12345678901234567890.12345678901234567890'",
+            "f4": "'NaN'",
+            "f8": "'NaN'",
+            "vc": "'ünïcödé'",
+            "ch": "'ab'",
+            "b": "false",
+            "d": "'-infinity'",
+            "t": "'00:00'",
+            "ttz": "'00:00:00-15:59'",
+            "ts": "'-infinity'",
+            "tstz": "'-infinity'",
+            "iv": "'-178000000 years'",
             "u": "'00000000-0000-0000-0000-000000000000'",
-            "j": """'{"a" :1,  "a":2}'""", "jb": """'{"b": [1, 2.50, null], "a": "é"}'""",
-            "a2": "'{{1,2,3},{4,5,6}}'", "ta": """'{a,NULL,"b c","\\"q\\"","",NULL}'""",
-            "lb": "'[0:1]={1,2}'", "e": "'sad'", "ea": "'{sad,happy}'", "dm": "1",
+            "j": """'{"a" :1,  "a":2}'""",
+            "jb": """'{"b": [1, 2.50, null], "a": "é"}'""",
+            "a2": "'{{1,2,3},{4,5,6}}'",
+            "ta": """'{a,NULL,"b c","\\"q\\"","",NULL}'""",
+            "lb": "'[0:1]={1,2}'",
+            "e": "'sad'",
+            "ea": "'{sad,happy}'",
+            "dm": "1",
             "comp": "ROW(1, 'x, \"y\"', 'ok')::pair",
             "comps": "ARRAY[ROW(1,'a,b','ok')::pair, NULL]",
-            "r4": "'[1,10)'", "rtz": "'empty'", "fr": "'[-1.5,2.25)'",
-            "ip": "'192.168.0.1/24'", "cd": "'10.0.0.0/8'", "mac": "'08:00:2b:01:02:03'",
-            "mny": "'-92233720368547758.08'", "bt": "B'00000000'", "vb": "B''",
-            "tsv": "'a fat cat:1A sat:2B,3'", "x": "'<a b=\"1\">x &amp; y</a>'",
-            "col": "'green'", "sh": "'red'", "il": "'{1,NULL,3}'", "dma": "'{1,2}'",
+            "r4": "'[1,10)'",
+            "rtz": "'empty'",
+            "fr": "'[-1.5,2.25)'",
+            "ip": "'192.168.0.1/24'",
+            "cd": "'10.0.0.0/8'",
+            "mac": "'08:00:2b:01:02:03'",
+            "mny": "'-92233720368547758.08'",
+            "bt": "B'00000000'",
+            "vb": "B''",
+            "tsv": "'a fat cat:1A sat:2B,3'",
+            "x": "'<a b=\"1\">x &amp; y</a>'",
+            "col": "'green'",
+            "sh": "'red'",
+            "il": "'{1,NULL,3}'",
+            "dma": "'{1,2}'",
             "fmr": "'{[1,2), [3.5,4]}'",
         },
         {  # maximums, Infinity, the far future
-            "i2": "32767", "i4": "2147483647", "i8": "9223372036854775807",
-            "num": f"'{HUGE}'", "nump": "'99999999999999999999.99999999999999999999'",
-            "f4": "'Infinity'", "f8": "'Infinity'", "vc": "''", "ch": "'abcde'", "b": "true",
-            "d": "'infinity'", "t": "'24:00:00'", "ttz": "'23:59:59.999999+15:59'",
-            "ts": "'infinity'", "tstz": "'infinity'", "iv": "'178000000 years'",
-            "u": "'ffffffff-ffff-ffff-ffff-ffffffffffff'", "j": "'[]'", "jb": "'null'",
-            "a2": "'{{NULL,-1},{2,NULL}}'", "ta": "'{}'", "lb": "'[-3:-2]={7,8}'",
-            "e": "'it''s \"quoted\"'", "ea": "'{}'", "dm": "2147483647",
-            "comp": "ROW(NULL, NULL, NULL)::pair", "comps": "'{}'",
-            "r4": "'empty'", "rtz": "'[2020-01-01 00:00+00,infinity)'", "fr": "'empty'",
-            "ip": "'2001:db8::ff00:42:8329/64'", "cd": "'2001:db8::/32'",
-            "mac": "'ff:ff:ff:ff:ff:ff'", "mny": "'92233720368547758.07'",
-            "bt": "B'11111111'", "vb": "B'1'", "tsv": "''", "x": "'text<b/>more'",
-            "col": "'blue'", "sh": "'green'", "il": "'{}'", "dma": "'{NULL}'", "fmr": "'{}'",
+            "i2": "32767",
+            "i4": "2147483647",
+            "i8": "9223372036854775807",
+            "num": f"'{HUGE}'",
+            "nump": "'99999999999999999999.99999999999999999999'",
+            "f4": "'Infinity'",
+            "f8": "'Infinity'",
+            "vc": "''",
+            "ch": "'abcde'",
+            "b": "true",
+            "d": "'infinity'",
+            "t": "'24:00:00'",
+            "ttz": "'23:59:59.999999+15:59'",
+            "ts": "'infinity'",
+            "tstz": "'infinity'",
+            "iv": "'178000000 years'",
+            "u": "'ffffffff-ffff-ffff-ffff-ffffffffffff'",
+            "j": "'[]'",
+            "jb": "'null'",
+            "a2": "'{{NULL,-1},{2,NULL}}'",
+            "ta": "'{}'",
+            "lb": "'[-3:-2]={7,8}'",
+            "e": "'it''s \"quoted\"'",
+            "ea": "'{}'",
+            "dm": "2147483647",
+            "comp": "ROW(NULL, NULL, NULL)::pair",
+            "comps": "'{}'",
+            "r4": "'empty'",
+            "rtz": "'[2020-01-01 00:00+00,infinity)'",
+            "fr": "'empty'",
+            "ip": "'2001:db8::ff00:42:8329/64'",
+            "cd": "'2001:db8::/32'",
+            "mac": "'ff:ff:ff:ff:ff:ff'",
+            "mny": "'92233720368547758.07'",
+            "bt": "B'11111111'",
+            "vb": "B'1'",
+            "tsv": "''",
+            "x": "'text<b/>more'",
+            "col": "'blue'",
+            "sh": "'green'",
+            "il": "'{}'",
+            "dma": "'{NULL}'",
+            "fmr": "'{}'",
         },
         {  # -Infinity, -0, dates at the edges of the range
-            "i2": "0", "i4": "0", "i8": "0", "num": "'-0.000000000000000000001'",
-            "nump": "'0'", "f4": "'-Infinity'", "f8": "'-Infinity'", "ch": "''",
-            "d": "'4713-01-01 BC'", "t": "'23:59:59.999999'", "ttz": "'12:34:56.789+05:30'",
-            "ts": "'4713-01-01 00:00:00 BC'", "tstz": "'294276-12-31 23:59:59.999999+00'",
-            "iv": "'1 year 2 mons 3 days 04:05:06.789'", "j": "'\"\\u0000 escaped nul\"'",
-            "jb": "'{\"n\": 1.0, \"big\": 1e100}'", "a2": "'{{{1}},{{2}}}'",
-            "ta": "'{\"NULL\",\"\\\\\",\"\\t\"}'", "e": "'happy'", "dm": "42",
-            "comp": "ROW(2, '', 'sad')::pair", "r4": "'(,5]'", "rtz": "'(,)'",
-            "fr": "'(,0]'", "ip": "'::1'", "mny": "'0'", "bt": "B'10101010'",
-            "vb": "B'0101010101'", "x": "'<?xml version=\"1.0\"?><r/>'",
+            "i2": "0",
+            "i4": "0",
+            "i8": "0",
+            "num": "'-0.000000000000000000001'",
+            "nump": "'0'",
+            "f4": "'-Infinity'",
+            "f8": "'-Infinity'",
+            "ch": "''",
+            "d": "'4713-01-01 BC'",
+            "t": "'23:59:59.999999'",
+            "ttz": "'12:34:56.789+05:30'",
+            "ts": "'4713-01-01 00:00:00 BC'",
+            "tstz": "'294276-12-31 23:59:59.999999+00'",
+            "iv": "'1 year 2 mons 3 days 04:05:06.789'",
+            "j": "'\"\\u0000 escaped nul\"'",
+            "jb": '\'{"n": 1.0, "big": 1e100}\'',
+            "a2": "'{{{1}},{{2}}}'",
+            "ta": '\'{"NULL","\\\\","\\t"}\'',
+            "e": "'happy'",
+            "dm": "42",
+            "comp": "ROW(2, '', 'sad')::pair",
+            "r4": "'(,5]'",
+            "rtz": "'(,)'",
+            "fr": "'(,0]'",
+            "ip": "'::1'",
+            "mny": "'0'",
+            "bt": "B'10101010'",
+            "vb": "B'0101010101'",
+            "x": "'<?xml version=\"1.0\"?><r/>'",
         },
         {  # -0, denormals, 0.1, ordinary values
-            "i4": "7", "num": "'1.0'", "nump": "'0.1'", "f4": "'-0'", "f8": "'-0'",
-            "d": "'2000-02-29'", "t": "'12:00'", "ts": "'2000-02-29 12:00:00.000001'",
-            "tstz": "'2000-02-29 12:00:00.000001+14'", "iv": "'-1 days +02:00'",
-            "j": "'  {\"spaces\" : [ 1 , 2 ] }  '", "jb": "'[]'", "e": "'ok'",
-            "r4": "'[0,0]'", "rtz": "'[2000-01-01 00:00+05,2000-01-02 00:00-05]'",
-            "mny": "'12.34'", "vb": "B'0'", "x": "'<r>\n  <s/>\n</r>'", "b": "true",
+            "i4": "7",
+            "num": "'1.0'",
+            "nump": "'0.1'",
+            "f4": "'-0'",
+            "f8": "'-0'",
+            "d": "'2000-02-29'",
+            "t": "'12:00'",
+            "ts": "'2000-02-29 12:00:00.000001'",
+            "tstz": "'2000-02-29 12:00:00.000001+14'",
+            "iv": "'-1 days +02:00'",
+            "j": "'  {\"spaces\" : [ 1 , 2 ] }  '",
+            "jb": "'[]'",
+            "e": "'ok'",
+            "r4": "'[0,0]'",
+            "rtz": "'[2000-01-01 00:00+05,2000-01-02 00:00-05]'",
+            "mny": "'12.34'",
+            "vb": "B'0'",
+            "x": "'<r>\n  <s/>\n</r>'",
+            "b": "true",
         },
         {"f4": "'1e-40'", "f8": "'1e-310'", "i4": "8", "num": "'0'"},
         {"f4": "'0.1'", "f8": "'0.1'", "i4": "9", "num": "'-1.50'"},
@@ -159,8 +276,11 @@ def create_matrix(c: psycopg.Connection) -> None:
     """The types and the table `tm`, filled (the row ids: 1..9)."""
     c.execute(TYPES)
     cols = columns(c)
-    c.execute("CREATE TABLE tm (id int PRIMARY KEY, "
-              + ", ".join(f"{n} {t}" for n, t in cols.items()) + ")")
+    c.execute(
+        "CREATE TABLE tm (id int PRIMARY KEY, "
+        + ", ".join(f"{n} {t}" for n, t in cols.items())
+        + ")"
+    )
     for n, r in enumerate(_rows_sql(c.info.server_version), 1):
         vals = [r.get(col, "NULL") for col in cols]
         params: list[Any] = []
@@ -215,8 +335,13 @@ def _norm(v: Any) -> Any:
 def text_rows(c: psycopg.Connection, table: str = "tm") -> list[str]:
     c.rollback()
     # (the alias is no column name: a column of that name would win over the row)
-    out = [r[0] for r in c.execute(f"SELECT whole_row::text FROM {table} whole_row"  # noqa: S608
-                                   " ORDER BY id")]
+    out = [
+        r[0]
+        for r in c.execute(
+            f"SELECT whole_row::text FROM {table} whole_row"  # noqa: S608
+            " ORDER BY id"
+        )
+    ]
     c.rollback()
     return out
 
@@ -261,15 +386,14 @@ def test_the_values_are_what_the_matrix_says(lconn) -> None:
     one, two, three = (dict(zip(cols, got[n])) for n in (1, 2, 3))
     assert one["by"] == ALL_BYTES and two["by"] == b"\x00\x00\x00" and three["by"] == b""
     assert [dict(zip(cols, got[n]))["txt"] for n in range(1, 6)] == TEXTS
-    assert (one["i8"], two["i8"]) == (-2**63, 2**63 - 1)
+    assert (one["i8"], two["i8"]) == (-(2**63), 2**63 - 1)
     assert repr(dict(zip(cols, got[4]))["f8"]) == "-0.0"
     assert dict(zip(cols, got[5]))["f8"] == 1e-310
     assert one["d"] == ("text", "-infinity") and two["t"] == ("text", "24:00:00")
     assert all(v is None for v in got[9][1:])
-    assert text_rows(lconn)[0].startswith('(1,-32768,-2147483648,-9223372036854775808,NaN,')
+    assert text_rows(lconn)[0].startswith("(1,-32768,-2147483648,-9223372036854775808,NaN,")
     lconn.rollback()
-    assert lconn.execute("SELECT j::text FROM tm WHERE id = 1").fetchone() == (
-        '{"a" :1,  "a":2}',)
+    assert lconn.execute("SELECT j::text FROM tm WHERE id = 1").fetchone() == ('{"a" :1,  "a":2}',)
 
 
 def _damage(c: psycopg.Connection) -> None:
@@ -277,8 +401,10 @@ def _damage(c: psycopg.Connection) -> None:
     cols = columns(c)
     names = ", ".join(cols)
     nxt = ", ".join(f"n.{x}" for x in cols)
-    c.execute(f"UPDATE tm SET ({names}) = (SELECT {nxt} FROM tm n"  # noqa: S608
-              " WHERE n.id = tm.id % 9 + 1)")
+    c.execute(
+        f"UPDATE tm SET ({names}) = (SELECT {nxt} FROM tm n"  # noqa: S608
+        " WHERE n.id = tm.id % 9 + 1)"
+    )
     c.execute("DELETE FROM tm WHERE id IN (2, 9)")
     c.commit()
 
@@ -336,8 +462,10 @@ def test_checksum_by_a_second_session_equals_the_one_verify_computes(lconn, monk
     monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
     monkeypatch.setattr(snap._SideChecksum, "result", spy)
     create_matrix(lconn)
-    lconn.execute("CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"
-                  " FROM generate_series(1, 500) g; ALTER TABLE plain_t ADD PRIMARY KEY (id)")
+    lconn.execute(
+        "CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"
+        " FROM generate_series(1, 500) g; ALTER TABLE plain_t ADD PRIMARY KEY (id)"
+    )
     lconn.commit()
     info = snap.create(lconn, "m", snap.table_specs(lconn, ["tm", "plain_t"], []))
     assert [s is not None for s in seen] == [True, True]  # the second session did both
@@ -360,8 +488,10 @@ def test_checksum_falls_back_when_no_second_session(lconn, monkeypatch) -> None:
 
     monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
     monkeypatch.setattr(snap.psycopg, "connect", refuse)
-    lconn.execute("CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"
-                  " FROM generate_series(1, 50) g; ALTER TABLE plain_t ADD PRIMARY KEY (id)")
+    lconn.execute(
+        "CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"
+        " FROM generate_series(1, 50) g; ALTER TABLE plain_t ADD PRIMARY KEY (id)"
+    )
     lconn.commit()
     info = snap.create(lconn, "m", snap.table_specs(lconn, ["plain_t"], []))
     assert info.rows == 50
@@ -382,9 +512,10 @@ def test_matrix_dropped_table_and_fresh_database(lconn, second_db, tmp_path) -> 
     assert value_rows(lconn) == before_values
     # Another database, with neither the types nor the recovery schema.
     with _lenient(connect(second_db)) as c2:
-        assert c2.execute("SELECT count(*) FROM pg_type t JOIN pg_namespace n"
-                          " ON n.oid = t.typnamespace WHERE n.nspname = 'public'"
-                          ).fetchone() == (0,)
+        assert c2.execute(
+            "SELECT count(*) FROM pg_type t JOIN pg_namespace n"
+            " ON n.oid = t.typnamespace WHERE n.nspname = 'public'"
+        ).fetchone() == (0,)
         c2.rollback()
         rep = restore(c2, found)
         assert rep.tables[0].inserted == 9
@@ -396,7 +527,8 @@ def test_matrix_dropped_table_and_fresh_database(lconn, second_db, tmp_path) -> 
             c2.execute("INSERT INTO tm (id, dm) VALUES (100, 0)")
         c2.rollback()
         assert c2.execute("SELECT enum_range(NULL::mood)::text").fetchone() == (
-            '{sad,ok,happy,"it\'s \\"quoted\\""}',)
+            '{sad,ok,happy,"it\'s \\"quoted\\""}',
+        )
         c2.rollback()
         with pytest.raises(psycopg.errors.CheckViolation):
             c2.execute("INSERT INTO tm (id, sh) VALUES (100, 'blue')")
@@ -407,15 +539,22 @@ def test_fresh_database_gets_types_used_only_inside_others(conn, second_db, tmp_
     """A multirange of a user range, an array of a composite of a domain over an enum:
     each type is created in the other database, dependencies first."""
     multi = conn.info.server_version >= 140000
-    conn.execute("CREATE SCHEMA s2; CREATE TYPE s2.lvl AS ENUM ('lo', 'hi');"
-                 "CREATE DOMAIN s2.lvl_d AS s2.lvl NOT NULL DEFAULT 'lo';"
-                 "CREATE TYPE s2.cell AS (l s2.lvl_d, n numeric(5,2));"
-                 "CREATE TYPE s2.num_range AS RANGE (subtype = numeric);"
-                 "CREATE TABLE t (id int PRIMARY KEY, cells s2.cell[]"
-                 + (", mr s2.num_multirange" if multi else "") + ")")
-    conn.execute("INSERT INTO t VALUES (1, ARRAY[ROW('hi', 1.5)::s2.cell, ROW('lo', NULL)::s2.cell]"
-                 + (", '{[1,2), [3,4)}'" if multi else "") + "), (2, NULL"
-                 + (", NULL" if multi else "") + ")")
+    conn.execute(
+        "CREATE SCHEMA s2; CREATE TYPE s2.lvl AS ENUM ('lo', 'hi');"
+        "CREATE DOMAIN s2.lvl_d AS s2.lvl NOT NULL DEFAULT 'lo';"
+        "CREATE TYPE s2.cell AS (l s2.lvl_d, n numeric(5,2));"
+        "CREATE TYPE s2.num_range AS RANGE (subtype = numeric);"
+        "CREATE TABLE t (id int PRIMARY KEY, cells s2.cell[]"
+        + (", mr s2.num_multirange" if multi else "")
+        + ")"
+    )
+    conn.execute(
+        "INSERT INTO t VALUES (1, ARRAY[ROW('hi', 1.5)::s2.cell, ROW('lo', NULL)::s2.cell]"
+        + (", '{[1,2), [3,4)}'" if multi else "")
+        + "), (2, NULL"
+        + (", NULL" if multi else "")
+        + ")"
+    )
     conn.commit()
     before = text_rows(conn, "t")
     store = str(tmp_path / "store")
@@ -425,11 +564,15 @@ def test_fresh_database_gets_types_used_only_inside_others(conn, second_db, tmp_
         assert rep.tables[0].inserted == 2
         assert text_rows(c2, "t") == before
         assert [n for n in rep.tables[0].notes if n.startswith("created type")] == [
-            "created type s2.lvl", "created type s2.lvl_d", "created type s2.cell",
-            *(["created type s2.num_range"] if multi else [])]
+            "created type s2.lvl",
+            "created type s2.lvl_d",
+            "created type s2.cell",
+            *(["created type s2.num_range"] if multi else []),
+        ]
 
 
 # -- table shapes ------------------------------------------------------------------
+
 
 def test_cascades_and_self_reference_restore_in_foreign_key_order(conn, sql_exec, store) -> None:
     sql_exec("""
@@ -446,9 +589,9 @@ def test_cascades_and_self_reference_restore_in_foreign_key_order(conn, sql_exec
     # Children first in the list: the restore must order them itself.
     snap.create(conn, "fk", snap.table_specs(conn, ["child", "emp", "parent"], []), store=store)
     sql_exec("DELETE FROM parent WHERE id IN (1, 2, 3)")  # cascades to 15 children
-    sql_exec("UPDATE parent SET id = 100 WHERE id = 4")   # cascades a key change to 5 children
+    sql_exec("UPDATE parent SET id = 100 WHERE id = 4")  # cascades a key change to 5 children
     sql_exec("UPDATE child SET qty = -1 WHERE id % 7 = 0")
-    sql_exec("DELETE FROM emp WHERE id = 2")              # cascades to 4 and 5
+    sql_exec("DELETE FROM emp WHERE id = 2")  # cascades to 4 and 5
     sql_exec("UPDATE emp SET boss = 7 WHERE id = 3")
     assert len(rows(conn, "child")) == 35 and len(rows(conn, "emp")) == 4
     found = snap.find(conn, "fk", store=store)
@@ -481,14 +624,18 @@ def test_partitioned_table_rows_deleted_in_two_partitions(conn, sql_exec, store)
     sql_exec("INSERT INTO ev VALUES (1000, 'eu', 1, 'new')")  # inside the WHERE: kept
     found = snap.find(conn, "p", store=store)
     plan = restore(conn, found, dry_run=True)
-    assert (plan.tables[0].reinsert, plan.tables[0].restore, plan.tables[0].new_rows) == (
-        20, 20, 1)
+    assert (plan.tables[0].reinsert, plan.tables[0].restore, plan.tables[0].new_rows) == (20, 20, 1)
     restore(conn, found)
     after = rows(conn, "ev", "1, 2")
-    expected = sorted([r for r in before if r[2] <= 60]
-                      + [(r[0], r[1], r[2], "bad" if r[1] == "ap" else r[3]) for r in before
-                         if r[2] > 60 and not (r[1] in ("eu", "us") and r[2] % 2 == 0)]
-                      + [(1000, "eu", 1, "new")])
+    expected = sorted(
+        [r for r in before if r[2] <= 60]
+        + [
+            (r[0], r[1], r[2], "bad" if r[1] == "ap" else r[3])
+            for r in before
+            if r[2] > 60 and not (r[1] in ("eu", "us") and r[2] % 2 == 0)
+        ]
+        + [(1000, "eu", 1, "new")]
+    )
     assert after == expected
     # Each row went back into its own partition.
     conn.rollback()
@@ -513,8 +660,18 @@ def test_mixed_case_quoted_names(conn, sql_exec, store, cli) -> None:
         return out
 
     before = items()
-    res = cli("snapshot", "create", "mc", "--table", table, "--where", '"Qty" <= 10',
-              "--store", store, "--yes")
+    res = cli(
+        "snapshot",
+        "create",
+        "mc",
+        "--table",
+        table,
+        "--where",
+        '"Qty" <= 10',
+        "--store",
+        store,
+        "--yes",
+    )
     assert res.exit_code == 0, res.stderr
     sql_exec('UPDATE "Mixed"."Order Items" SET "Note Text" = NULL, "select" = \'x\'')
     sql_exec('DELETE FROM "Mixed"."Order Items" WHERE "Id" IN (1, 2, 15)')
@@ -570,18 +727,20 @@ def test_own_triggers_suspended_or_fired(conn, sql_exec, store, fire, cli) -> No
         assert after == before
         assert rows(conn, "doc_log") == []
     else:  # the restore's UPDATE and INSERT fired them: the trigger's values win
-        assert after == [(i, f"b{i}", 3, datetime(2030, 1, 1, tzinfo=timezone.utc))
-                         if i <= 4 else before[i - 1] for i in range(1, 11)]
+        assert after == [
+            (i, f"b{i}", 3, datetime(2030, 1, 1, tzinfo=timezone.utc)) if i <= 4 else before[i - 1]
+            for i in range(1, 11)
+        ]
         assert rows(conn, "doc_log", "1") == [(9, "INSERT"), (10, "INSERT")]
     # The triggers are on again afterwards, either way.
     conn.rollback()
-    assert conn.execute("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'doc'::regclass"
-                        " AND NOT tgisinternal ORDER BY 1").fetchall() == [
-        ("doc_log", "O"), ("doc_touch", "O")]
+    assert conn.execute(
+        "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'doc'::regclass"
+        " AND NOT tgisinternal ORDER BY 1"
+    ).fetchall() == [("doc_log", "O"), ("doc_touch", "O")]
     conn.rollback()
     sql_exec("UPDATE doc SET body = 'later' WHERE id = 1")
-    assert rows(conn, "doc")[0][2:] == (4 if fire else 2,
-                                        datetime(2030, 1, 1, tzinfo=timezone.utc))
+    assert rows(conn, "doc")[0][2:] == (4 if fire else 2, datetime(2030, 1, 1, tzinfo=timezone.utc))
 
 
 def test_recreated_table_keeps_its_definition(conn, second_db, tmp_path) -> None:
@@ -611,7 +770,9 @@ def test_recreated_table_keeps_its_definition(conn, second_db, tmp_path) -> None
         assert text_rows(c2, "booking") == before
         c2.execute("INSERT INTO booking (room, during) VALUES ('c', '[2029-01-01,2029-01-02)')")
         assert c2.execute("SELECT id, total FROM booking WHERE room = 'c'").fetchone() == (
-            4, Decimal("10.50"))  # the identity continues after the restored rows
+            4,
+            Decimal("10.50"),
+        )  # the identity continues after the restored rows
         c2.commit()
 
         def fails(stmt: str, err: type[Exception]) -> None:
@@ -619,18 +780,33 @@ def test_recreated_table_keeps_its_definition(conn, second_db, tmp_path) -> None
                 c2.execute(stmt)  # type: ignore[arg-type]
             c2.rollback()
 
-        fails("INSERT INTO booking (room, during) VALUES ('c', '[2024-01-02,2024-01-04)')",
-              psycopg.errors.ExclusionViolation)
-        fails("INSERT INTO booking (room, during, code) VALUES ('c', '[2025-01-01,2025-01-02)',"
-              " 'x1')", psycopg.errors.UniqueViolation)
-        fails("INSERT INTO booking (room, during, guests) VALUES ('c', '[2026-01-01,2026-01-02)',"
-              " 9)", psycopg.errors.CheckViolation)
-        fails("INSERT INTO booking (room, during) VALUES ('', '[2027-01-01,2027-01-02)')",
-              psycopg.errors.CheckViolation)
-        fails("INSERT INTO booking (id, room, during) VALUES (50, 'c', '[2028-01-01,2028-01-02)')",
-              psycopg.errors.GeneratedAlways)
+        fails(
+            "INSERT INTO booking (room, during) VALUES ('c', '[2024-01-02,2024-01-04)')",
+            psycopg.errors.ExclusionViolation,
+        )
+        fails(
+            "INSERT INTO booking (room, during, code) VALUES ('c', '[2025-01-01,2025-01-02)',"
+            " 'x1')",
+            psycopg.errors.UniqueViolation,
+        )
+        fails(
+            "INSERT INTO booking (room, during, guests) VALUES ('c', '[2026-01-01,2026-01-02)', 9)",
+            psycopg.errors.CheckViolation,
+        )
+        fails(
+            "INSERT INTO booking (room, during) VALUES ('', '[2027-01-01,2027-01-02)')",
+            psycopg.errors.CheckViolation,
+        )
+        fails(
+            "INSERT INTO booking (id, room, during) VALUES (50, 'c', '[2028-01-01,2028-01-02)')",
+            psycopg.errors.GeneratedAlways,
+        )
         assert [r[0] for r in c2.execute("SELECT room FROM booking ORDER BY room")] == [
-            "B", "a", "b", "c"]  # COLLATE "C"
+            "B",
+            "a",
+            "b",
+            "c",
+        ]  # COLLATE "C"
         c2.rollback()
 
 
@@ -653,8 +829,10 @@ INSERT INTO ev (at, region, v) SELECT date '2025-06-01' + (g * 7), (ARRAY['eu', 
 """
 
 # Where each row lives: (partition, id), for every row of the table.
-PLACED = ("SELECT c.relnamespace::regnamespace::text || '.' || c.relname, e.id"
-          " FROM ev e JOIN pg_class c ON c.oid = e.tableoid ORDER BY 2")
+PLACED = (
+    "SELECT c.relnamespace::regnamespace::text || '.' || c.relname, e.id"
+    " FROM ev e JOIN pg_class c ON c.oid = e.tableoid ORDER BY 2"
+)
 
 
 def _placed(c: psycopg.Connection) -> list[tuple[Any, ...]]:
@@ -678,8 +856,7 @@ def _layout(c: psycopg.Connection) -> list[tuple[Any, ...]]:
     return out
 
 
-def test_dropped_partitioned_table_is_recreated_with_its_partitions(
-        conn, sql_exec, store) -> None:
+def test_dropped_partitioned_table_is_recreated_with_its_partitions(conn, sql_exec, store) -> None:
     sql_exec(PARTITIONED)
     before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
     snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
@@ -708,16 +885,20 @@ def test_dropped_partition_is_recreated_and_refilled(conn, sql_exec, store) -> N
     found = snap.find(conn, "p", store=store)
     # A dry run says so, and runs no DDL (it would lock the table for the whole plan).
     plan = restore(conn, found, dry_run=True)
-    assert "partition arch.ev_2025 is gone: the restore recreates it (FOR VALUES FROM " \
-           "('2025-01-01') TO ('2026-01-01'))" in plan.tables[0].notes
+    assert (
+        "partition arch.ev_2025 is gone: the restore recreates it (FOR VALUES FROM "
+        "('2025-01-01') TO ('2026-01-01'))" in plan.tables[0].notes
+    )
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert conn.execute("SELECT to_regclass('arch.ev_2025')").fetchone() == (None,)
     conn.rollback()
     done = restore(conn, found)
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     notes = done.tables[0].notes
-    assert "recreated partition arch.ev_2025 (FOR VALUES FROM ('2025-01-01') TO " \
-           "('2026-01-01'))" in notes
+    assert (
+        "recreated partition arch.ev_2025 (FOR VALUES FROM ('2025-01-01') TO "
+        "('2026-01-01'))" in notes
+    )
     assert any(n.startswith("recreated partition public.ev_2026q1_eu") for n in notes)
     assert rows(conn, "ev") == before  # the later write is a change since: restored too
     assert _placed(conn) == placed
@@ -726,22 +907,27 @@ def test_dropped_partition_is_recreated_and_refilled(conn, sql_exec, store) -> N
     # recreated under the old name (noted), and the rows go back into the renamed one.
     sql_exec("ALTER TABLE ev_2026q1_eu RENAME TO ev_q1_europe; DELETE FROM ev_q1_europe")
     done = restore(conn, found)
-    assert any(n.startswith("partition public.ev_2026q1_eu not recreated (")
-               for n in done.tables[0].notes)
+    assert any(
+        n.startswith("partition public.ev_2026q1_eu not recreated (") for n in done.tables[0].notes
+    )
     assert rows(conn, "ev") == before
     assert _placed(conn) == [(t.replace("ev_2026q1_eu", "ev_q1_europe"), i) for t, i in placed]
 
 
-def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
-        conn, sql_exec, store) -> None:
+def test_dropped_single_partition_snapshot_comes_back_as_a_partition(conn, sql_exec, store) -> None:
     sql_exec(PARTITIONED)
     before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
     snap.create(conn, "p", snap.table_specs(conn, ["arch.ev_2025"], []), store=store)
     sql_exec("DROP TABLE arch.ev_2025")
     done = restore(conn, snap.find(conn, "p", store=store))
-    assert done.tables[0].notes[0].startswith(
-        "recreated table arch.ev_2025 as a partition of public.ev (FOR VALUES FROM "
-        "('2025-01-01')")
+    assert (
+        done.tables[0]
+        .notes[0]
+        .startswith(
+            "recreated table arch.ev_2025 as a partition of public.ev (FOR VALUES FROM "
+            "('2025-01-01')"
+        )
+    )
     assert rows(conn, "ev") == before
     assert _placed(conn) == placed
     assert _layout(conn) == layout
@@ -753,7 +939,8 @@ def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
     assert (
         "arch.ev_2025 was a partition of public.ev, which is gone too: recreated as a plain "
         "table; attach it with ALTER TABLE public.ev ATTACH PARTITION arch.ev_2025 FOR VALUES"
-        " FROM ('2025-01-01') TO ('2026-01-01')") in done.tables[0].notes
+        " FROM ('2025-01-01') TO ('2026-01-01')"
+    ) in done.tables[0].notes
     assert "created sequence public.ev_id_seq" in done.tables[0].notes
     assert rows(conn, "arch.ev_2025") == saved
     # Its default draws from the sequence again, past the saved rows.
@@ -762,7 +949,8 @@ def test_dropped_single_partition_snapshot_comes_back_as_a_partition(
 
 
 def test_partitioned_table_from_a_manifest_without_its_layout_is_refused(
-        conn, sql_exec, tmp_path) -> None:
+    conn, sql_exec, tmp_path
+) -> None:
     sql_exec(PARTITIONED)
     store = str(tmp_path / "store")
     snap.create(conn, "p", snap.table_specs(conn, ["ev"], []), store=store)
@@ -779,8 +967,9 @@ def test_partitioned_table_from_a_manifest_without_its_layout_is_refused(
     conn.rollback()
 
 
-def test_dropped_partitioned_table_into_a_second_database(conn, sql_exec, second_db,
-                                                          tmp_path) -> None:
+def test_dropped_partitioned_table_into_a_second_database(
+    conn, sql_exec, second_db, tmp_path
+) -> None:
     sql_exec(PARTITIONED)
     before, placed, layout = rows(conn, "ev"), _placed(conn), _layout(conn)
     store = str(tmp_path / "store")

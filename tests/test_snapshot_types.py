@@ -15,9 +15,9 @@ import pytest
 import zstandard
 from click.testing import Result
 
-from recovery.snapshot import stores as snap
 from recovery.errors import ConflictError
 from recovery.restore import restore
+from recovery.snapshot import stores as snap
 
 from .conftest import rows
 
@@ -27,7 +27,7 @@ CREATE TABLE s1 (id int PRIMARY KEY, name text, m mood2);
 INSERT INTO s1 VALUES (1, 'a', 'ok'), (2, 'b', 'it''s "odd"'), (3, 'c', NULL);
 """
 MIGRATION = "ALTER TABLE s1 DROP COLUMN m;\nDROP TYPE mood2;\n"
-CREATE_MOOD2 = 'CREATE TYPE "public"."mood2" AS ENUM (\'ok\', \'it\'\'s "odd"\', \'bad\')'
+CREATE_MOOD2 = "CREATE TYPE \"public\".\"mood2\" AS ENUM ('ok', 'it''s \"odd\"', 'bad')"
 BEFORE = [(1, "a", "ok"), (2, "b", 'it\'s "odd"'), (3, "c", None)]
 
 
@@ -48,9 +48,12 @@ def error_line(res: Result, code: int, *needles: str) -> str:
 
 def columns(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
     conn.rollback()
-    out = conn.execute("SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute"
-                       " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
-                       " ORDER BY attnum", [table]).fetchall()
+    out = conn.execute(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum",
+        [table],
+    ).fetchall()
     conn.rollback()
     return out
 
@@ -69,7 +72,8 @@ def snapshot_column_types(conn: psycopg.Connection) -> list[tuple[str, str, str]
 
 
 def test_a_migration_dropping_a_type_runs_and_restore_asks_for_the_type(
-        conn, sql_exec, cli, tmp_path, store) -> None:
+    conn, sql_exec, cli, tmp_path, store
+) -> None:
     sql_exec(S1)
     mig = tmp_path / "migration.sql"
     mig.write_text(MIGRATION)
@@ -80,12 +84,15 @@ def test_a_migration_dropping_a_type_runs_and_restore_asks_for_the_type(
     by_name = {c["name"]: c for c in item["columns"]}
     # The manifest keeps the original type, and says how the database store holds it.
     assert by_name["m"]["type"] == "public.mood2"
-    assert by_name["m"]["requires"] == [{"type": "public.mood2", "create": CREATE_MOOD2,
-                                         "labels": ["ok", 'it\'s "odd"', "bad"]}]
+    assert by_name["m"]["requires"] == [
+        {"type": "public.mood2", "create": CREATE_MOOD2, "labels": ["ok", 'it\'s "odd"', "bad"]}
+    ]
     if not store:
         assert by_name["m"]["stored"] == "text" and "stored" not in by_name["id"]
-        assert snapshot_column_types(conn) == [("snap_1_1", "id", "integer"),
-                                               ("snap_1_1", "m", "text")]
+        assert snapshot_column_types(conn) == [
+            ("snap_1_1", "id", "integer"),
+            ("snap_1_1", "m", "text"),
+        ]
     else:
         assert "stored" not in by_name["m"]
     # The migration the snapshot protects runs.
@@ -93,8 +100,14 @@ def test_a_migration_dropping_a_type_runs_and_restore_asks_for_the_type(
     assert rows(conn, "s1") == [(1, "a"), (2, "b"), (3, "c")]
     # The type is gone: refused before anything changes, with the statement to run.
     for args in (("--dry-run",), ("--yes",)):
-        line = error_line(cli("restore", "pre-42", *args, *store), 1, "column m of public.s1",
-                          "public.mood2", "does not exist now", CREATE_MOOD2)
+        line = error_line(
+            cli("restore", "pre-42", *args, *store),
+            1,
+            "column m of public.s1",
+            "public.mood2",
+            "does not exist now",
+            CREATE_MOOD2,
+        )
         assert rows(conn, "s1") == [(1, "a"), (2, "b"), (3, "c")]
         assert columns(conn, "s1") == [("id", "integer"), ("name", "text")]
     fix = re.search(r"create it again \((.*)\), then restore", line)
@@ -134,13 +147,25 @@ INSERT INTO t VALUES
 """
 # As text under the snapshot's settings (ISO dates, exact floats).
 AS_TEXT = [
-    ("1", "ok", "{sad,happy}", "happy", "(0.3333333333333333,2020-04-03)", "(sad,1)",
-     "[sad,happy)", "7", "x", "1.50"),
+    (
+        "1",
+        "ok",
+        "{sad,happy}",
+        "happy",
+        "(0.3333333333333333,2020-04-03)",
+        "(sad,1)",
+        "[sad,happy)",
+        "7",
+        "x",
+        "1.50",
+    ),
     ("2", None, "{}", None, "(-0,)", None, "empty", None, None, None),
     ("3", "happy", "{NULL,ok}", "ok", "(Infinity,infinity)", "(,)", "(,)", "1", "it's", "0.0"),
 ]
-TEXT_ROWS = ("SELECT id::text, e::text, ea::text, dm::text, r::text, mp::text, mr::text,"
-             " pi::text, plain, n::text FROM {} ORDER BY id")
+TEXT_ROWS = (
+    "SELECT id::text, e::text, ea::text, dm::text, r::text, mp::text, mr::text,"
+    " pi::text, plain, n::text FROM {} ORDER BY id"
+)
 
 
 def text_rows(conn: psycopg.Connection, table: str = "t") -> list[tuple[str | None, ...]]:
@@ -158,18 +183,40 @@ def test_drop_type_cascade_leaves_the_saved_columns(conn, sql_exec) -> None:
     assert text_rows(conn) == AS_TEXT
     info = snap.create(conn, "pre", snap.table_specs(conn, ["t"], []))
     stored = {c["name"]: c.get("stored") for c in info.manifest["items"][0]["columns"]}
-    assert stored == {"id": None, "e": "text", "ea": "text", "dm": "text", "r": "text",
-                      "mp": "text", "mr": "text", "pi": "integer", "plain": None, "n": None}
+    assert stored == {
+        "id": None,
+        "e": "text",
+        "ea": "text",
+        "dm": "text",
+        "r": "text",
+        "mp": "text",
+        "mr": "text",
+        "pi": "integer",
+        "plain": None,
+        "n": None,
+    }
     # Nothing in _recovery depends on an application type: every one can be dropped
     # (CASCADE takes the application's columns, not the snapshot's).
-    sql_exec("DROP TYPE moodpair CASCADE; DROP TYPE mood CASCADE; DROP TYPE reading CASCADE;"
-             " DROP DOMAIN posint CASCADE")
+    sql_exec(
+        "DROP TYPE moodpair CASCADE; DROP TYPE mood CASCADE; DROP TYPE reading CASCADE;"
+        " DROP DOMAIN posint CASCADE"
+    )
     assert columns(conn, "t") == [("id", "integer"), ("plain", "text"), ("n", "numeric")]
     assert snapshot_column_types(conn) == [
-        ("snap_1_1", c, t) for c, t in [
-            ("id", "integer"), ("e", "text"), ("ea", "text"), ("dm", "text"), ("r", "text"),
-            ("mp", "text"), ("mr", "text"), ("pi", "integer"), ("plain", "text"),
-            ("n", "numeric")]]
+        ("snap_1_1", c, t)
+        for c, t in [
+            ("id", "integer"),
+            ("e", "text"),
+            ("ea", "text"),
+            ("dm", "text"),
+            ("r", "text"),
+            ("mp", "text"),
+            ("mr", "text"),
+            ("pi", "integer"),
+            ("plain", "text"),
+            ("n", "numeric"),
+        ]
+    ]
     assert text_rows(conn, "_recovery.snap_1_1") == AS_TEXT
     assert snap.verify(conn, snap.find(conn, "pre")).ok
     # The first column whose type is gone, with every type it needs, dependencies first.
@@ -179,13 +226,22 @@ def test_drop_type_cascade_leaves_the_saved_columns(conn, sql_exec) -> None:
     assert "column e of public.t has type public.mood" in msg
     assert """CREATE TYPE "public"."mood" AS ENUM ('sad', 'ok', 'happy')""" in msg
     conn.rollback()
-    needs = {c["name"]: [n["type"] for n in c.get("requires", [])]
-             for c in info.manifest["items"][0]["columns"]}
-    assert needs == {"id": [], "e": ["public.mood"], "ea": ["public.mood"],
-                     "dm": ["public.mood", "public.dmood"], "r": ["public.reading"],
-                     "mp": ["public.mood", "public.moodpair"],
-                     "mr": ["public.mood", "public.moodrange"], "pi": ["public.posint"],
-                     "plain": [], "n": []}
+    needs = {
+        c["name"]: [n["type"] for n in c.get("requires", [])]
+        for c in info.manifest["items"][0]["columns"]
+    }
+    assert needs == {
+        "id": [],
+        "e": ["public.mood"],
+        "ea": ["public.mood"],
+        "dm": ["public.mood", "public.dmood"],
+        "r": ["public.reading"],
+        "mp": ["public.mood", "public.moodpair"],
+        "mr": ["public.mood", "public.moodrange"],
+        "pi": ["public.posint"],
+        "plain": [],
+        "n": [],
+    }
     # Each type created again from the manifest: restore brings every column back.
     made: list[str] = []
     for c in info.manifest["items"][0]["columns"]:
@@ -207,7 +263,8 @@ def _damage_file(path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["db", "db-second-session", "db-no-second-session", "dir"])
 def test_checksums_and_verify_agree_for_text_stored_columns(
-        conn, sql_exec, tmp_path, monkeypatch, where) -> None:
+    conn, sql_exec, tmp_path, monkeypatch, where
+) -> None:
     sql_exec(TYPES)
     sql_exec(WRITE)
     seen: list[tuple[int, str, str] | None] = []
@@ -222,6 +279,7 @@ def test_checksums_and_verify_agree_for_text_stored_columns(
         monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
         monkeypatch.setattr(snap._SideChecksum, "result", spy)
     elif where == "db-no-second-session":
+
         def refuse(*_a, **_k):  # type: ignore[no-untyped-def]
             raise psycopg.OperationalError("too many connections")
 
@@ -236,19 +294,27 @@ def test_checksums_and_verify_agree_for_text_stored_columns(
     if where == "db-second-session":
         assert seen and seen[0] is not None  # the second session's checksum was taken
         assert (seen[0][0], seen[0][1], seen[0][2]) == (
-            3, item["checksum"], item["checksum_method"])
+            3,
+            item["checksum"],
+            item["checksum_method"],
+        )
     if store is None:
         # The checksum recomputed over the copy is the one recorded, whoever computed it.
         with conn.transaction():
             snap._set_output(conn)
             assert snap._db_checksum(conn, "_recovery", item["data"]) == (
-                3, item["checksum"], item["checksum_method"])
+                3,
+                item["checksum"],
+                item["checksum_method"],
+            )
         conn.commit()
         assert text_rows(conn, f"_recovery.{item['data']}") == AS_TEXT
     # Changed, deleted rows: restore brings back exactly what was saved.
-    sql_exec("UPDATE t SET e = 'sad', ea = '{ok}', dm = NULL, r = ROW(2, '2021-01-01'),"
-             " mp = ROW('ok', 2), mr = '[ok,ok]', pi = 9, plain = 'y' WHERE id = 1;"
-             " DELETE FROM t WHERE id = 3")
+    sql_exec(
+        "UPDATE t SET e = 'sad', ea = '{ok}', dm = NULL, r = ROW(2, '2021-01-01'),"
+        " mp = ROW('ok', 2), mr = '[ok,ok]', pi = 9, plain = 'y' WHERE id = 1;"
+        " DELETE FROM t WHERE id = 3"
+    )
     rep = restore(conn, found)
     conn.commit()
     assert (rep.tables[0].updated, rep.tables[0].inserted) == (1, 1)
@@ -268,9 +334,11 @@ def test_drop_extension_citext(conn, sql_exec, cli, tmp_path, store) -> None:
     available = sql_exec("SELECT 1 FROM pg_available_extensions WHERE name = 'citext'")
     if not available:
         pytest.skip("citext is not in pg_available_extensions on this server")
-    sql_exec("CREATE EXTENSION citext; CREATE TABLE u (id int PRIMARY KEY, email citext,"
-             " tags citext[]); INSERT INTO u VALUES (1, 'Ann@X.org', '{A,b}'),"
-             " (2, NULL, NULL)")
+    sql_exec(
+        "CREATE EXTENSION citext; CREATE TABLE u (id int PRIMARY KEY, email citext,"
+        " tags citext[]); INSERT INTO u VALUES (1, 'Ann@X.org', '{A,b}'),"
+        " (2, NULL, NULL)"
+    )
     before = rows(conn, "u")
     mig = tmp_path / "migration.sql"
     mig.write_text("ALTER TABLE u DROP COLUMN email, DROP COLUMN tags;\nDROP EXTENSION citext;\n")
@@ -279,8 +347,13 @@ def test_drop_extension_citext(conn, sql_exec, cli, tmp_path, store) -> None:
     if not store:
         assert [t for _r, _c, t in snapshot_column_types(conn)] == ["integer", "text", "text"]
     sql_exec(mig.read_text())
-    error_line(cli("restore", "pre", "--yes", *store), 1, "column email of public.u",
-               "public.citext", 'CREATE EXTENSION "citext" SCHEMA "public"')
+    error_line(
+        cli("restore", "pre", "--yes", *store),
+        1,
+        "column email of public.u",
+        "public.citext",
+        'CREATE EXTENSION "citext" SCHEMA "public"',
+    )
     assert rows(conn, "u") == [(1,), (2,)]
     sql_exec("CREATE EXTENSION citext")
     out = cli("restore", "pre", "--yes", *store)

@@ -51,8 +51,14 @@ ANALYZE;
 """
 
 # table -> key expression (unique over the table)
-KEYS = {"customers": "id", "orders": "id", "order_items": "id", '"Mixed"."T"': '"Id"',
-        "events": "id", "events_2025": "id"}
+KEYS = {
+    "customers": "id",
+    "orders": "id",
+    "order_items": "id",
+    '"Mixed"."T"': '"Id"',
+    "events": "id",
+    "events_2025": "id",
+}
 
 
 @pytest.fixture
@@ -65,11 +71,12 @@ def shop(conn: psycopg.Connection, sql_exec) -> psycopg.Connection:  # type: ign
 def _run(conn: psycopg.Connection, text: str) -> None:
     for raw in pglast.parse_sql(text):
         end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
-        conn.execute(text[raw.stmt_location:end])  # type: ignore[arg-type]
+        conn.execute(text[raw.stmt_location : end])  # type: ignore[arg-type]
 
 
 def changed(conn: psycopg.Connection, text: str) -> dict[str, set]:  # type: ignore[type-arg]
     """Per table of KEYS: the keys of the rows the file updates or deletes (rolled back)."""
+
     def snap() -> dict[str, dict]:  # type: ignore[type-arg]
         out = {}
         for t, k in KEYS.items():
@@ -119,62 +126,84 @@ def check_exact(conn: psycopg.Connection, text: str, st: Statement) -> None:
 
 
 def test_update_from_join(shop: psycopg.Connection) -> None:
-    text = ("UPDATE orders o SET status = 'flagged' FROM customers c\n"
-            "WHERE c.id = o.customer_id AND c.region = 'eu' AND o.total > 100;")
+    text = (
+        "UPDATE orders o SET status = 'flagged' FROM customers c\n"
+        "WHERE c.id = o.customer_id AND c.region = 'eu' AND o.total > 100;"
+    )
     assert shop.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     [st] = sqlscope.analyze(shop, text, source="m.sql")
     assert shop.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert (st.number, st.line, st.kind) == (1, 1, "UPDATE")
     oid = shop.execute("SELECT 'orders'::regclass::oid").fetchone()[0]  # type: ignore[index]
-    assert st.targets == [Target(
-        oid, "public", "orders", "orders AS o",
-        "EXISTS (SELECT 1 FROM customers AS c WHERE c.id = o.customer_id AND c.region = 'eu'"
-        " AND o.total > 100)", None, True, "rows the UPDATE's WHERE selects")]
+    assert st.targets == [
+        Target(
+            oid,
+            "public",
+            "orders",
+            "orders AS o",
+            "EXISTS (SELECT 1 FROM customers AS c WHERE c.id = o.customer_id AND c.region = 'eu'"
+            " AND o.total > 100)",
+            None,
+            True,
+            "rows the UPDATE's WHERE selects",
+        )
+    ]
     check_exact(shop, text, st)
 
 
 def test_delete_using_cascades_to_children_and_grandchildren(shop: psycopg.Connection) -> None:
-    text = ("-- drop churned EU customers\n\n"
-            "DELETE FROM customers c USING orders o\n"
-            "WHERE o.customer_id = c.id AND o.status = 'cancelled' AND c.region = 'eu'")
+    text = (
+        "-- drop churned EU customers\n\n"
+        "DELETE FROM customers c USING orders o\n"
+        "WHERE o.customer_id = c.id AND o.status = 'cancelled' AND c.region = 'eu'"
+    )
     [st] = sqlscope.analyze(shop, text)
     assert (st.line, st.kind) == (3, "DELETE")
     assert st.text.startswith("DELETE FROM customers c")
     t = by_table(st)
     assert set(t) == {"customers", "orders", "order_items"}
     assert t["customers"].from_sql == "customers AS c"
-    assert t["customers"].where == ("EXISTS (SELECT 1 FROM orders AS o WHERE o.customer_id = c.id"
-                                    " AND o.status = 'cancelled' AND c.region = 'eu')")
+    assert t["customers"].where == (
+        "EXISTS (SELECT 1 FROM orders AS o WHERE o.customer_id = c.id"
+        " AND o.status = 'cancelled' AND c.region = 'eu')"
+    )
     assert t["orders"].reason == "ON DELETE CASCADE from public.customers"
     assert t["orders"].from_sql == "public.orders"
-    assert t["orders"].where == f'(customer_id) IN (SELECT id FROM customers AS c WHERE ' \
-                                f'{t["customers"].where})'
+    assert (
+        t["orders"].where == f"(customer_id) IN (SELECT id FROM customers AS c WHERE "
+        f"{t['customers'].where})"
+    )
     assert t["order_items"].reason == "ON DELETE CASCADE from public.orders"
     assert all(x.bounded and x.columns is None for x in st.targets)
     check_exact(shop, text, st)
 
 
 def test_cte_and_subqueries(shop: psycopg.Connection) -> None:
-    text = ("WITH big AS (SELECT customer_id FROM orders GROUP BY 1 HAVING sum(total) > 1100)\n"
-            "UPDATE customers SET name = name || '!' WHERE id IN (SELECT customer_id FROM big)\n"
-            "  AND region = (SELECT min(region) FROM customers)")
+    text = (
+        "WITH big AS (SELECT customer_id FROM orders GROUP BY 1 HAVING sum(total) > 1100)\n"
+        "UPDATE customers SET name = name || '!' WHERE id IN (SELECT customer_id FROM big)\n"
+        "  AND region = (SELECT min(region) FROM customers)"
+    )
     [st] = sqlscope.analyze(shop, text)
     [t] = st.targets
     assert t.from_sql == "customers"
     assert t.where == (
         "EXISTS (WITH big AS (SELECT customer_id FROM orders GROUP BY 1 HAVING sum(total) > 1100)"
         " SELECT 1 WHERE id IN (SELECT customer_id FROM big) AND region = (SELECT min(region)"
-        " FROM customers))")
+        " FROM customers))"
+    )
     check_exact(shop, text, st)
 
 
 def test_data_modifying_ctes(shop: psycopg.Connection) -> None:
-    text = ("WITH gone AS (DELETE FROM orders WHERE status = 'cancelled' AND total < 100\n"
-            "              RETURNING customer_id)\n"
-            "UPDATE customers SET name = name || '!' WHERE id IN (SELECT customer_id FROM gone);\n"
-            "WITH s AS (SELECT id FROM orders WHERE total > 400),\n"
-            "     d AS (DELETE FROM order_items WHERE order_id IN (SELECT id FROM s) RETURNING 1)\n"
-            "SELECT count(*) FROM d;")
+    text = (
+        "WITH gone AS (DELETE FROM orders WHERE status = 'cancelled' AND total < 100\n"
+        "              RETURNING customer_id)\n"
+        "UPDATE customers SET name = name || '!' WHERE id IN (SELECT customer_id FROM gone);\n"
+        "WITH s AS (SELECT id FROM orders WHERE total > 400),\n"
+        "     d AS (DELETE FROM order_items WHERE order_id IN (SELECT id FROM s) RETURNING 1)\n"
+        "SELECT count(*) FROM d;"
+    )
     first, second = sqlscope.analyze(shop, text)
     t = by_table(first)
     assert t["orders"].where == "status = 'cancelled' AND total < 100"
@@ -193,40 +222,50 @@ def test_data_modifying_ctes(shop: psycopg.Connection) -> None:
 
 
 def test_upsert_with_column_list(shop: psycopg.Connection) -> None:
-    text = ("INSERT INTO customers AS c (id, name, email, region) VALUES\n"
-            "  (2, 'two', 'c2@x.org', 'eu'), (3, 'three', 'new3@x.org', DEFAULT),\n"
-            "  (9999, 'new', 'n@x.org', 'us')\n"
-            "ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+    text = (
+        "INSERT INTO customers AS c (id, name, email, region) VALUES\n"
+        "  (2, 'two', 'c2@x.org', 'eu'), (3, 'three', 'new3@x.org', DEFAULT),\n"
+        "  (9999, 'new', 'n@x.org', 'us')\n"
+        "ON CONFLICT (id) DO UPDATE SET name = excluded.name"
+    )
     # DEFAULT outside the conflict key becomes NULL in the WHERE's VALUES (DEFAULT is not
     # allowed there). region has no default, so the comparison runs a valid variant.
     [st] = sqlscope.analyze(shop, text)
     assert st.kind == "INSERT ... ON CONFLICT DO UPDATE"
     [t] = st.targets
     assert t.from_sql == "customers AS c"
-    assert t.where == ("(c.id) IN (SELECT CAST(_ins.id AS integer) FROM (VALUES (2, 'two', "
-                       "'c2@x.org', 'eu'), (3, 'three', 'new3@x.org', NULL), (9999, 'new', "
-                       "'n@x.org', 'us')) AS _ins(id, name, email, region))")
+    assert t.where == (
+        "(c.id) IN (SELECT CAST(_ins.id AS integer) FROM (VALUES (2, 'two', "
+        "'c2@x.org', 'eu'), (3, 'three', 'new3@x.org', NULL), (9999, 'new', "
+        "'n@x.org', 'us')) AS _ins(id, name, email, region))"
+    )
     assert t.reason == "rows whose conflict key (id) an inserted row repeats"
     check_exact(shop, text.replace("DEFAULT", "'us'"), st)
 
 
 def test_upsert_on_constraint_from_select(shop: psycopg.Connection) -> None:
-    text = ("WITH s AS (SELECT * FROM staging)\n"
-            "INSERT INTO customers SELECT id + 1000, name, email, 'eu' FROM s\n"
-            "ON CONFLICT ON CONSTRAINT customers_email_key DO UPDATE SET name = excluded.name")
+    text = (
+        "WITH s AS (SELECT * FROM staging)\n"
+        "INSERT INTO customers SELECT id + 1000, name, email, 'eu' FROM s\n"
+        "ON CONFLICT ON CONSTRAINT customers_email_key DO UPDATE SET name = excluded.name"
+    )
     [st] = sqlscope.analyze(shop, text)
     [t] = st.targets
     assert t.where is not None and t.where.startswith(
         "(customers.email) IN (WITH s AS (SELECT * FROM staging) SELECT CAST(_ins.email AS "
         "text) FROM (SELECT id + 1000, name, email, 'eu' FROM s) AS _ins(id, name, email, "
-        "region))")
+        "region))"
+    )
     check_exact(shop, text, st)
     assert selected(shop, t) == {1, 8}
 
 
 def test_upsert_that_cannot_be_bounded(shop: psycopg.Connection) -> None:
-    [st] = sqlscope.analyze(shop, "INSERT INTO customers (name, email, region) VALUES ('a', "
-                                  "'b', 'c') ON CONFLICT (lower(email)) DO UPDATE SET name = 'x'")
+    [st] = sqlscope.analyze(
+        shop,
+        "INSERT INTO customers (name, email, region) VALUES ('a', "
+        "'b', 'c') ON CONFLICT (lower(email)) DO UPDATE SET name = 'x'",
+    )
     [t] = st.targets
     assert (t.where, t.from_sql, t.bounded) == (None, None, False)
     assert "expression key" in t.reason
@@ -235,25 +274,32 @@ def test_upsert_that_cannot_be_bounded(shop: psycopg.Connection) -> None:
 def test_merge(shop: psycopg.Connection) -> None:
     if shop.info.server_version < 150000:
         pytest.skip("MERGE needs PostgreSQL 15")
-    text = ("MERGE INTO orders o\n"
-            "USING (SELECT id, total FROM orders WHERE id % 7 = 0 UNION ALL SELECT 100000, 1) s\n"
-            "ON o.id = s.id\n"
-            "WHEN MATCHED AND o.status = 'cancelled' THEN DELETE\n"
-            "WHEN MATCHED THEN UPDATE SET total = o.total + 1\n"
-            "WHEN NOT MATCHED THEN INSERT (id, customer_id, status, total)\n"
-            "  VALUES (s.id, 1, 'new', s.total)")
+    text = (
+        "MERGE INTO orders o\n"
+        "USING (SELECT id, total FROM orders WHERE id % 7 = 0 UNION ALL SELECT 100000, 1) s\n"
+        "ON o.id = s.id\n"
+        "WHEN MATCHED AND o.status = 'cancelled' THEN DELETE\n"
+        "WHEN MATCHED THEN UPDATE SET total = o.total + 1\n"
+        "WHEN NOT MATCHED THEN INSERT (id, customer_id, status, total)\n"
+        "  VALUES (s.id, 1, 'new', s.total)"
+    )
     [st] = sqlscope.analyze(shop, text)
     t = by_table(st)
-    assert t["orders"].where == ("EXISTS (SELECT 1 FROM (SELECT id, total FROM orders WHERE id % 7"
-                                 " = 0 UNION ALL SELECT 100000, 1) AS s WHERE o.id = s.id)")
+    assert t["orders"].where == (
+        "EXISTS (SELECT 1 FROM (SELECT id, total FROM orders WHERE id % 7"
+        " = 0 UNION ALL SELECT 100000, 1) AS s WHERE o.id = s.id)"
+    )
     assert t["orders"].reason == "rows the MERGE's join condition matches"
     real = changed(shop, text)
     assert selected(shop, t["orders"]) == real["orders"]
     # Items of every matched order (a superset: only the deleted orders' items go).
     assert real["order_items"] and real["order_items"] < selected(shop, t["order_items"])
     with pytest.raises(RecoveryError, match="nothing to save"):
-        sqlscope.analyze(shop, "MERGE INTO customers c USING staging s ON c.id = s.id "
-                               "WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name, s.email, 'x')")
+        sqlscope.analyze(
+            shop,
+            "MERGE INTO customers c USING staging s ON c.id = s.id "
+            "WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name, s.email, 'x')",
+        )
 
 
 def test_update_of_a_referenced_key_cascades(shop: psycopg.Connection) -> None:
@@ -268,25 +314,38 @@ def test_update_of_a_referenced_key_cascades(shop: psycopg.Connection) -> None:
 
 
 def test_truncate(shop: psycopg.Connection) -> None:
-    a, b = sqlscope.analyze(shop, "TRUNCATE orders;\nTRUNCATE TABLE customers, \"Mixed\".\"T\" "
-                                  "CASCADE;")
+    a, b = sqlscope.analyze(
+        shop, 'TRUNCATE orders;\nTRUNCATE TABLE customers, "Mixed"."T" CASCADE;'
+    )
     [t] = a.targets
     assert (t.table, t.where, t.from_sql, t.columns, t.bounded, t.reason) == (
-        "orders", None, None, None, True, "TRUNCATE: whole table")
+        "orders",
+        None,
+        None,
+        None,
+        True,
+        "TRUNCATE: whole table",
+    )
     assert [(x.schema, x.table) for x in b.targets] == [
-        ("public", "customers"), ("Mixed", "T"), ("public", "order_items"), ("public", "orders")]
-    assert b.targets[2].reason == 'TRUNCATE CASCADE from public.customers, Mixed.T: whole table'
+        ("public", "customers"),
+        ("Mixed", "T"),
+        ("public", "order_items"),
+        ("public", "orders"),
+    ]
+    assert b.targets[2].reason == "TRUNCATE CASCADE from public.customers, Mixed.T: whole table"
     assert b.line == 2
 
 
 def test_drop_table_drop_column_alter_type(shop: psycopg.Connection) -> None:
-    text = ("DROP TABLE IF EXISTS nosuch, order_items;\n"
-            "ALTER TABLE orders DROP COLUMN note, ALTER COLUMN total TYPE numeric(12, 0),\n"
-            "  ADD COLUMN x int;\n"
-            "ALTER TABLE customers ALTER COLUMN mood TYPE text, ALTER COLUMN name SET NOT NULL;\n"
-            "ALTER TABLE customers ADD COLUMN vip bool;\n"
-            "DROP SCHEMA \"Mixed\" CASCADE;\n"
-            "DROP TYPE mood CASCADE;")
+    text = (
+        "DROP TABLE IF EXISTS nosuch, order_items;\n"
+        "ALTER TABLE orders DROP COLUMN note, ALTER COLUMN total TYPE numeric(12, 0),\n"
+        "  ADD COLUMN x int;\n"
+        "ALTER TABLE customers ALTER COLUMN mood TYPE text, ALTER COLUMN name SET NOT NULL;\n"
+        "ALTER TABLE customers ADD COLUMN vip bool;\n"
+        'DROP SCHEMA "Mixed" CASCADE;\n'
+        "DROP TYPE mood CASCADE;"
+    )
     drop, alter1, alter2, add, schema, typ = sqlscope.analyze(shop, text)
     [t] = drop.targets
     assert (t.table, t.where, t.reason) == ("order_items", None, "DROP TABLE: whole table")
@@ -300,13 +359,18 @@ def test_drop_table_drop_column_alter_type(shop: psycopg.Connection) -> None:
     assert [(x.schema, x.table) for x in schema.targets] == [("Mixed", "T")]
     assert alter1.kind == "ALTER TABLE" and drop.kind == "DROP TABLE"
     [t] = typ.targets  # the enum's columns go with it
-    assert (t.table, t.columns, t.reason) == ("customers", ("mood",),
-                                              "DROP TYPE mood CASCADE drops these columns")
+    assert (t.table, t.columns, t.reason) == (
+        "customers",
+        ("mood",),
+        "DROP TYPE mood CASCADE drops these columns",
+    )
 
 
 def test_do_block_falls_back_to_whole_tables(shop: psycopg.Connection) -> None:
-    text = ("DO $$\nBEGIN\n  UPDATE \"Mixed\".\"T\" SET \"Val\" = 'x' WHERE \"Id\" < 5;\n"
-            "  EXECUTE format('DELETE FROM %I WHERE id < 3', 'order_items');\nEND $$;")
+    text = (
+        'DO $$\nBEGIN\n  UPDATE "Mixed"."T" SET "Val" = \'x\' WHERE "Id" < 5;\n'
+        "  EXECUTE format('DELETE FROM %I WHERE id < 3', 'order_items');\nEND $$;"
+    )
     [st] = sqlscope.analyze(shop, text)
     assert st.kind == "DO"
     t = by_table(st)
@@ -317,8 +381,11 @@ def test_do_block_falls_back_to_whole_tables(shop: psycopg.Connection) -> None:
     assert any("dynamic SQL" in n for n in st.notes)
     # Nothing to find: the file cannot be scoped at all.
     with pytest.raises(RecoveryError, match=r"line 2: the DO statement cannot be bounded.*--table"):
-        sqlscope.analyze(shop, "SELECT 1;\nDO $$ DECLARE t text := 'x' || 'y'; BEGIN "
-                               "EXECUTE 'DELETE FROM ' || t; END $$")
+        sqlscope.analyze(
+            shop,
+            "SELECT 1;\nDO $$ DECLARE t text := 'x' || 'y'; BEGIN "
+            "EXECUTE 'DELETE FROM ' || t; END $$",
+        )
 
 
 def test_user_function_calls_fall_back(shop: psycopg.Connection, sql_exec) -> None:  # type: ignore[no-untyped-def]
@@ -331,13 +398,17 @@ def test_user_function_calls_fall_back(shop: psycopg.Connection, sql_exec) -> No
             $$ SELECT sum(total) FROM orders WHERE customer_id = $1 $$;
         CREATE PROCEDURE wipe() LANGUAGE plpgsql AS $$ BEGIN TRUNCATE staging; END $$;
     """)
-    text = ("SELECT archive(30);\nSELECT public.bump();\n"
-            "UPDATE customers SET name = 'rich' WHERE total_of(id) > 1000;\nCALL wipe();")
+    text = (
+        "SELECT archive(30);\nSELECT public.bump();\n"
+        "UPDATE customers SET name = 'rich' WHERE total_of(id) > 1000;\nCALL wipe();"
+    )
     archive, bump, upd, call = sqlscope.analyze(shop, text)
     t = by_table(archive)
     assert set(t) == {"customers", "orders", "order_items"}  # FK actions from the whole table
     assert (t["customers"].bounded, t["customers"].reason) == (
-        False, "calls public.archive(): cannot bound, whole table")
+        False,
+        "calls public.archive(): cannot bound, whole table",
+    )
     assert t["orders"].where == "(customer_id) IN (SELECT id FROM public.customers)"
     assert [(x.table, x.bounded) for x in bump.targets] == [("T", False)]
     assert [x.table for x in upd.targets] == ["customers"] and upd.targets[0].bounded  # STABLE
@@ -345,15 +416,19 @@ def test_user_function_calls_fall_back(shop: psycopg.Connection, sql_exec) -> No
 
 
 def test_cross_statement_widening(shop: psycopg.Connection) -> None:
-    text = ("UPDATE orders SET status = 'void' WHERE id <= 10;\n"
-            "DELETE FROM order_items WHERE order_id IN\n"
-            "  (SELECT id FROM orders WHERE status = 'void');\n"
-            "DELETE FROM orders WHERE status = 'void';")
+    text = (
+        "UPDATE orders SET status = 'void' WHERE id <= 10;\n"
+        "DELETE FROM order_items WHERE order_id IN\n"
+        "  (SELECT id FROM orders WHERE status = 'void');\n"
+        "DELETE FROM orders WHERE status = 'void';"
+    )
     first, second, third = sqlscope.analyze(shop, text)
     [t] = second.targets
     assert (t.table, t.where, t.bounded) == ("order_items", None, False)
-    assert ("public.order_items: reads public.orders, which statement 1 writes: widened to the "
-            "whole table") in second.notes
+    assert (
+        "public.order_items: reads public.orders, which statement 1 writes: widened to the "
+        "whole table"
+    ) in second.notes
     own = by_table(third)
     assert own["orders"].where == "status = 'void'" and own["orders"].bounded  # its own table
     assert (own["order_items"].where, own["order_items"].bounded) == (None, False)
@@ -367,40 +442,51 @@ def test_cross_statement_widening(shop: psycopg.Connection) -> None:
 
 
 def test_partitions_views_mixed_case_and_missing_tables(shop: psycopg.Connection) -> None:
-    text = ("DELETE FROM events WHERE at < '2024-07-01';\n"
-            "UPDATE events_2025 SET kind = 'z' WHERE id % 2 = 0;\n"
-            "UPDATE ONLY \"Mixed\".\"T\" t SET \"Val\" = 'z' WHERE t.\"Id\" < 5;\n"
-            "UPDATE paid SET note = 'x' WHERE id < 10;\n"
-            "UPDATE nosuch SET a = 1;\nCREATE TABLE later (id int);\nDELETE FROM later;\n"
-            "UPDATE orders SET note = 'n' WHERE CURRENT OF c;")
+    text = (
+        "DELETE FROM events WHERE at < '2024-07-01';\n"
+        "UPDATE events_2025 SET kind = 'z' WHERE id % 2 = 0;\n"
+        'UPDATE ONLY "Mixed"."T" t SET "Val" = \'z\' WHERE t."Id" < 5;\n'
+        "UPDATE paid SET note = 'x' WHERE id < 10;\n"
+        "UPDATE nosuch SET a = 1;\nCREATE TABLE later (id int);\nDELETE FROM later;\n"
+        "UPDATE orders SET note = 'n' WHERE CURRENT OF c;"
+    )
     sts = sqlscope.analyze(shop, text)
     ev, part, mixed, view, missing, create, later, cur = sts
     assert ev.targets[0].table == "events" and ev.targets[0].bounded
     assert part.targets[0].table == "events_2025"
-    relkinds = {r[0] for r in shop.execute(
-        "SELECT relkind::text FROM pg_class WHERE oid = ANY(%s)",
-        [[ev.targets[0].relid, part.targets[0].relid]]).fetchall()}
+    relkinds = {
+        r[0]
+        for r in shop.execute(
+            "SELECT relkind::text FROM pg_class WHERE oid = ANY(%s)",
+            [[ev.targets[0].relid, part.targets[0].relid]],
+        ).fetchall()
+    }
     assert relkinds == {"p", "r"}
     [m] = mixed.targets
     assert (m.schema, m.table, m.from_sql) == ("Mixed", "T", 'ONLY "Mixed"."T" AS t')
     [v] = view.targets
     assert (v.table, v.bounded, v.where) == ("orders", False, None)
     assert any("public.paid is a view" in n for n in view.notes)
-    assert missing.targets == [] and "nosuch does not exist (yet): nothing of it to save" \
-        in missing.notes
+    assert (
+        missing.targets == []
+        and "nosuch does not exist (yet): nothing of it to save" in missing.notes
+    )
     assert create.notes == ["destroys no existing row"] and create.kind == "CREATE TABLE"
-    assert later.targets == [] and "later does not exist (yet): nothing of it to save" \
-        in later.notes
+    assert (
+        later.targets == [] and "later does not exist (yet): nothing of it to save" in later.notes
+    )
     assert cur.targets[0].bounded is False and "CURRENT OF" in cur.targets[0].reason
     for st in (ev, part, mixed):
         check_exact(shop, st.text, st)
 
 
 def test_search_path_set_in_the_file(shop: psycopg.Connection) -> None:
-    text = ('SET search_path = "Mixed", public;\n'
-            'UPDATE "T" SET "Val" = \'x\' WHERE "Id" IN (SELECT customer_id FROM orders);\n'
-            "RESET search_path;\n"
-            'DELETE FROM "T";')
+    text = (
+        'SET search_path = "Mixed", public;\n'
+        'UPDATE "T" SET "Val" = \'x\' WHERE "Id" IN (SELECT customer_id FROM orders);\n'
+        "RESET search_path;\n"
+        'DELETE FROM "T";'
+    )
     _, st, _, gone = sqlscope.analyze(shop, text)
     [t] = st.targets
     assert (t.schema, t.table, t.from_sql) == ("Mixed", "T", '"Mixed"."T"')
@@ -410,8 +496,7 @@ def test_search_path_set_in_the_file(shop: psycopg.Connection) -> None:
 
 
 def test_where_that_does_not_run_before_the_file_is_widened(shop: psycopg.Connection) -> None:
-    text = ("ALTER TABLE orders ADD COLUMN flag bool;\n"
-            "DELETE FROM orders WHERE flag;")
+    text = "ALTER TABLE orders ADD COLUMN flag bool;\nDELETE FROM orders WHERE flag;"
     _, st = sqlscope.analyze(shop, text)
     t = by_table(st)
     assert (t["orders"].where, t["orders"].bounded) == (None, False)
@@ -420,17 +505,23 @@ def test_where_that_does_not_run_before_the_file_is_widened(shop: psycopg.Connec
 
 def test_errors(shop: psycopg.Connection) -> None:
     bad = "UPDATE orders SET status = 'x';\n\nDELETE FROM WHERE id = 1;"
-    with pytest.raises(RecoveryError, match=re.escape(
-            'm.sql: line 3: syntax error at or near "WHERE"')):
+    with pytest.raises(
+        RecoveryError, match=re.escape('m.sql: line 3: syntax error at or near "WHERE"')
+    ):
         sqlscope.analyze(shop, bad, source="m.sql")
     with pytest.raises(RecoveryError, match="m.sql: no SQL statement"):
         sqlscope.analyze(shop, "-- nothing\n/* here */\n", source="m.sql")
-    with pytest.raises(RecoveryError, match="no statement in m.sql writes or drops an existing "
-                                            "table: nothing to save"):
-        sqlscope.analyze(shop, "CREATE TABLE x (a int PRIMARY KEY);\nINSERT INTO x VALUES (1);\n"
-                               "INSERT INTO customers VALUES (1, 'a', 'b', 'c') ON CONFLICT DO "
-                               "NOTHING;\nSELECT count(*) FROM orders;\nBEGIN;\nCOMMIT;",
-                         source="m.sql")
+    with pytest.raises(
+        RecoveryError,
+        match="no statement in m.sql writes or drops an existing table: nothing to save",
+    ):
+        sqlscope.analyze(
+            shop,
+            "CREATE TABLE x (a int PRIMARY KEY);\nINSERT INTO x VALUES (1);\n"
+            "INSERT INTO customers VALUES (1, 'a', 'b', 'c') ON CONFLICT DO "
+            "NOTHING;\nSELECT count(*) FROM orders;\nBEGIN;\nCOMMIT;",
+            source="m.sql",
+        )
     # Inside a transaction, analyze leaves it open and usable.
     shop.execute("SELECT 1")
     sqlscope.analyze(shop, "DELETE FROM orders WHERE id = 1")
@@ -439,8 +530,10 @@ def test_errors(shop: psycopg.Connection) -> None:
 
 
 def test_estimate(shop: psycopg.Connection) -> None:
-    text = ("DELETE FROM customers WHERE id < 10;\nALTER TABLE orders DROP COLUMN note;\n"
-            "CREATE TABLE t2 (a int);")
+    text = (
+        "DELETE FROM customers WHERE id < 10;\nALTER TABLE orders DROP COLUMN note;\n"
+        "CREATE TABLE t2 (a int);"
+    )
     stmts = sqlscope.analyze(shop, text)
     sqlscope.estimate(shop, stmts)
     assert shop.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -451,8 +544,9 @@ def test_estimate(shop: psycopg.Connection) -> None:
     assert alter.est_rows == 300
     assert (create.est_rows, create.est_bytes) == (0, 0)
     # A target that cannot be planned: None and a note, and the transaction stays usable.
-    st = Statement(1, 1, "x", "DELETE", [Target(1, "public", "gone", "gone", "true", None, True,
-                                                "test")], [])
+    st = Statement(
+        1, 1, "x", "DELETE", [Target(1, "public", "gone", "gone", "true", None, True, "test")], []
+    )
     shop.execute("SELECT 1")
     sqlscope.estimate(shop, [st])
     assert (st.targets[0].est_rows, st.est_rows) == (None, None)
@@ -464,12 +558,17 @@ def test_estimate(shop: psycopg.Connection) -> None:
 def test_a_self_subquery_after_an_earlier_write_widens_to_the_whole_table(conn, sql_exec):
     from recovery.snapshot.sqlscope import analyze
 
-    sql_exec("CREATE TABLE t2 (id int PRIMARY KEY, status text);"
-             "INSERT INTO t2 VALUES (5, 'cancel'), (9, 'cancel'), (11, 'active')")
-    stmts = analyze(conn, "UPDATE t2 SET status = 'active' WHERE id = 9;\n"
-                          "DELETE FROM t2 WHERE id IN (SELECT max(id) FROM t2"
-                          " WHERE status = 'cancel');\n"
-                          "DELETE FROM t2 WHERE status = 'gone';\n")
+    sql_exec(
+        "CREATE TABLE t2 (id int PRIMARY KEY, status text);"
+        "INSERT INTO t2 VALUES (5, 'cancel'), (9, 'cancel'), (11, 'active')"
+    )
+    stmts = analyze(
+        conn,
+        "UPDATE t2 SET status = 'active' WHERE id = 9;\n"
+        "DELETE FROM t2 WHERE id IN (SELECT max(id) FROM t2"
+        " WHERE status = 'cancel');\n"
+        "DELETE FROM t2 WHERE status = 'gone';\n",
+    )
     # The second DELETE's subquery reads t2, which statement 1 changes: after it, the
     # max is 5, not 9, so only the whole table is safe.  The third reads only its own
     # row's columns: rows statement 1 changed are saved by statement 1.

@@ -62,6 +62,7 @@ RUNBOOK = "name: t\nsteps:\n  - id: count\n    kind: changes\n    tag: [bad]\n"
 
 # -- the world: a captured table damaged by a tagged change ---------------------------
 
+
 @pytest.fixture
 def world(conn: psycopg.Connection, sql_exec: Any, tmp_path: Path) -> dict[str, Any]:
     """items (captured; a snapshot `before` and a mark `m0` taken before the bad change),
@@ -70,13 +71,16 @@ def world(conn: psycopg.Connection, sql_exec: Any, tmp_path: Path) -> dict[str, 
     sql_exec("CREATE TABLE mine (x int)")
     sql_exec("CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL)")
     sql_exec("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g")
-    sql_exec('CREATE TABLE plain (id int PRIMARY KEY); CREATE TABLE "Order Items" '
-             "(id int PRIMARY KEY)")
+    sql_exec(
+        'CREATE TABLE plain (id int PRIMARY KEY); CREATE TABLE "Order Items" (id int PRIMARY KEY)'
+    )
     enable_capture(conn, ["items"])
     info = snap.create(conn, "before", snap.table_specs(conn, ["items"], []))
     m0 = create_mark(conn, "m0")
-    sql_exec("SET recovery.tag = 'bad'; UPDATE items SET v = 'bad' WHERE id IN (2, 3);"
-             " DELETE FROM items WHERE id = 4; INSERT INTO items VALUES (6, 'bogus')")
+    sql_exec(
+        "SET recovery.tag = 'bad'; UPDATE items SET v = 'bad' WHERE id IN (2, 3);"
+        " DELETE FROM items WHERE id = 4; INSERT INTO items VALUES (6, 'bogus')"
+    )
     req = ap.request(conn, "rollback", {"kind": "rollback", "what": "a test plan"}, 100, 1)
     run = runbook.run(conn, runbook.loads(RUNBOOK), {}, report_dir=str(tmp_path / "reports"))
     assert conn.info.transaction_status == IDLE
@@ -95,8 +99,11 @@ def others(db_url: str, query: str) -> list[tuple[Any, ...]]:
         return c.execute(query).fetchall()  # type: ignore[arg-type]
 
 
-def still_mine(conn: psycopg.Connection, db_url: str, expect: list[tuple[Any, ...]] | None = None,
-               ) -> None:
+def still_mine(
+    conn: psycopg.Connection,
+    db_url: str,
+    expect: list[tuple[Any, ...]] | None = None,
+) -> None:
     """The caller's transaction is open and usable, holds its write, which nobody else
     sees yet; the caller's commit makes it visible."""
     expect = expect or [(1,)]
@@ -121,24 +128,40 @@ def items(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
 def settings(conn: psycopg.Connection) -> list[Any]:
     """The settings undo, restore, prune and verify change for their own work (a tag
     never set reads as the empty one: both mean no tag)."""
-    return [q(conn, "SELECT coalesce(current_setting(%s, true), '')", [k])[0][0]
-            for k in ("lock_timeout", "work_mem", "recovery.tag", "TimeZone", "DateStyle",
-                      "IntervalStyle", "extra_float_digits")]
+    return [
+        q(conn, "SELECT coalesce(current_setting(%s, true), '')", [k])[0][0]
+        for k in (
+            "lock_timeout",
+            "work_mem",
+            "recovery.tag",
+            "TimeZone",
+            "DateStyle",
+            "IntervalStyle",
+            "extra_float_digits",
+        )
+    ]
 
 
 # -- functions that only read: each asserts its exact result ---------------------------
+
 
 def _r_changes(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     res = changes(conn, BAD)
     assert (res.statements, res.rows) == (3, 4)
     assert [(t["operation"], t["rows"]) for t in res.by_table] == [
-        ("delete", 1), ("insert", 1), ("update", 2)]
+        ("delete", 1),
+        ("insert", 1),
+        ("update", 2),
+    ]
 
 
 def _r_diff(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     assert [(r.operation, r.key, r.columns.get("v")) for r in diff(conn, BAD)] == [
-        ("update", {"id": "2"}, ["v2", "bad"]), ("update", {"id": "3"}, ["v3", "bad"]),
-        ("delete", {"id": "4"}, ["v4", None]), ("insert", {"id": "6"}, [None, "bogus"])]
+        ("update", {"id": "2"}, ["v2", "bad"]),
+        ("update", {"id": "3"}, ["v3", "bad"]),
+        ("delete", {"id": "4"}, ["v4", None]),
+        ("insert", {"id": "6"}, [None, "bogus"]),
+    ]
 
 
 def _r_marks(conn: psycopg.Connection, w: dict[str, Any]) -> None:
@@ -149,7 +172,8 @@ def _r_marks(conn: psycopg.Connection, w: dict[str, Any]) -> None:
 
 def _r_operations(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     assert [(o.kind, o.status, o.interrupted) for o in list_operations(conn)] == [
-        ("snapshot", "done", False)]
+        ("snapshot", "done", False)
+    ]
 
 
 def _r_approvals(conn: psycopg.Connection, w: dict[str, Any]) -> None:
@@ -172,7 +196,8 @@ def _r_sqlscope(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     stmts = sqlscope.analyze(conn, "DELETE FROM items WHERE id > 3")
     sqlscope.estimate(conn, stmts)
     assert [(t.schema, t.table, t.where) for s in stmts for t in s.targets] == [
-        ("public", "items", "id > 3")]
+        ("public", "items", "id > 3")
+    ]
 
 
 def _r_capture_status(conn: psycopg.Connection, w: dict[str, Any]) -> None:
@@ -183,15 +208,15 @@ def _r_report(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     doc = report.build(conn, w["run"])
     assert (doc["run"]["run_id"], doc["run"]["status"]) == (w["run"], "done")
     assert [(s["step_id"], s["status"]) for s in runbook.run_steps(conn, w["run"])] == [
-        ("count", "done")]
+        ("count", "done")
+    ]
     assert [(r["run_id"], r["status"]) for r in runbook.list_runs(conn)] == [(w["run"], "done")]
 
 
 def _r_rollback_dry_run(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     before = settings(conn)
     plan = rollback(conn, BAD, dry_run=True, sql_out=[])
-    assert [(t.reinsert, t.restore, t.delete, t.conflicts) for t in plan.tables] == [
-        (1, 2, 1, 0)]
+    assert [(t.reinsert, t.restore, t.delete, t.conflicts) for t in plan.tables] == [(1, 2, 1, 0)]
     assert (plan.status, plan.op_id) == ("dry-run", None)
     assert items(conn) == DAMAGED
     # No plan left behind in the caller's transaction.
@@ -202,8 +227,7 @@ def _r_rollback_dry_run(conn: psycopg.Connection, w: dict[str, Any]) -> None:
 def _r_restore_dry_run(conn: psycopg.Connection, w: dict[str, Any]) -> None:
     before = settings(conn)
     plan = restore(conn, w["info"], dry_run=True)
-    assert [(t.reinsert, t.restore, t.already, t.new_rows) for t in plan.tables] == [
-        (1, 2, 2, 1)]
+    assert [(t.reinsert, t.restore, t.already, t.new_rows) for t in plan.tables] == [(1, 2, 2, 1)]
     assert items(conn) == DAMAGED
     assert settings(conn) == before
 
@@ -276,7 +300,9 @@ def _w_rollback(conn: psycopg.Connection, w: dict[str, Any]) -> Seen:
     before = settings(conn)
     rep = rollback(conn, BAD)
     assert (rep.status, [(t.inserted, t.updated, t.deleted) for t in rep.tables]) == (
-        "done", [(1, 2, 1)])
+        "done",
+        [(1, 2, 1)],
+    )
     assert items(conn) == ORIGINAL
     # The caller's later writes are its own: not tagged as the undo's, same settings.
     assert settings(conn) == before
@@ -312,8 +338,7 @@ def _w_drop(conn: psycopg.Connection, w: dict[str, Any]) -> Seen:
 
 def _w_capture(conn: psycopg.Connection, w: dict[str, Any]) -> Seen:
     # "Order Items" needs quotes, after a name that does not: the first stays enabled.
-    assert enable_capture(conn, ["plain", "Order Items"]) == ["public.plain",
-                                                              "public.Order Items"]
+    assert enable_capture(conn, ["plain", "Order Items"]) == ["public.plain", "public.Order Items"]
     assert disable_capture(conn, ["items"]) == ["public.items"]
     query = 'SELECT table_name, enabled FROM _recovery.captured ORDER BY table_name COLLATE "C"'
     return query, [("items", True)], [("Order Items", True), ("items", False), ("plain", True)]
@@ -369,18 +394,30 @@ def test_caller_rolls_back_a_composed_undo(conn, db_url, world):  # type: ignore
 # -- operations that commit as they go: refused, nothing changed ------------------------
 
 REFUSALS: dict[str, tuple[Callable[[psycopg.Connection, dict[str, Any]], Any], str]] = {
-    "undo.rollback (batched)": (lambda c, w: rollback(c, BAD, batch_size=2),
-                                "a batched rollback " + REFUSED),
-    "undo.resume_rollback": (lambda c, w: resume_rollback(c, 1),
-                             "resuming undo operation 1 " + REFUSED),
-    "snapshot.create": (lambda c, w: snap.create(c, "s2", snap.table_specs(c, ["items"], [])),
-                        "snapshot create " + REFUSED),
-    "runbook.run": (lambda c, w: runbook.run(c, runbook.loads(RUNBOOK), {}),
-                    "a runbook run " + REFUSED),
-    "runbook.resume": (lambda c, w: runbook.resume(c, w["run"]),
-                       "resuming runbook run 1 " + REFUSED),
-    "guard.guard": (lambda c, w: guard(c, tag="t").__enter__(),
-                    r"guard\(\) needs a connection with no transaction open: commit or roll back"),
+    "undo.rollback (batched)": (
+        lambda c, w: rollback(c, BAD, batch_size=2),
+        "a batched rollback " + REFUSED,
+    ),
+    "undo.resume_rollback": (
+        lambda c, w: resume_rollback(c, 1),
+        "resuming undo operation 1 " + REFUSED,
+    ),
+    "snapshot.create": (
+        lambda c, w: snap.create(c, "s2", snap.table_specs(c, ["items"], [])),
+        "snapshot create " + REFUSED,
+    ),
+    "runbook.run": (
+        lambda c, w: runbook.run(c, runbook.loads(RUNBOOK), {}),
+        "a runbook run " + REFUSED,
+    ),
+    "runbook.resume": (
+        lambda c, w: runbook.resume(c, w["run"]),
+        "resuming runbook run 1 " + REFUSED,
+    ),
+    "guard.guard": (
+        lambda c, w: guard(c, tag="t").__enter__(),
+        r"guard\(\) needs a connection with no transaction open: commit or roll back",
+    ),
 }
 
 
@@ -392,24 +429,40 @@ def test_operations_that_commit_as_they_go_refuse(conn, db_url, world, name):  #
         call(conn, world)
     assert items(conn) == DAMAGED
     still_mine(conn, db_url)
-    assert others(db_url, "SELECT kind, status FROM _recovery.operations") == [
-        ("snapshot", "done")]
+    assert others(db_url, "SELECT kind, status FROM _recovery.operations") == [("snapshot", "done")]
     assert others(db_url, "SELECT count(*) FROM _recovery.runbook_runs") == [(1,)]
 
 
 # -- expected errors inside the caller's transaction leave it usable --------------------
 
-@pytest.mark.parametrize("call, message", [
-    (lambda c: changes(c, Selector(since="not a time")), "--since 'not a time' is neither"),
-    (lambda c: diff(c, Selector(tags=("bad",), until="m9")), "--until 'm9' is neither"),
-    (lambda c: create_mark(c, "m0"), "mark 'm0' exists already"),
-    (lambda c: enable_capture(c, ["plain", "no such table"]), "table 'no such table' not found"),
-    (lambda c: snap.table_specs(c, ["items"], ["nosuch > 1"]), "--where 'nosuch > 1' on"),
-    (lambda c: ap.get(c, 999), "no approval request 999"),
-    (lambda c: rollback(c, Selector(tags=("bad",), txids=("1",))),
-     "no captured change matches"),
-], ids=["bad time", "bad mark", "mark taken", "bad table after a good one", "bad where",
-        "no request", "nothing to undo"])
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c: changes(c, Selector(since="not a time")), "--since 'not a time' is neither"),
+        (lambda c: diff(c, Selector(tags=("bad",), until="m9")), "--until 'm9' is neither"),
+        (lambda c: create_mark(c, "m0"), "mark 'm0' exists already"),
+        (
+            lambda c: enable_capture(c, ["plain", "no such table"]),
+            "table 'no such table' not found",
+        ),
+        (lambda c: snap.table_specs(c, ["items"], ["nosuch > 1"]), "--where 'nosuch > 1' on"),
+        (lambda c: ap.get(c, 999), "no approval request 999"),
+        (
+            lambda c: rollback(c, Selector(tags=("bad",), txids=("1",))),
+            "no captured change matches",
+        ),
+    ],
+    ids=[
+        "bad time",
+        "bad mark",
+        "mark taken",
+        "bad table after a good one",
+        "bad where",
+        "no request",
+        "nothing to undo",
+    ],
+)
 def test_expected_errors_leave_the_transaction_usable(conn, db_url, world, call, message):  # type: ignore[no-untyped-def]
     begin(conn)
     with pytest.raises(RecoveryError, match=re.escape(message)):
@@ -428,10 +481,14 @@ def test_conflict_inside_the_callers_transaction(conn, db_url, world, sql_exec):
         rollback(conn, BAD)
     assert items(conn) == [(1, "v1"), (2, "later"), (3, "bad"), (5, "v5"), (6, "bogus")]
     assert [(o.kind, o.status, o.error) for o in list_operations(conn)][0] == (
-        "rollback", "refused", "conflicts")
+        "rollback",
+        "refused",
+        "conflicts",
+    )
     still_mine(conn, db_url)
-    assert others(db_url, "SELECT status FROM _recovery.operations WHERE kind = 'rollback'"
-                  ) == [("refused",)]
+    assert others(db_url, "SELECT status FROM _recovery.operations WHERE kind = 'rollback'") == [
+        ("refused",)
+    ]
 
 
 def test_approval_request_inside_the_callers_transaction(conn, db_url, world):  # type: ignore[no-untyped-def]
@@ -444,7 +501,10 @@ def test_approval_request_inside_the_callers_transaction(conn, db_url, world):  
     assert (req.kind, req.status, req.rows, req.tables) == ("rollback", "pending", 4, 1)
     assert items(conn) == DAMAGED
     assert [(o.kind, o.status, o.error) for o in list_operations(conn)][0] == (
-        "rollback", "refused", "approval pending")
+        "rollback",
+        "refused",
+        "approval pending",
+    )
     query = "SELECT req_id FROM _recovery.approval_requests ORDER BY req_id"
     assert others(db_url, query) == [(world["req"],)]
     still_mine(conn, db_url)
@@ -468,29 +528,44 @@ def test_autocommit_connection(db_url, world):  # type: ignore[no-untyped-def]
 # other call of .commit() or .rollback() must be here, by module and function, with the
 # reason it ends only a transaction of its own.
 ALLOWED = {
-    ("db.py", "connect"):
-        "connect() opened the connection itself: it commits the session settings it made",
-    ("guardrails/guard.py", "_applied_psycopg"):
-        "guard() takes only an idle connection: a block that fails leaves a transaction "
-        "begun inside the block, which is rolled back (as `with conn.transaction()` would) "
-        "so that the session's tag can be put back for good",
-    ("guardrails/guard.py", "_applied"):
-        "the same for a SQLAlchemy Connection (refused unless idle): guard()'s settings are "
-        "committed on their own; a failed block's transaction is rolled back",
-    ("guardrails/guard.py", "on_checkout"):
-        "a pool connection as SQLAlchemy hands it out (no one's transaction open): the "
-        "settings are committed on their own",
-    ("guardrails/guard.py", "on_checkin"):
-        "a connection going back to SQLAlchemy's pool, which resets it with a rollback "
-        "anyway: rolled back to put the settings back",
-    ("runbook/engine.py", "_settle"):
-        "run() and resume() refuse a connection with a transaction open and own it until "
-        "they return: what a step left open is the run's own",
+    (
+        "db.py",
+        "connect",
+    ): "connect() opened the connection itself: it commits the session settings it made",
+    (
+        "guardrails/guard.py",
+        "_applied_psycopg",
+    ): "guard() takes only an idle connection: a block that fails leaves a transaction "
+    "begun inside the block, which is rolled back (as `with conn.transaction()` would) "
+    "so that the session's tag can be put back for good",
+    (
+        "guardrails/guard.py",
+        "_applied",
+    ): "the same for a SQLAlchemy Connection (refused unless idle): guard()'s settings are "
+    "committed on their own; a failed block's transaction is rolled back",
+    (
+        "guardrails/guard.py",
+        "on_checkout",
+    ): "a pool connection as SQLAlchemy hands it out (no one's transaction open): the "
+    "settings are committed on their own",
+    (
+        "guardrails/guard.py",
+        "on_checkin",
+    ): "a connection going back to SQLAlchemy's pool, which resets it with a rollback "
+    "anyway: rolled back to put the settings back",
+    (
+        "runbook/engine.py",
+        "_settle",
+    ): "run() and resume() refuse a connection with a transaction open and own it until "
+    "they return: what a step left open is the run's own",
 }
 OWNERS = {"cli/main.py", "cli/demo.py"}
 # SQL that ends (or begins) a transaction, run as such: conn.execute("COMMIT").
-TX_SQL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|ABORT|END|START\s+TRANSACTION)"
-                    r"(\s+(WORK|TRANSACTION))?(\s+AND\s+(NO\s+)?CHAIN)?\s*;?\s*$", re.I)
+TX_SQL = re.compile(
+    r"^\s*(BEGIN|COMMIT|ROLLBACK|ABORT|END|START\s+TRANSACTION)"
+    r"(\s+(WORK|TRANSACTION))?(\s+AND\s+(NO\s+)?CHAIN)?\s*;?\s*$",
+    re.I,
+)
 
 
 def _calls(source: str) -> list[tuple[str, int, str]]:
@@ -503,14 +578,22 @@ def _calls(source: str) -> list[tuple[str, int, str]]:
             name = func
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 name = child.name
-            if (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
-                    and child.func.attr in ("commit", "rollback") and not child.args):
+            if (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Attribute)
+                and child.func.attr in ("commit", "rollback")
+                and not child.args
+            ):
                 found.append((func, child.lineno, f".{child.func.attr}()"))
-            if (isinstance(child, ast.Call) and child.args
-                    and isinstance(child.args[0], ast.Constant)
-                    and isinstance(child.args[0].value, str) and TX_SQL.match(child.args[0].value)
-                    and getattr(child.func, "attr", getattr(child.func, "id", None))
-                    in ("execute", "exec_driver_sql", "SQL", "text")):
+            if (
+                isinstance(child, ast.Call)
+                and child.args
+                and isinstance(child.args[0], ast.Constant)
+                and isinstance(child.args[0].value, str)
+                and TX_SQL.match(child.args[0].value)
+                and getattr(child.func, "attr", getattr(child.func, "id", None))
+                in ("execute", "exec_driver_sql", "SQL", "text")
+            ):
                 found.append((func, child.lineno, repr(child.args[0].value)))
             visit(child, name)
 
@@ -523,21 +606,27 @@ def _rel(path: Path) -> str:
 
 
 def test_no_library_function_ends_a_transaction_it_did_not_open() -> None:
-    offenders = [f"recovery/{_rel(p)}:{line} in {func}(): {what}"
-                 for p in sorted(PACKAGE.rglob("*.py")) if _rel(p) not in OWNERS
-                 for func, line, what in _calls(p.read_text()) if (_rel(p), func) not in ALLOWED]
+    offenders = [
+        f"recovery/{_rel(p)}:{line} in {func}(): {what}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if _rel(p) not in OWNERS
+        for func, line, what in _calls(p.read_text())
+        if (_rel(p), func) not in ALLOWED
+    ]
     assert offenders == [], (
         "a library function commits or rolls back: use `with conn.transaction():` (a "
         "savepoint inside the caller's transaction), or refuse to run inside one "
         "(operations.refuse_in_transaction); only if it ends a transaction it opened "
-        "itself, add it to ALLOWED with the reason")
+        "itself, add it to ALLOWED with the reason"
+    )
     assert all(reason for reason in ALLOWED.values())
 
 
 def test_the_static_check_sees_calls() -> None:
     """The scan finds what it looks for (so an empty result means something)."""
-    assert _calls("def f(c):\n    c.execute('COMMIT')\n    c.rollback()\n"
-                  "def g(c):\n    with c.transaction() as tx:\n        raise Rollback(tx)\n") == [
-        ("f", 2, "'COMMIT'"), ("f", 3, ".rollback()")]
+    assert _calls(
+        "def f(c):\n    c.execute('COMMIT')\n    c.rollback()\n"
+        "def g(c):\n    with c.transaction() as tx:\n        raise Rollback(tx)\n"
+    ) == [("f", 2, "'COMMIT'"), ("f", 3, ".rollback()")]
     found = [(f, w) for p in sorted(PACKAGE.rglob("*.py")) for f, _n, w in _calls(p.read_text())]
     assert ("_settle", ".rollback()") in found

@@ -32,12 +32,12 @@ BAD = Selector(tags=("bad",))
 
 # -- helpers ---------------------------------------------------------------------
 
+
 def snap(conn: psycopg.Connection, table: str) -> list[str]:
     """Every row of a table as text, ordered by its first column (then the whole row),
     read in a fresh transaction."""
     conn.rollback()
-    out = [r[0] for r in conn.execute(
-        f"SELECT row_::text, row_.* FROM {table} row_ ORDER BY 2, 1")]
+    out = [r[0] for r in conn.execute(f"SELECT row_::text, row_.* FROM {table} row_ ORDER BY 2, 1")]
     conn.rollback()
     return out
 
@@ -49,8 +49,9 @@ def bad(sql_exec, *stmts: str, tag: str = "bad") -> None:  # type: ignore[no-unt
 
 def op_row(conn: psycopg.Connection, op_id: int) -> tuple:  # type: ignore[type-arg]
     conn.rollback()
-    row = conn.execute("SELECT status, tag, summary, error FROM _recovery.operations "
-                       "WHERE op_id = %s", [op_id]).fetchone()
+    row = conn.execute(
+        "SELECT status, tag, summary, error FROM _recovery.operations WHERE op_id = %s", [op_id]
+    ).fetchone()
     conn.rollback()
     assert row is not None
     return row
@@ -58,16 +59,18 @@ def op_row(conn: psycopg.Connection, op_id: int) -> tuple:  # type: ignore[type-
 
 def undo_writes(conn: psycopg.Connection, op_id: int) -> int:
     conn.rollback()
-    n = conn.execute("SELECT count(*) FROM _recovery.stmt WHERE tag = %s",
-                     [f"recovery-undo-{op_id}"]).fetchone()[0]  # type: ignore[index]
+    n = conn.execute(
+        "SELECT count(*) FROM _recovery.stmt WHERE tag = %s", [f"recovery-undo-{op_id}"]
+    ).fetchone()[0]  # type: ignore[index]
     conn.rollback()
     return int(n)
 
 
 def counts(report) -> dict[str, tuple[int, int, int, int, int]]:  # type: ignore[no-untyped-def]
     """Per table: (reinsert, restore, delete, already, conflicts)."""
-    return {t.table: (t.reinsert, t.restore, t.delete, t.already, t.conflicts)
-            for t in report.tables}
+    return {
+        t.table: (t.reinsert, t.restore, t.delete, t.already, t.conflicts) for t in report.tables
+    }
 
 
 @pytest.fixture
@@ -86,8 +89,10 @@ ORIG = ["(1,v1,10)", "(2,v2,20)", "(3,v3,30)", "(4,v4,40)", "(5,v5,50)"]
 def fk(conn, sql_exec):  # type: ignore[no-untyped-def]
     """Parent p (1, 2) and child c (11, 12 of 1; 21 of 2), ON DELETE CASCADE, captured."""
     sql_exec("CREATE TABLE p (id int PRIMARY KEY, name text)")
-    sql_exec("CREATE TABLE c (id int PRIMARY KEY,"
-             " pid int NOT NULL REFERENCES p ON DELETE CASCADE, x text)")
+    sql_exec(
+        "CREATE TABLE c (id int PRIMARY KEY,"
+        " pid int NOT NULL REFERENCES p ON DELETE CASCADE, x text)"
+    )
     sql_exec("INSERT INTO p VALUES (1, 'one'), (2, 'two')")
     sql_exec("INSERT INTO c VALUES (11, 1, 'a'), (12, 1, 'b'), (21, 2, 'c')")
     enable_capture(conn, ["p", "c"])
@@ -95,9 +100,14 @@ def fk(conn, sql_exec):  # type: ignore[no-untyped-def]
 
 # -- 1. net inverse ----------------------------------------------------------------
 
+
 def test_several_updates_of_one_row(conn, sql_exec, t):
-    bad(sql_exec, "UPDATE t SET v = 'x' WHERE id = 1", "UPDATE t SET n = 99 WHERE id = 1",
-        "UPDATE t SET v = 'y', n = n + 1 WHERE id = 1")
+    bad(
+        sql_exec,
+        "UPDATE t SET v = 'x' WHERE id = 1",
+        "UPDATE t SET n = 99 WHERE id = 1",
+        "UPDATE t SET v = 'y', n = n + 1 WHERE id = 1",
+    )
     bad(sql_exec, "UPDATE t SET v = 'z' WHERE id = 1")  # a second transaction, same tag
     assert snap(conn, "t")[0] == "(1,z,100)"
     report = rollback(conn, BAD)
@@ -108,8 +118,11 @@ def test_several_updates_of_one_row(conn, sql_exec, t):
 
 
 def test_insert_then_update_is_deleted(conn, sql_exec, t):
-    bad(sql_exec, "INSERT INTO t VALUES (10, 'new', 1), (11, 'new2', 2)",
-        "UPDATE t SET v = 'changed' WHERE id = 10")
+    bad(
+        sql_exec,
+        "INSERT INTO t VALUES (10, 'new', 1), (11, 'new2', 2)",
+        "UPDATE t SET v = 'changed' WHERE id = 10",
+    )
     rollback(conn, BAD)
     assert snap(conn, "t") == ORIG
 
@@ -122,18 +135,30 @@ def test_update_then_delete_is_reinserted(conn, sql_exec, t):
 
 
 def test_insert_then_delete_is_nothing(conn, sql_exec, t):
-    bad(sql_exec, "INSERT INTO t VALUES (20, 'tmp', 0)", "DELETE FROM t WHERE id = 20",
-        "UPDATE t SET v = 'x' WHERE id = 1")
+    bad(
+        sql_exec,
+        "INSERT INTO t VALUES (20, 'tmp', 0)",
+        "DELETE FROM t WHERE id = 20",
+        "UPDATE t SET v = 'x' WHERE id = 1",
+    )
     report = rollback(conn, BAD)
     assert snap(conn, "t") == ORIG
     assert report.tables[0].already == 1  # key 20: nothing to do
 
 
 def test_primary_key_changed(conn, sql_exec, t):
-    bad(sql_exec, "UPDATE t SET id = 10, v = 'moved' WHERE id = 1",
-        "UPDATE t SET id = id + 100 WHERE id = 2")
-    assert snap(conn, "t") == ["(3,v3,30)", "(4,v4,40)", "(5,v5,50)", "(10,moved,10)",
-                               "(102,v2,20)"]
+    bad(
+        sql_exec,
+        "UPDATE t SET id = 10, v = 'moved' WHERE id = 1",
+        "UPDATE t SET id = id + 100 WHERE id = 2",
+    )
+    assert snap(conn, "t") == [
+        "(3,v3,30)",
+        "(4,v4,40)",
+        "(5,v5,50)",
+        "(10,moved,10)",
+        "(102,v2,20)",
+    ]
     rollback(conn, BAD)
     assert snap(conn, "t") == ORIG
 
@@ -149,16 +174,23 @@ def test_primary_key_swap(conn, sql_exec):
 
 
 def test_primary_key_swap_in_steps(conn, sql_exec, t):
-    bad(sql_exec, "UPDATE t SET id = 0 WHERE id = 1", "UPDATE t SET id = 1 WHERE id = 2",
-        "UPDATE t SET id = 2 WHERE id = 0")
+    bad(
+        sql_exec,
+        "UPDATE t SET id = 0 WHERE id = 1",
+        "UPDATE t SET id = 1 WHERE id = 2",
+        "UPDATE t SET id = 2 WHERE id = 0",
+    )
     assert snap(conn, "t")[:2] == ["(1,v2,20)", "(2,v1,10)"]
     rollback(conn, BAD)
     assert snap(conn, "t") == ORIG
 
 
 def test_delete_then_reinsert_same_key(conn, sql_exec, t):
-    bad(sql_exec, "DELETE FROM t WHERE id IN (3, 4)",
-        "INSERT INTO t VALUES (3, 'again', 30), (4, 'v4', 40)")
+    bad(
+        sql_exec,
+        "DELETE FROM t WHERE id IN (3, 4)",
+        "INSERT INTO t VALUES (3, 'again', 30), (4, 'v4', 40)",
+    )
     report = rollback(conn, BAD)
     assert snap(conn, "t") == ORIG
     # key 4 came back identical: nothing to write there
@@ -172,17 +204,24 @@ def test_truncate_is_undone(conn, sql_exec, t):
 
 
 def test_array_json_and_null_values(conn, sql_exec):
-    sql_exec("CREATE TABLE a (id int PRIMARY KEY, tags text[], js json, pt point,"
-             " amount numeric, note text)")
-    sql_exec("INSERT INTO a VALUES"
-             " (1, '{a,b}', '{\"k\": 1}', '(1,2)', 1.0, NULL),"
-             " (2, NULL, '[1,  2]', NULL, -0.0, 'x'),"
-             " (3, '{}', 'null', '(0,0)', 1.50, '')")
+    sql_exec(
+        "CREATE TABLE a (id int PRIMARY KEY, tags text[], js json, pt point,"
+        " amount numeric, note text)"
+    )
+    sql_exec(
+        "INSERT INTO a VALUES"
+        " (1, '{a,b}', '{\"k\": 1}', '(1,2)', 1.0, NULL),"
+        " (2, NULL, '[1,  2]', NULL, -0.0, 'x'),"
+        " (3, '{}', 'null', '(0,0)', 1.50, '')"
+    )
     enable_capture(conn, ["a"])
     before = snap(conn, "a")
-    bad(sql_exec, "UPDATE a SET tags = '{c,d,e}', js = '{\"k\":1}', amount = 1.00 WHERE id = 1",
+    bad(
+        sql_exec,
+        "UPDATE a SET tags = '{c,d,e}', js = '{\"k\":1}', amount = 1.00 WHERE id = 1",
         "UPDATE a SET tags = '{z}', amount = 0, pt = '(3,4)' WHERE id = 2",
-        "UPDATE a SET tags = NULL, note = NULL WHERE id = 3")
+        "UPDATE a SET tags = NULL, note = NULL WHERE id = 3",
+    )
     bad(sql_exec, "UPDATE a SET tags = tags || '{f}'::text[] WHERE id = 1")
     rollback(conn, BAD)
     assert snap(conn, "a") == before
@@ -195,49 +234,70 @@ def test_array_of_same_length_is_restored(conn, sql_exec):
     sql_exec("INSERT INTO a VALUES (1, '{a,b}', '{{1,2},{3,4}}', '{x}'), (2, '{c}', '{5}', '{}')")
     enable_capture(conn, ["a"])
     before = snap(conn, "a")
-    bad(sql_exec, "UPDATE a SET tags = '{y,z}', ints = '{{0,0},{0,0}}', d = '{q}' WHERE id = 1",
-        "DELETE FROM a WHERE id = 2")
+    bad(
+        sql_exec,
+        "UPDATE a SET tags = '{y,z}', ints = '{{0,0},{0,0}}', d = '{q}' WHERE id = 1",
+        "DELETE FROM a WHERE id = 2",
+    )
     rollback(conn, BAD)
     assert snap(conn, "a") == before
 
 
 def test_generated_identity_composite_and_partitioned(conn, sql_exec):
-    sql_exec("CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, a int,"
-             " b int GENERATED ALWAYS AS (a * 2) STORED)")
+    sql_exec(
+        "CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, a int,"
+        " b int GENERATED ALWAYS AS (a * 2) STORED)"
+    )
     sql_exec("INSERT INTO g (a) VALUES (1), (2), (3)")
     sql_exec("CREATE TABLE k (a int, b text, v text, PRIMARY KEY (a, b))")
     sql_exec("INSERT INTO k VALUES (1, 'x', 'one'), (1, 'y', 'two'), (2, 'x', 'three')")
-    sql_exec("CREATE TABLE pt (id int, region text, v text, PRIMARY KEY (id, region))"
-             " PARTITION BY LIST (region)")
-    sql_exec("CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');"
-             " CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us')")
+    sql_exec(
+        "CREATE TABLE pt (id int, region text, v text, PRIMARY KEY (id, region))"
+        " PARTITION BY LIST (region)"
+    )
+    sql_exec(
+        "CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');"
+        " CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us')"
+    )
     sql_exec("INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b')")
     enable_capture(conn, ["g", "k", "pt"])
     before = [snap(conn, x) for x in ("g", "k", "pt")]
-    bad(sql_exec, "UPDATE g SET a = a + 10 WHERE id = 1", "DELETE FROM g WHERE id = 2",
+    bad(
+        sql_exec,
+        "UPDATE g SET a = a + 10 WHERE id = 1",
+        "DELETE FROM g WHERE id = 2",
         "INSERT INTO g (a) VALUES (9)",
-        "UPDATE k SET b = 'z' WHERE a = 1 AND b = 'x'", "UPDATE k SET v = 'bad' WHERE a = 2",
+        "UPDATE k SET b = 'z' WHERE a = 1 AND b = 'x'",
+        "UPDATE k SET v = 'bad' WHERE a = 2",
         "DELETE FROM k WHERE b = 'y'",
         "UPDATE pt SET region = 'us', v = 'moved' WHERE id = 1",  # moves to another partition
-        "UPDATE pt_us SET v = 'x' WHERE id = 2")                  # written via the partition
+        "UPDATE pt_us SET v = 'x' WHERE id = 2",
+    )  # written via the partition
     rollback(conn, BAD)
     assert [snap(conn, x) for x in ("g", "k", "pt")] == before
 
 
 def test_quoted_names_and_other_schema(conn, sql_exec):
-    sql_exec('CREATE SCHEMA "My Schema";'
-             ' CREATE TABLE "My Schema"."Order Items" ("Id" int PRIMARY KEY, "select" text,'
-             ' "Value" int);'
-             ' CREATE TABLE "My Schema"."Kid" (k int PRIMARY KEY,'
-             ' "Parent Id" int REFERENCES "My Schema"."Order Items" ON DELETE CASCADE)')
-    sql_exec('INSERT INTO "My Schema"."Order Items" VALUES (1, \'a\', 1), (2, \'b\', 2);'
-             ' INSERT INTO "My Schema"."Kid" VALUES (1, 1)')
+    sql_exec(
+        'CREATE SCHEMA "My Schema";'
+        ' CREATE TABLE "My Schema"."Order Items" ("Id" int PRIMARY KEY, "select" text,'
+        ' "Value" int);'
+        ' CREATE TABLE "My Schema"."Kid" (k int PRIMARY KEY,'
+        ' "Parent Id" int REFERENCES "My Schema"."Order Items" ON DELETE CASCADE)'
+    )
+    sql_exec(
+        "INSERT INTO \"My Schema\".\"Order Items\" VALUES (1, 'a', 1), (2, 'b', 2);"
+        ' INSERT INTO "My Schema"."Kid" VALUES (1, 1)'
+    )
     tables = ['"My Schema"."Order Items"', '"My Schema"."Kid"']
     enable_capture(conn, tables)
     before = [snap(conn, x) for x in tables]
-    bad(sql_exec, 'UPDATE "My Schema"."Order Items" SET "select" = \'x\' WHERE "Id" = 2',
+    bad(
+        sql_exec,
+        'UPDATE "My Schema"."Order Items" SET "select" = \'x\' WHERE "Id" = 2',
         'DELETE FROM "My Schema"."Order Items" WHERE "Id" = 1',
-        'INSERT INTO "My Schema"."Order Items" VALUES (3, \'c\', 3)')
+        'INSERT INTO "My Schema"."Order Items" VALUES (3, \'c\', 3)',
+    )
     rollback(conn, BAD)
     assert [snap(conn, x) for x in tables] == before
 
@@ -247,8 +307,12 @@ def test_table_with_chosen_key(conn, sql_exec):
     sql_exec("INSERT INTO nk VALUES ('a', '1'), ('b', '2')")
     enable_capture(conn, ["nk"], key=["code"])
     before = snap(conn, "nk")
-    bad(sql_exec, "UPDATE nk SET v = 'x'", "DELETE FROM nk WHERE code = 'a'",
-        "INSERT INTO nk VALUES ('c', '3')")
+    bad(
+        sql_exec,
+        "UPDATE nk SET v = 'x'",
+        "DELETE FROM nk WHERE code = 'a'",
+        "INSERT INTO nk VALUES ('c', '3')",
+    )
     rollback(conn, BAD)
     assert snap(conn, "nk") == before
 
@@ -258,16 +322,26 @@ def test_columns_retyped_renamed_dropped_after_the_bad_change(conn, sql_exec, t)
     sql_exec("ALTER TABLE t ALTER COLUMN n TYPE numeric(6,1)")
     sql_exec("ALTER TABLE t RENAME COLUMN v TO label")
     rollback(conn, BAD)
-    assert snap(conn, "t") == ["(1,v1,10.0)", "(2,v2,20.0)", "(3,v3,30.0)", "(4,v4,40.0)",
-                               "(5,v5,50.0)"]
-    bad(sql_exec, "UPDATE t SET label = 'bad', n = 0 WHERE id = 1", "DELETE FROM t WHERE id = 2",
-        tag="bad2")
+    assert snap(conn, "t") == [
+        "(1,v1,10.0)",
+        "(2,v2,20.0)",
+        "(3,v3,30.0)",
+        "(4,v4,40.0)",
+        "(5,v5,50.0)",
+    ]
+    bad(
+        sql_exec,
+        "UPDATE t SET label = 'bad', n = 0 WHERE id = 1",
+        "DELETE FROM t WHERE id = 2",
+        tag="bad2",
+    )
     sql_exec("ALTER TABLE t DROP COLUMN n")
     rollback(conn, Selector(tags=("bad2",)))
     assert snap(conn, "t") == ["(1,v1)", "(2,v2)", "(3,v3)", "(4,v4)", "(5,v5)"]
 
 
 # -- 2. column level ---------------------------------------------------------------
+
 
 def test_later_edit_of_other_column_is_kept(conn, sql_exec, t):
     bad(sql_exec, "UPDATE t SET v = 'bad' WHERE id IN (1, 2)")
@@ -287,6 +361,7 @@ def test_later_edit_of_other_column_after_reinsert_is_kept(conn, sql_exec, t):
 
 
 # -- 3. conflicts --------------------------------------------------------------------
+
 
 @pytest.fixture
 def same_column(conn, sql_exec, t):  # type: ignore[no-untyped-def]
@@ -408,6 +483,7 @@ def test_inserted_row_edited_later(conn, sql_exec, t):
 
 # -- 4. foreign keys -----------------------------------------------------------------
 
+
 def test_parent_and_cascaded_children_come_back(conn, sql_exec, fk):
     before_p, before_c = snap(conn, "p"), snap(conn, "c")
     bad(sql_exec, "DELETE FROM p WHERE id = 1")
@@ -419,9 +495,12 @@ def test_parent_and_cascaded_children_come_back(conn, sql_exec, fk):
 
 
 def test_children_deleted_before_parent(conn, sql_exec, fk):
-    bad(sql_exec, "INSERT INTO p VALUES (3, 'three')",
+    bad(
+        sql_exec,
+        "INSERT INTO p VALUES (3, 'three')",
         "INSERT INTO c VALUES (31, 3, 'x'), (32, 3, 'y')",
-        "UPDATE c SET pid = 3 WHERE id = 21")
+        "UPDATE c SET pid = 3 WHERE id = 21",
+    )
     rollback(conn, BAD)
     assert snap(conn, "p") == ["(1,one)", "(2,two)"]
     assert snap(conn, "c") == ["(11,1,a)", "(12,1,b)", "(21,2,c)"]
@@ -429,8 +508,12 @@ def test_children_deleted_before_parent(conn, sql_exec, fk):
 
 def test_children_moved_to_deleted_parent_come_back(conn, sql_exec, fk):
     # The bad change moves children to a new parent, then deletes the old parent.
-    bad(sql_exec, "INSERT INTO p VALUES (3, 'three')", "UPDATE c SET pid = 3 WHERE pid = 1",
-        "DELETE FROM p WHERE id = 1")
+    bad(
+        sql_exec,
+        "INSERT INTO p VALUES (3, 'three')",
+        "UPDATE c SET pid = 3 WHERE pid = 1",
+        "DELETE FROM p WHERE id = 1",
+    )
     rollback(conn, BAD)
     assert snap(conn, "p") == ["(1,one)", "(2,two)"]
     assert snap(conn, "c") == ["(11,1,a)", "(12,1,b)", "(21,2,c)"]
@@ -450,8 +533,11 @@ def test_key_change_with_on_update_cascade(conn, sql_exec):
 
 def test_later_child_of_a_parent_the_bad_change_inserted(conn, sql_exec, fk):
     # Deleting the parent would cascade to (or be refused by) a legitimate later child.
-    bad(sql_exec, "INSERT INTO p VALUES (3, 'three'), (4, 'four')",
-        "INSERT INTO c VALUES (41, 4, 'bad child')")
+    bad(
+        sql_exec,
+        "INSERT INTO p VALUES (3, 'three'), (4, 'four')",
+        "INSERT INTO c VALUES (41, 4, 'bad child')",
+    )
     sql_exec("INSERT INTO c VALUES (31, 3, 'legit')")
     state = (snap(conn, "p"), snap(conn, "c"))
     with pytest.raises(ConflictError) as exc:
@@ -468,15 +554,22 @@ def test_self_referencing_tree(conn, sql_exec):
     sql_exec("CREATE TABLE tree (id int PRIMARY KEY, parent int REFERENCES tree, name text)")
     sql_exec("INSERT INTO tree VALUES (1, NULL, 'root'), (2, 1, 'kid')")
     enable_capture(conn, ["tree"])
-    bad(sql_exec, "INSERT INTO tree VALUES (10, 1, 'bad'), (11, 10, 'bad kid'), (20, 1, 'bad2')",
-        "DELETE FROM tree WHERE id = 2")
+    bad(
+        sql_exec,
+        "INSERT INTO tree VALUES (10, 1, 'bad'), (11, 10, 'bad kid'), (20, 1, 'bad2')",
+        "DELETE FROM tree WHERE id = 2",
+    )
     sql_exec("INSERT INTO tree VALUES (21, 20, 'legit kid of bad2')")
     with pytest.raises(ConflictError):
         rollback(conn, BAD)
     report = rollback(conn, BAD, on_conflict="skip")
     assert report.conflicts == 1
-    assert snap(conn, "tree") == ["(1,,root)", "(2,1,kid)", "(20,1,bad2)",
-                                  "(21,20,\"legit kid of bad2\")"]
+    assert snap(conn, "tree") == [
+        "(1,,root)",
+        "(2,1,kid)",
+        "(20,1,bad2)",
+        '(21,20,"legit kid of bad2")',
+    ]
 
 
 @pytest.mark.parametrize("batch_size", [None, 1])
@@ -485,16 +578,23 @@ def test_tree_rows_come_back_and_go_in_dependency_order(conn, sql_exec, batch_si
     sql_exec("INSERT INTO tree VALUES (1, NULL, 'root'), (5, 1, 'kid'), (3, 5, 'grandkid')")
     enable_capture(conn, ["tree"])
     before = snap(conn, "tree")
-    bad(sql_exec, "INSERT INTO tree VALUES (10, 1, 'bad'), (11, 10, 'bad kid')",
-        "DELETE FROM tree WHERE id IN (3, 5)")
+    bad(
+        sql_exec,
+        "INSERT INTO tree VALUES (10, 1, 'bad'), (11, 10, 'bad kid')",
+        "DELETE FROM tree WHERE id IN (3, 5)",
+    )
     rollback(conn, BAD, batch_size=batch_size)
     assert snap(conn, "tree") == before
 
 
 def test_foreign_keys_batched(conn, sql_exec, fk):
     before = (snap(conn, "p"), snap(conn, "c"))
-    bad(sql_exec, "DELETE FROM p WHERE id = 1", "INSERT INTO p VALUES (3, 'three')",
-        "INSERT INTO c VALUES (31, 3, 'x'), (32, 3, 'y')")
+    bad(
+        sql_exec,
+        "DELETE FROM p WHERE id = 1",
+        "INSERT INTO p VALUES (3, 'three')",
+        "INSERT INTO c VALUES (31, 3, 'x'), (32, 3, 'y')",
+    )
     report = rollback(conn, BAD, batch_size=1)
     assert (snap(conn, "p"), snap(conn, "c")) == before
     assert report.batches == 6
@@ -543,9 +643,13 @@ def test_own_triggers_do_not_alter_restored_rows(conn, sql_exec):
     sql_exec(TRIGGERED)
     enable_capture(conn, ["doc"])
     before = snap(conn, "doc")
-    assert before == ["(1,a,5,\"2021-01-01 00:00:00+00\")", "(2,b,7,\"2021-02-01 00:00:00+00\")"]
-    bad(sql_exec, "UPDATE doc SET body = 'broken' WHERE id = 1", "DELETE FROM doc WHERE id = 2",
-        "INSERT INTO doc (id, body) VALUES (3, 'new')")
+    assert before == ['(1,a,5,"2021-01-01 00:00:00+00")', '(2,b,7,"2021-02-01 00:00:00+00")']
+    bad(
+        sql_exec,
+        "UPDATE doc SET body = 'broken' WHERE id = 1",
+        "DELETE FROM doc WHERE id = 2",
+        "INSERT INTO doc (id, body) VALUES (3, 'new')",
+    )
     after_bad = snap(conn, "doc")
     assert after_bad[0].startswith("(1,broken,6,")
     rollback(conn, BAD)
@@ -560,9 +664,15 @@ def test_own_triggers_do_not_alter_restored_rows(conn, sql_exec):
 
 # -- 6 / 7. undo twice, undo of the undo -------------------------------------------------
 
+
 def _mixed_bad_change(sql_exec) -> None:  # type: ignore[no-untyped-def]
-    bad(sql_exec, "UPDATE t SET v = 'bad' WHERE id <= 2", "DELETE FROM t WHERE id = 3",
-        "INSERT INTO t VALUES (6, 'new', 60)", "UPDATE t SET id = 40 WHERE id = 4")
+    bad(
+        sql_exec,
+        "UPDATE t SET v = 'bad' WHERE id <= 2",
+        "DELETE FROM t WHERE id = 3",
+        "INSERT INTO t VALUES (6, 'new', 60)",
+        "UPDATE t SET id = 40 WHERE id = 4",
+    )
 
 
 def test_undo_twice_changes_nothing_the_second_time(conn, sql_exec, t):
@@ -608,6 +718,7 @@ def test_undo_of_the_undo_with_fk_and_triggers(conn, sql_exec, fk):
 
 # -- 8. selectors ----------------------------------------------------------------------------
 
+
 def _txid(sql_exec, tag: str) -> int:  # type: ignore[no-untyped-def]
     (row,) = sql_exec("SELECT DISTINCT txid FROM _recovery.stmt WHERE tag = %s", [tag])
     return int(row[0])
@@ -641,11 +752,15 @@ def test_select_by_table_follows_cascades(conn, sql_exec, fk, t):
 
 
 def test_select_by_user(conn, sql_exec, t):
-    sql_exec("DO $$ BEGIN CREATE ROLE recovery_test_deployer; "
-             "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    sql_exec(
+        "DO $$ BEGIN CREATE ROLE recovery_test_deployer; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
     sql_exec("GRANT ALL ON t TO recovery_test_deployer")
-    sql_exec("SET SESSION AUTHORIZATION recovery_test_deployer; "
-             "UPDATE t SET v = 'deployer' WHERE id IN (1, 2)")
+    sql_exec(
+        "SET SESSION AUTHORIZATION recovery_test_deployer; "
+        "UPDATE t SET v = 'deployer' WHERE id IN (1, 2)"
+    )
     sql_exec("UPDATE t SET v = 'admin' WHERE id = 3")
     rollback(conn, Selector(users=("recovery_test_deployer",)))
     assert snap(conn, "t") == [*ORIG[:2], "(3,admin,30)", *ORIG[3:]]
@@ -675,20 +790,25 @@ def test_selector_errors(conn, sql_exec, t):
 
 # -- 9. batches, interruption, resume -------------------------------------------------------
 
+
 def _twenty(sql_exec, name: str) -> None:  # type: ignore[no-untyped-def]
     sql_exec(f"CREATE TABLE {name} (id int PRIMARY KEY, v text, n int)")
     sql_exec(f"INSERT INTO {name} SELECT g, 'v' || g, g FROM generate_series(1, 20) g")
 
 
 def _damage(sql_exec, name: str, tag: str) -> None:  # type: ignore[no-untyped-def]
-    bad(sql_exec, f"UPDATE {name} SET v = 'bad' WHERE id <= 8",
+    bad(
+        sql_exec,
+        f"UPDATE {name} SET v = 'bad' WHERE id <= 8",
         f"DELETE FROM {name} WHERE id BETWEEN 9 AND 14",
         f"INSERT INTO {name} SELECT g, 'new', g FROM generate_series(21, 26) g",
-        f"UPDATE {name} SET id = id + 100 WHERE id IN (15, 16)", tag=tag)
-    sql_exec(f"UPDATE {name} SET n = -n WHERE id IN (1, 2)")       # kept
+        f"UPDATE {name} SET id = id + 100 WHERE id IN (15, 16)",
+        tag=tag,
+    )
+    sql_exec(f"UPDATE {name} SET n = -n WHERE id IN (1, 2)")  # kept
     sql_exec(f"UPDATE {name} SET v = 'legit' WHERE id IN (3, 21)")  # conflicts:
-    sql_exec(f"INSERT INTO {name} VALUES (9, 'again', 9)")            # re-inserted since
-    sql_exec(f"DELETE FROM {name} WHERE id = 4")                      # deleted since
+    sql_exec(f"INSERT INTO {name} VALUES (9, 'again', 9)")  # re-inserted since
+    sql_exec(f"DELETE FROM {name} WHERE id = 4")  # deleted since
 
 
 @pytest.mark.parametrize("on_conflict", ["skip", "overwrite"])
@@ -711,8 +831,9 @@ def test_batched_equals_single_transaction(conn, sql_exec, on_conflict):
         del expected[3]
         expected.append("(21,legit,21)")
     assert snap(conn, "single") == expected
-    assert [(t.inserted, t.updated, t.deleted) for t in one.tables] == \
-        [(t.inserted, t.updated, t.deleted) for t in many.tables]
+    assert [(t.inserted, t.updated, t.deleted) for t in one.tables] == [
+        (t.inserted, t.updated, t.deleted) for t in many.tables
+    ]
 
 
 def test_batched_interrupted_conflict_then_resume_with_skip(conn, sql_exec):
@@ -745,8 +866,9 @@ def test_batched_interrupted_conflict_then_resume_with_skip(conn, sql_exec):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    return subprocess.run([sys.executable, "-m", "recovery", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
@@ -755,24 +877,46 @@ def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
     sql_exec(f"INSERT INTO big SELECT g, 'v' || g, g FROM generate_series(1, {rows}) g")
     enable_capture(conn, ["big"])
     original = snap(conn, "big")
-    bad(sql_exec, "UPDATE big SET v = 'bad' WHERE id % 2 = 0", "DELETE FROM big WHERE id % 5 = 0",
+    bad(
+        sql_exec,
+        "UPDATE big SET v = 'bad' WHERE id % 2 = 0",
+        "DELETE FROM big WHERE id % 5 = 0",
         f"INSERT INTO big SELECT g, 'new', g FROM generate_series({rows + 1}, {rows + 100}) g",
-        tag="bulk")
+        tag="bulk",
+    )
     sql_exec("UPDATE big SET n = -1 WHERE id = 2")
     expected = [r if r != "(2,v2,2)" else "(2,v2,-1)" for r in original]
 
     err = tmp_path / "stderr"
     op_id = None
-    with err.open("w") as errf, psycopg.connect(db_url, autocommit=True) as watcher, \
-            subprocess.Popen([sys.executable, "-m", "recovery", "rollback", "--tag", "bulk",
-                              "--batch-size", "1", "--yes", "--db", db_url],
-                             stdout=subprocess.DEVNULL, stderr=errf) as proc:
+    with (
+        err.open("w") as errf,
+        psycopg.connect(db_url, autocommit=True) as watcher,
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recovery",
+                "rollback",
+                "--tag",
+                "bulk",
+                "--batch-size",
+                "1",
+                "--yes",
+                "--db",
+                db_url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=errf,
+        ) as proc,
+    ):
         deadline = time.monotonic() + 30
         try:
             while time.monotonic() < deadline:
                 row = watcher.execute(
                     "SELECT op_id, (summary->>'batches')::int FROM _recovery.operations "
-                    "WHERE kind = 'rollback' ORDER BY op_id DESC LIMIT 1").fetchone()
+                    "WHERE kind = 'rollback' ORDER BY op_id DESC LIMIT 1"
+                ).fetchone()
                 if row and row[1] and row[1] > 0:
                     op_id = row[0]
                     os.kill(proc.pid, signal.SIGKILL)
@@ -805,6 +949,7 @@ def test_batched_undo_killed_then_resumed(conn, db_url, sql_exec, tmp_path):
 
 # -- 10. dry run, --json, --sql, operations ------------------------------------------------
 
+
 def test_operations_leave_the_connection_idle(conn, sql_exec, t):
     """After an undo, a snapshot and a restore the caller's connection is not left
     idle in a transaction (the operation's lock is taken and let go outside one)."""
@@ -833,8 +978,9 @@ def test_dry_run_changes_nothing(conn, sql_exec, t):
     assert counts(report) == {"public.t": (2, 2, 2, 0, 0)}
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM _recovery.operations").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = '_recovery'"
-                        " AND tablename LIKE 'undo%'").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = '_recovery' AND tablename LIKE 'undo%'"
+    ).fetchone() == (0,)
     conn.rollback()
     real = rollback(conn, BAD)  # the plan was exact
     assert counts(real) == counts(report)
@@ -857,8 +1003,7 @@ def test_cli_dry_run_json_sql_and_operations(conn, sql_exec, t, cli, tmp_path):
     assert res.exit_code == 0, res.output
     assert snap(conn, "t") == state
     text = plan.read_text()
-    for stmt in ("INSERT INTO \"public\".\"t\"", "UPDATE \"public\".\"t\"",
-                 "DELETE FROM \"public\".\"t\""):
+    for stmt in ('INSERT INTO "public"."t"', 'UPDATE "public"."t"', 'DELETE FROM "public"."t"'):
         assert stmt in text
 
     done = tmp_path / "done.sql"
@@ -868,8 +1013,7 @@ def test_cli_dry_run_json_sql_and_operations(conn, sql_exec, t, cli, tmp_path):
     assert doc["status"] == "done"
     assert snap(conn, "t") == ORIG
     text = done.read_text()
-    for stmt in ("INSERT INTO \"public\".\"t\"", "UPDATE \"public\".\"t\"",
-                 "DELETE FROM \"public\".\"t\""):
+    for stmt in ('INSERT INTO "public"."t"', 'UPDATE "public"."t"', 'DELETE FROM "public"."t"'):
         assert stmt in text
 
     res = cli("operations", "--json")
@@ -891,6 +1035,7 @@ def test_cli_conflict_exit_code(conn, same_column, cli):
 
 # -- 11. lock timeout --------------------------------------------------------------------------
 
+
 def test_lock_timeout(conn, db_url, sql_exec, t):
     bad(sql_exec, "UPDATE t SET v = 'bad' WHERE id IN (1, 2)")
     state = snap(conn, "t")
@@ -904,8 +1049,9 @@ def test_lock_timeout(conn, db_url, sql_exec, t):
         other.rollback()
     assert not isinstance(exc.value, ConflictError)
     conn.rollback()
-    assert conn.execute("SELECT status, error FROM _recovery.operations").fetchall() == \
-        [("failed", "lock timeout")]
+    assert conn.execute("SELECT status, error FROM _recovery.operations").fetchall() == [
+        ("failed", "lock timeout")
+    ]
     conn.rollback()
     rollback(conn, BAD, lock_timeout="200ms")
     assert snap(conn, "t") == ORIG

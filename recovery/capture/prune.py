@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..db import DEFAULT_SCHEMA
+from ..db import DEFAULT_SCHEMA, scalar
 from ..errors import RecoveryError
 from ..schema import require_schema
 
@@ -39,7 +39,10 @@ def parse_duration(text: str) -> str:
 
 
 def prune(
-    conn: psycopg.Connection, older_than: str, *, schema: str = DEFAULT_SCHEMA,
+    conn: psycopg.Connection,
+    older_than: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
     lock_timeout: str = "5s",
 ) -> PruneResult:
     """Start a new journal chunk, then drop every chunk whose changes are all older than cutoff.
@@ -59,8 +62,9 @@ def prune(
             conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
             cutoff, gen, dropped, nstmt, nbytes = _prune(conn, schema, interval)
             # Inside a caller's transaction, give it back its own lock_timeout.
-            conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                         [previous[0] if previous else "0"])
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [previous[0] if previous else "0"]
+            )
     except psycopg.errors.LockNotAvailable:
         raise RecoveryError(
             "the journal is locked by a long transaction: prune waited beyond lock_timeout; retry"
@@ -68,44 +72,60 @@ def prune(
     return PruneResult(cutoff, gen, dropped, nstmt, nbytes)
 
 
-def _prune(conn: psycopg.Connection, schema: str, interval: str
-           ) -> tuple[str, int, list[int], int, int]:
+def _prune(
+    conn: psycopg.Connection, schema: str, interval: str
+) -> tuple[str, int, list[int], int, int]:
     """The work of prune() in the current transaction: (cutoff, generation, chunks
     dropped, statements and bytes dropped)."""
     s = sql.Identifier(schema)
     cutoff = conn.execute("SELECT (now() - %s::interval)::text", [interval]).fetchone()[0]  # type: ignore[index]
-    gen = int(conn.execute(sql.SQL(
-        "UPDATE {}.meta SET value = (value::int + 1)::text WHERE key = 'gen' RETURNING value"
-    ).format(s)).fetchone()[0])  # type: ignore[index]
-    conn.execute(sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled")
-                 .format(s=s))
+    gen = int(
+        scalar(
+            conn,
+            sql.SQL(
+                "UPDATE {}.meta SET value = (value::int + 1)::text WHERE key = 'gen'"
+                " RETURNING value"
+            ).format(s),
+        )
+    )
+    conn.execute(
+        sql.SQL("SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled").format(s=s)
+    )
     old = conn.execute(
         "SELECT substring(c.relname from 6)::int FROM pg_class c JOIN pg_namespace n"
         " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname ~ '^stmt_[0-9]+$'"
-        " AND substring(c.relname from 6)::int < %s ORDER BY 1", [schema, gen]
+        " AND substring(c.relname from 6)::int < %s ORDER BY 1",
+        [schema, gen],
     ).fetchall()
     dropped: list[int] = []
     nstmt = 0
     nbytes = 0
     for (g,) in old:
         stmt_leaf = sql.Identifier(schema, f"stmt_{g}")
-        newest, count = conn.execute(sql.SQL("SELECT max(at), count(*) FROM {}").format(
-            stmt_leaf)).fetchone()  # type: ignore[misc]
-        if newest is not None and conn.execute(
-                "SELECT %s::timestamptz >= %s::timestamptz", [newest, cutoff]).fetchone()[0]:  # type: ignore[index]
+        newest, count = conn.execute(
+            sql.SQL("SELECT max(at), count(*) FROM {}").format(stmt_leaf)
+        ).fetchone()  # type: ignore[misc]
+        if newest is not None and scalar(
+            conn, "SELECT %s::timestamptz >= %s::timestamptz", [newest, cutoff]
+        ):
             continue
         leaves = conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname ~ ('^j_[0-9]+_' || %s || '$')",
-            [schema, str(g)]).fetchall()
+            [schema, str(g)],
+        ).fetchall()
         for (leaf,) in leaves + [(f"stmt_{g}",)]:
             ident = sql.Identifier(schema, leaf)
-            nbytes += conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
-                sql.Literal(f'"{schema}"."{leaf}"'))).fetchone()[0]  # type: ignore[index]
+            nbytes += conn.execute(
+                sql.SQL("SELECT pg_total_relation_size({})").format(
+                    sql.Literal(f'"{schema}"."{leaf}"')
+                )
+            ).fetchone()[0]  # type: ignore[index]
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         dropped.append(g)
         nstmt += int(count)
-    conn.execute(sql.SQL(
-        "INSERT INTO {}.events (kind, detail) VALUES ('prune', %s)").format(s),
-        [f"older than {interval}: dropped chunks {dropped}"])
+    conn.execute(
+        sql.SQL("INSERT INTO {}.events (kind, detail) VALUES ('prune', %s)").format(s),
+        [f"older than {interval}: dropped chunks {dropped}"],
+    )
     return cutoff, gen, dropped, nstmt, nbytes

@@ -99,9 +99,11 @@ def load(conn: psycopg.Connection, schema: str, table_id: int) -> TableInfo:
         if not versions:
             continue  # added while capture could not follow: no history for it
         storage = conn.execute(
-            sql.SQL("SELECT {}.storage_type(a.atttypid, a.atttypmod), t.typcategory = 'A' "
-                    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-                    "WHERE a.attrelid = %s AND a.attnum = %s").format(s),
+            sql.SQL(
+                "SELECT {}.storage_type(a.atttypid, a.atttypmod), t.typcategory = 'A' "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = %s AND a.attnum = %s"
+            ).format(s),
             [relid, attnum],
         ).fetchone()
         assert storage is not None
@@ -115,8 +117,17 @@ def load(conn: psycopg.Connection, schema: str, table_id: int) -> TableInfo:
         )
         # An array (or a domain over one, whose category is the array's), whatever
         # its journal storage.
-        cols.append(Column(attnum, name, typ, vers, bool(generated), bool(ident),
-                           storage[0].endswith("]") or bool(storage[1])))
+        cols.append(
+            Column(
+                attnum,
+                name,
+                typ,
+                vers,
+                bool(generated),
+                bool(ident),
+                storage[0].endswith("]") or bool(storage[1]),
+            )
+        )
     by_num = {c.attnum: c for c in cols}
     try:
         key = tuple(by_num[k] for k in key_attnums)

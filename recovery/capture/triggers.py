@@ -84,25 +84,37 @@ def inheritance_problem(conn: psycopg.Connection, relid: int, label: str) -> str
     the parent would land in the parent.  Rather than capture such a table in part,
     recovery refuses it and says so.  (Declarative partitions are captured whole.)
     """
-    children = [r[0] for r in conn.execute(
-        "SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p "
-        "ON p.oid = i.inhparent WHERE i.inhparent = %s AND p.relkind = 'r' ORDER BY 1",
-        [relid])]
+    children = [
+        r[0]
+        for r in conn.execute(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p "
+            "ON p.oid = i.inhparent WHERE i.inhparent = %s AND p.relkind = 'r' ORDER BY 1",
+            [relid],
+        )
+    ]
     if children:
         more = f" and {len(children) - 3} more" if len(children) > 3 else ""
-        return (f"{label} has legacy inheritance children ({', '.join(children[:3])}{more}): "
-                "writes aimed at a child are not captured by the parent's hooks, and a row "
-                "put back through the parent would land in the parent; convert the hierarchy "
-                "to declarative partitioning (ATTACH PARTITION) to capture it")
-    parents = [r[0] for r in conn.execute(
-        "SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class p "
-        "ON p.oid = i.inhparent WHERE i.inhrelid = %s AND p.relkind = 'r' ORDER BY 1",
-        [relid])]
+        return (
+            f"{label} has legacy inheritance children ({', '.join(children[:3])}{more}): "
+            "writes aimed at a child are not captured by the parent's hooks, and a row "
+            "put back through the parent would land in the parent; convert the hierarchy "
+            "to declarative partitioning (ATTACH PARTITION) to capture it"
+        )
+    parents = [
+        r[0]
+        for r in conn.execute(
+            "SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class p "
+            "ON p.oid = i.inhparent WHERE i.inhrelid = %s AND p.relkind = 'r' ORDER BY 1",
+            [relid],
+        )
+    ]
     if parents:
-        return (f"{label} inherits from {', '.join(parents)} (legacy inheritance): writes "
-                "made through the parent (UPDATE of the parent reaching its rows) are not "
-                "captured by its hooks; convert the hierarchy to declarative partitioning "
-                "(ATTACH PARTITION) to capture it")
+        return (
+            f"{label} inherits from {', '.join(parents)} (legacy inheritance): writes "
+            "made through the parent (UPDATE of the parent reaching its rows) are not "
+            "captured by its hooks; convert the hierarchy to declarative partitioning "
+            "(ATTACH PARTITION) to capture it"
+        )
     return None
 
 
@@ -132,8 +144,9 @@ def enable(
             conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
             done = [_enable_one(conn, name, key, schema) for name in tables]
             # Inside a caller's transaction, give it back its own lock_timeout.
-            conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                         [previous[0] if previous else "0"])
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [previous[0] if previous else "0"]
+            )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise RecoveryError(
             f"not allowed to add capture triggers: {exc.diag.message_primary}; "
@@ -147,9 +160,7 @@ def enable(
     return done
 
 
-def _enable_one(
-    conn: psycopg.Connection, name: str, key: Sequence[str] | None, schema: str
-) -> str:
+def _enable_one(conn: psycopg.Connection, name: str, key: Sequence[str] | None, schema: str) -> str:
     s = sql.Identifier(schema)
     relid, nsp, rel = resolve_table(conn, name)
     label = f"{nsp}.{rel}"
@@ -195,8 +206,7 @@ def _enable_one(
         if key:
             conn.execute(
                 sql.SQL(
-                    "UPDATE {}.captured SET key_attnums = %s, key_source = %s "
-                    "WHERE table_id = %s"
+                    "UPDATE {}.captured SET key_attnums = %s, key_source = %s WHERE table_id = %s"
                 ).format(s),
                 [attnums, source, tid],
             )
@@ -246,8 +256,13 @@ def all_tables(conn: psycopg.Connection, in_schema: str = "public") -> AllTables
             if problem:
                 out.skipped.append((label, problem))
             elif not has_key:
-                out.skipped.append((label, f"{label} has no primary key: capture it by name "
-                                           "with --key COL[,COL] (unique NOT NULL columns)"))
+                out.skipped.append(
+                    (
+                        label,
+                        f"{label} has no primary key: capture it by name "
+                        "with --key COL[,COL] (unique NOT NULL columns)",
+                    )
+                )
             else:
                 out.tables.append(label)
     return out
@@ -295,9 +310,9 @@ def disable(
             for name in tables:
                 relid, nsp, rel = resolve_table(conn, name)
                 row = conn.execute(
-                    sql.SQL(
-                        "SELECT table_id FROM {}.captured WHERE relid = %s AND enabled"
-                    ).format(s),
+                    sql.SQL("SELECT table_id FROM {}.captured WHERE relid = %s AND enabled").format(
+                        s
+                    ),
                     [relid],
                 ).fetchone()
                 if row is None:
@@ -354,8 +369,14 @@ def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
             problems += _problems(conn, schema, tid, relid)
         out.append(
             CaptureState(
-                f"{nsp}.{rel}", enabled, list(key), key_source, int(nstmt), int(nrows),
-                int(size), problems,
+                f"{nsp}.{rel}",
+                enabled,
+                list(key),
+                key_source,
+                int(nstmt),
+                int(nrows),
+                int(size),
+                problems,
             )
         )
     return out

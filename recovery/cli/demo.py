@@ -73,39 +73,60 @@ INSERT INTO payments SELECT g, g, o.total, (ARRAY['card','paypal','transfer'])[1
 
 # The bad deploy: (description, SQL).  Runs in one session with recovery.tag set.
 BAD = [
-    ("price backfill multiplies unit prices by 100 for a product range",
-     "UPDATE order_items SET unit_price = unit_price * 100 WHERE product < 'product 2'"),
-    ("order totals recomputed from the wrong prices",
-     "UPDATE orders o SET total = s.t FROM (SELECT order_id, sum(qty * unit_price) t FROM "
-     "order_items WHERE product < 'product 2' GROUP BY order_id) s WHERE s.order_id = o.id"),
-    ("gold customers' preferences wiped",
-     "UPDATE customers SET prefs = '{{}}' WHERE tier = 'gold' AND id % 10 <> 7"),
-    ("cleanup deletes 'inactive' customers, cascading to their orders, items, payments",
-     "DELETE FROM customers WHERE id % 50 = 3"),
+    (
+        "price backfill multiplies unit prices by 100 for a product range",
+        "UPDATE order_items SET unit_price = unit_price * 100 WHERE product < 'product 2'",
+    ),
+    (
+        "order totals recomputed from the wrong prices",
+        "UPDATE orders o SET total = s.t FROM (SELECT order_id, sum(qty * unit_price) t FROM "
+        "order_items WHERE product < 'product 2' GROUP BY order_id) s WHERE s.order_id = o.id",
+    ),
+    (
+        "gold customers' preferences wiped",
+        "UPDATE customers SET prefs = '{{}}' WHERE tier = 'gold' AND id % 10 <> 7",
+    ),
+    (
+        "cleanup deletes 'inactive' customers, cascading to their orders, items, payments",
+        "DELETE FROM customers WHERE id % 50 = 3",
+    ),
 ]
 
 # Legitimate traffic, interleaved with the deploy; {s} is the schema (public or the
 # shadow copy).  Some of it writes other columns of rows the deploy damaged.
 LEGIT = [
-    ("new orders arrive",
-     "INSERT INTO {s}.orders SELECT {n} + g, 1 + g * 11 % {c}, 'new', 10 * g,"
-     " timestamptz '2026-11-28' FROM generate_series(1, 300) g WHERE (1 + g * 11 % {c}) % 50 <> 3;"
-     "INSERT INTO {s}.order_items SELECT {n} + g, 1, 'product 1' || g, 1, 10 * g"
-     " FROM generate_series(1, 300) g WHERE (1 + g * 11 % {c}) % 50 <> 3"),
-    ("orders ship: status changes on orders whose totals the deploy broke",
-     "UPDATE {s}.orders SET status = 'shipped' WHERE id % 7 = 0 AND status = 'paid'"
-     " AND id <= {n}"),
-    ("customers change quantities on items the deploy repriced",
-     "UPDATE {s}.order_items SET qty = qty + 1 WHERE order_id % 11 = 0 AND line_no = 1"),
-    ("a support agent fixes one damaged price by hand (a real conflict)",
-     "UPDATE {s}.order_items SET unit_price = 9.99 WHERE (order_id, line_no) = ("
-     "SELECT order_id, line_no FROM {s}.order_items WHERE product < 'product 2'"
-     " AND order_id % 50 <> 0 ORDER BY 1, 2 LIMIT 1)"),
-    ("customers who are not gold update their e-mail",
-     "UPDATE {s}.customers SET email = 'new-' || email WHERE id % 13 = 0 AND tier <> 'gold'"),
-    ("refund payments",
-     "INSERT INTO {s}.payments SELECT {n} + g, g, -1, 'refund' FROM generate_series(1, 200) g"
-     " JOIN {s}.orders o ON o.id = g"),
+    (
+        "new orders arrive",
+        "INSERT INTO {s}.orders SELECT {n} + g, 1 + g * 11 % {c}, 'new', 10 * g,"
+        " timestamptz '2026-11-28' FROM generate_series(1, 300) g"
+        " WHERE (1 + g * 11 % {c}) % 50 <> 3;"
+        "INSERT INTO {s}.order_items SELECT {n} + g, 1, 'product 1' || g, 1, 10 * g"
+        " FROM generate_series(1, 300) g WHERE (1 + g * 11 % {c}) % 50 <> 3",
+    ),
+    (
+        "orders ship: status changes on orders whose totals the deploy broke",
+        "UPDATE {s}.orders SET status = 'shipped' WHERE id % 7 = 0 AND status = 'paid'"
+        " AND id <= {n}",
+    ),
+    (
+        "customers change quantities on items the deploy repriced",
+        "UPDATE {s}.order_items SET qty = qty + 1 WHERE order_id % 11 = 0 AND line_no = 1",
+    ),
+    (
+        "a support agent fixes one damaged price by hand (a real conflict)",
+        "UPDATE {s}.order_items SET unit_price = 9.99 WHERE (order_id, line_no) = ("
+        "SELECT order_id, line_no FROM {s}.order_items WHERE product < 'product 2'"
+        " AND order_id % 50 <> 0 ORDER BY 1, 2 LIMIT 1)",
+    ),
+    (
+        "customers who are not gold update their e-mail",
+        "UPDATE {s}.customers SET email = 'new-' || email WHERE id % 13 = 0 AND tier <> 'gold'",
+    ),
+    (
+        "refund payments",
+        "INSERT INTO {s}.payments SELECT {n} + g, g, -1, 'refund' FROM generate_series(1, 200) g"
+        " JOIN {s}.orders o ON o.id = g",
+    ),
 ]
 
 
@@ -116,8 +137,9 @@ def _shop(conn: psycopg.Connection, orders: int) -> int:
     total = 0
     for t in TABLES:
         # fetchone() is typed Optional; count(*) returns one row
-        total += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(t))).fetchone()[0]  # type: ignore[index]
+        total += conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+        ).fetchone()[0]  # type: ignore[index]
     conn.execute("ANALYZE")
     conn.commit()
     return total
@@ -126,8 +148,11 @@ def _shop(conn: psycopg.Connection, orders: int) -> int:
 def _shadow(conn: psycopg.Connection) -> None:
     conn.execute("CREATE SCHEMA demo_expected")
     for t in TABLES:
-        conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
-            sql.Identifier("demo_expected", t), sql.Identifier(t)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
+                sql.Identifier("demo_expected", t), sql.Identifier(t)
+            )
+        )
     conn.commit()
 
 
@@ -149,9 +174,14 @@ def _verify(conn: psycopg.Connection) -> dict[str, int]:
     """Count rows per table that differ from the expected state (0 everywhere is a pass)."""
     bad: dict[str, int] = {}
     for t in TABLES:
-        cols = [r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped AND attname <> 'updated_at' ORDER BY attnum", [t]).fetchall()]
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped AND attname <> 'updated_at' ORDER BY attnum",
+                [t],
+            ).fetchall()
+        ]
         keys = [k.strip() for k in KEYS[t].split(",")]
         row_r = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in cols)
         row_e = sql.SQL(", ").join(sql.SQL("e.{}").format(sql.Identifier(c)) for c in cols)
@@ -159,19 +189,29 @@ def _verify(conn: psycopg.Connection) -> dict[str, int]:
         if t == "customers":
             extra = sql.SQL(" OR (e.updated_at IS NOT NULL AND r.updated_at <> e.updated_at)")
         # fetchone() is typed Optional; count(*) returns one row
-        n = conn.execute(sql.SQL(
-            "SELECT count(*) FROM {r} r FULL JOIN {e} e USING ({k})"
-            " WHERE ROW({rr})::text IS DISTINCT FROM ROW({ee})::text{extra}").format(
-                r=sql.Identifier(t), e=sql.Identifier("demo_expected", t),
-                k=sql.SQL(", ").join(sql.Identifier(k) for k in keys), rr=row_r, ee=row_e,
-                extra=extra)).fetchone()[0]  # type: ignore[index]
+        n = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {r} r FULL JOIN {e} e USING ({k})"
+                " WHERE ROW({rr})::text IS DISTINCT FROM ROW({ee})::text{extra}"
+            ).format(
+                r=sql.Identifier(t),
+                e=sql.Identifier("demo_expected", t),
+                k=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+                rr=row_r,
+                ee=row_e,
+                extra=extra,
+            )
+        ).fetchone()[0]  # type: ignore[index]
         bad[t] = int(n)
     conn.rollback()
     return bad
 
 
 def run_demo(
-    db: str | None = None, *, rows: int = 200_000, keep: bool = False,
+    db: str | None = None,
+    *,
+    rows: int = 200_000,
+    keep: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole story; return timings, counts and whether every row checked out."""
@@ -204,8 +244,11 @@ def run_demo(
         finally:
             if not keep or cluster is not None:
                 with psycopg.connect(admin_url, autocommit=True) as admin:
-                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(dbname)))
+                    admin.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(dbname)
+                        )
+                    )
             elif keep:
                 say(f"kept scratch database {dbname}")
     finally:
@@ -213,8 +256,9 @@ def run_demo(
             cluster.stop()
 
 
-def _story(url: str, orders: int, timings: dict[str, float],
-           say: Callable[[str], None]) -> dict[str, Any]:
+def _story(
+    url: str, orders: int, timings: dict[str, float], say: Callable[[str], None]
+) -> dict[str, Any]:
     conn = connect(url)
     bad_conn = connect(url)
     legit_conn = connect(url)
@@ -276,10 +320,20 @@ def _story(url: str, orders: int, timings: dict[str, float],
         say("\n== timings ==")
         for k, v in timings.items():
             say(f"  {k}: {v:.2f} s")
-        say("\nevery row is as it should be: the deploy's damage is undone, every legitimate "
-            "write kept" if ok else "\nMISMATCH: some rows are not as expected")
-        return {"ok": ok, "rows": total, "timings": timings, "mismatches": mismatches,
-                "plan": plan.to_dict(), "undo": report.to_dict()}
+        say(
+            "\nevery row is as it should be: the deploy's damage is undone, every legitimate "
+            "write kept"
+            if ok
+            else "\nMISMATCH: some rows are not as expected"
+        )
+        return {
+            "ok": ok,
+            "rows": total,
+            "timings": timings,
+            "mismatches": mismatches,
+            "plan": plan.to_dict(),
+            "undo": report.to_dict(),
+        }
     finally:
         for c in (conn, bad_conn, legit_conn, shadow):
             c.close()

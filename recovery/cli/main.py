@@ -61,8 +61,13 @@ class _Group(click.Group):
     (click's own are several lines and exit 2, which here means "refused: conflicts".)
     """
 
-    def make_context(self, info_name: str | None, args: list[str],
-                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
@@ -100,17 +105,34 @@ class Ctx:
 
 def _global_options(f: F) -> F:
     options = [
-        click.option("--db", "db", metavar="URL", help="Database URL (else RECOVERY_DB_URL, "
-                     "then DATABASE_URL)."),
-        click.option("--json", "as_json", is_flag=True, default=None,
-                     help="Print one JSON document on stdout."),
+        click.option(
+            "--db",
+            "db",
+            metavar="URL",
+            help="Database URL (else RECOVERY_DB_URL, then DATABASE_URL).",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            default=None,
+            help="Print one JSON document on stdout.",
+        ),
         click.option("--quiet", is_flag=True, default=None, help="Print nothing but errors."),
-        click.option("--yes", is_flag=True, default=None,
-                     help="Do not ask before changing data."),
-        click.option("--schema-name", "schema_name", metavar="NAME",
-                     help=f"Recovery schema (default {DEFAULT_SCHEMA})."),
-        click.option("--traceback", "show_tb", is_flag=True, default=None,
-                     help="Show the full stack on errors."),
+        click.option("--yes", is_flag=True, default=None, help="Do not ask before changing data."),
+        click.option(
+            "--schema-name",
+            "schema_name",
+            metavar="NAME",
+            help=f"Recovery schema (default {DEFAULT_SCHEMA}).",
+        ),
+        click.option(
+            "--traceback",
+            "show_tb",
+            is_flag=True,
+            default=None,
+            help="Show the full stack on errors.",
+        ),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -119,8 +141,14 @@ def _global_options(f: F) -> F:
 
 def _merge(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
     c: Ctx = ctx.find_root().obj or Ctx()
-    for key, attr in (("db", "db"), ("as_json", "json"), ("quiet", "quiet"), ("yes", "yes"),
-                      ("schema_name", "schema"), ("show_tb", "traceback")):
+    for key, attr in (
+        ("db", "db"),
+        ("as_json", "json"),
+        ("quiet", "quiet"),
+        ("yes", "yes"),
+        ("schema_name", "schema"),
+        ("show_tb", "traceback"),
+    ):
         value = kw.pop(key, None)
         if value is not None:
             setattr(c, attr, value)
@@ -143,8 +171,9 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
                 return f(c, **kw)
             except ApprovalPending as exc:
                 if c.json:
-                    c.emit({"status": "approval pending", "approval": exc.req_id,
-                            "error": str(exc)})
+                    c.emit(
+                        {"status": "approval pending", "approval": exc.req_id, "error": str(exc)}
+                    )
                 click.echo(f"error: {exc}", err=True)
                 ctx.exit(exc.exit_code)
             except ConflictError as exc:
@@ -163,8 +192,11 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
             except psycopg.errors.InsufficientPrivilege as exc:
                 if c.traceback:
                     traceback.print_exc()
-                click.echo(f"error: permission denied: {exc.diag.message_primary}; "
-                           "run as a role with the needed privileges", err=True)
+                click.echo(
+                    f"error: permission denied: {exc.diag.message_primary}; "
+                    "run as a role with the needed privileges",
+                    err=True,
+                )
                 ctx.exit(1)
             except psycopg.Error as exc:
                 if c.traceback:
@@ -183,12 +215,18 @@ def command(group: click.Group, name: str, **attrs: Any) -> Callable[[F], F]:
 def selector_options(f: F) -> F:
     options = [
         click.option("--tag", "tags", multiple=True, help="Changes made with this recovery.tag."),
-        click.option("--txid", "txids", multiple=True, type=int,
-                     help="Changes of this transaction id (repeatable)."),
+        click.option(
+            "--txid",
+            "txids",
+            multiple=True,
+            type=int,
+            help="Changes of this transaction id (repeatable).",
+        ),
         click.option("--since", help="Changes made at or after this time or mark."),
         click.option("--until", help="Changes made before this time or mark."),
-        click.option("--table", "tables", multiple=True,
-                     help="Changes to this table (repeatable)."),
+        click.option(
+            "--table", "tables", multiple=True, help="Changes to this table (repeatable)."
+        ),
         click.option("--user", "users", multiple=True, help="Changes made by this database user."),
         click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
     ]
@@ -199,15 +237,21 @@ def selector_options(f: F) -> F:
 
 def _selector(kw: dict[str, Any]) -> Selector:
     return Selector(
-        tags=tuple(kw.pop("tags")), txids=tuple(kw.pop("txids")), since=kw.pop("since"),
-        until=kw.pop("until"), tables=tuple(kw.pop("tables")), users=tuple(kw.pop("users")),
+        tags=tuple(kw.pop("tags")),
+        txids=tuple(kw.pop("txids")),
+        since=kw.pop("since"),
+        until=kw.pop("until"),
+        tables=tuple(kw.pop("tables")),
+        users=tuple(kw.pop("users")),
         apps=tuple(kw.pop("apps")),
     )
 
 
-_APPROVAL_HELP = ("Run under approval request REQ (approved with `recovery approve REQ` by "
-                  "another database user); without it, an approved request for exactly this "
-                  "plan is used, else the plan is recorded as a request and refused (exit 3).")
+_APPROVAL_HELP = (
+    "Run under approval request REQ (approved with `recovery approve REQ` by "
+    "another database user); without it, an approved request for exactly this "
+    "plan is used, else the plan is recorded as a request and refused (exit 3)."
+)
 
 
 @contextmanager
@@ -256,8 +300,10 @@ def init_cmd(c: Ctx) -> None:
     else:
         c.out(f"schema {res.schema} is up to date (version {res.version})")
     if not res.ddl_follow:
-        c.out("note: not a superuser, so no event trigger: after ALTER TABLE on a captured "
-              "table, capture stops there until `recovery capture enable` is run again")
+        c.out(
+            "note: not a superuser, so no event trigger: after ALTER TABLE on a captured "
+            "table, capture stops there until `recovery capture enable` is run again"
+        )
 
 
 @main.group("capture")
@@ -267,14 +313,26 @@ def capture_group() -> None:
 
 @command(capture_group, "enable")
 @click.argument("tables", nargs=-1)
-@click.option("--all", "all_tables", is_flag=True, help="Every table with a primary key "
-              "(tables it leaves out are named, with the reason).")
-@click.option("--schema", "in_schema", default="public", show_default=True,
-              help="With --all: the schema whose tables to capture.")
-@click.option("--key", help="Row key for a table without primary key: unique NOT NULL "
-              "columns, comma-separated.")
-def capture_enable(c: Ctx, tables: tuple[str, ...], all_tables: bool, in_schema: str,
-                   key: str | None) -> None:
+@click.option(
+    "--all",
+    "all_tables",
+    is_flag=True,
+    help="Every table with a primary key (tables it leaves out are named, with the reason).",
+)
+@click.option(
+    "--schema",
+    "in_schema",
+    default="public",
+    show_default=True,
+    help="With --all: the schema whose tables to capture.",
+)
+@click.option(
+    "--key",
+    help="Row key for a table without primary key: unique NOT NULL columns, comma-separated.",
+)
+def capture_enable(
+    c: Ctx, tables: tuple[str, ...], all_tables: bool, in_schema: str, key: str | None
+) -> None:
     """Start capturing INSERT, UPDATE, DELETE and TRUNCATE on TABLES."""
     if bool(tables) == all_tables:
         raise RecoveryError("name the tables to capture, or pass --all")
@@ -355,23 +413,53 @@ def diff_cmd(c: Ctx, limit: int, **kw: Any) -> None:
 
 @command(main, "rollback")
 @selector_options
-@click.option("--on-conflict", type=click.Choice(["fail", "skip", "overwrite"]), default="fail",
-              show_default=True, help="fail: change nothing (exit 2); skip: undo everything "
-              "else; overwrite: undo conflicting rows too.")
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["fail", "skip", "overwrite"]),
+    default="fail",
+    show_default=True,
+    help="fail: change nothing (exit 2); skip: undo everything "
+    "else; overwrite: undo conflicting rows too.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
-@click.option("--sql", "sql_file", type=click.Path(dir_okay=False, writable=True),
-              help="Write the exact SQL to this file.")
+@click.option(
+    "--sql",
+    "sql_file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the exact SQL to this file.",
+)
 @click.option("--batch-size", type=int, help="Commit every N rows; resumable with --resume.")
-@click.option("--resume", "resume_op", type=int, metavar="OP",
-              help="Continue batched undo operation OP after an interruption.")
-@click.option("--lock-timeout", default="5s", show_default=True,
-              help="Give up (nothing changed) when rows stay locked longer than this.")
-@click.option("--fire-triggers", is_flag=True,
-              help="Let the tables' own triggers fire on restored rows (default: suspended).")
+@click.option(
+    "--resume",
+    "resume_op",
+    type=int,
+    metavar="OP",
+    help="Continue batched undo operation OP after an interruption.",
+)
+@click.option(
+    "--lock-timeout",
+    default="5s",
+    show_default=True,
+    help="Give up (nothing changed) when rows stay locked longer than this.",
+)
+@click.option(
+    "--fire-triggers",
+    is_flag=True,
+    help="Let the tables' own triggers fire on restored rows (default: suspended).",
+)
 @click.option("--approval", type=int, metavar="REQ", help=_APPROVAL_HELP)
-def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
-                 batch_size: int | None, resume_op: int | None, lock_timeout: str,
-                 fire_triggers: bool, approval: int | None, **kw: Any) -> None:
+def rollback_cmd(
+    c: Ctx,
+    on_conflict: str,
+    dry_run: bool,
+    sql_file: str | None,
+    batch_size: int | None,
+    resume_op: int | None,
+    lock_timeout: str,
+    fire_triggers: bool,
+    approval: int | None,
+    **kw: Any,
+) -> None:
     """Undo the selected changes, keeping every later legitimate write."""
     sel = _selector(kw)
     with _conn(c) as conn:
@@ -381,22 +469,41 @@ def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
             if dry_run or sql_file or batch_size is not None or approval is not None:
                 raise RecoveryError(
                     "--resume continues the saved plan with its own batch size (approved when "
-                    "it started): it takes no --dry-run, --sql, --batch-size or --approval")
+                    "it started): it takes no --dry-run, --sql, --batch-size or --approval"
+                )
             _confirm(c, f"Resume undo operation {resume_op}?")
-            report = resume_rollback(conn, resume_op, on_conflict=on_conflict
-                                     if on_conflict != "fail" else None, schema=c.schema)
+            report = resume_rollback(
+                conn,
+                resume_op,
+                on_conflict=on_conflict if on_conflict != "fail" else None,
+                schema=c.schema,
+            )
         else:
             sql_out: list[str] | None = [] if sql_file else None
             if not dry_run and not c.yes:
-                plan = rollback_fn(conn, sel, on_conflict=on_conflict, dry_run=True,
-                                   lock_timeout=lock_timeout, fire_triggers=fire_triggers,
-                                   schema=c.schema)
+                plan = rollback_fn(
+                    conn,
+                    sel,
+                    on_conflict=on_conflict,
+                    dry_run=True,
+                    lock_timeout=lock_timeout,
+                    fire_triggers=fire_triggers,
+                    schema=c.schema,
+                )
                 c.out(render.rollback(plan))
                 _confirm(c, "Apply this undo?")
             report = rollback_fn(
-                conn, sel, on_conflict=on_conflict, dry_run=dry_run, batch_size=batch_size,
-                lock_timeout=lock_timeout, fire_triggers=fire_triggers, sql_out=sql_out,
-                schema=c.schema, approval=approval)
+                conn,
+                sel,
+                on_conflict=on_conflict,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                lock_timeout=lock_timeout,
+                fire_triggers=fire_triggers,
+                sql_out=sql_out,
+                schema=c.schema,
+                approval=approval,
+            )
             if sql_file and sql_out is not None:
                 Path(sql_file).write_text("\n".join(sql_out) + "\n")
     if c.json:
@@ -407,10 +514,15 @@ def rollback_cmd(c: Ctx, on_conflict: str, dry_run: bool, sql_file: str | None,
 
 @command(main, "approve")
 @click.argument("req", type=int, required=False)
-@click.option("--list", "list_all", is_flag=True,
-              help="List the open (pending and approved) requests instead.")
-@click.option("--refuse", is_flag=True,
-              help="Refuse the request: it can then be neither approved nor used.")
+@click.option(
+    "--list",
+    "list_all",
+    is_flag=True,
+    help="List the open (pending and approved) requests instead.",
+)
+@click.option(
+    "--refuse", is_flag=True, help="Refuse the request: it can then be neither approved nor used."
+)
 def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
     """Approve (or refuse) large operation REQ that another database user requested.
 
@@ -440,11 +552,15 @@ def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
     elif refuse:
         c.out(f"refused approval request {req} as {me}")
     elif done.status == "approved":
-        c.out(f"approved request {req} as {me}: {done.requested_by} can now run the same "
-              f"command again (or with --approval {req})")
+        c.out(
+            f"approved request {req} as {me}: {done.requested_by} can now run the same "
+            f"command again (or with --approval {req})"
+        )
     else:
-        c.out(f"recorded the approval of request {req} by {me}: {len(done.approved_by)} of "
-              f"{done.required} needed, still {done.status}")
+        c.out(
+            f"recorded the approval of request {req} by {me}: {len(done.approved_by)} of "
+            f"{done.required} needed, still {done.status}"
+        )
 
 
 @command(main, "mark")
@@ -471,18 +587,40 @@ def mark_cmd(c: Ctx, name: str | None, note: str | None, list_all: bool) -> None
         c.out(f"mark {m.name} at {m.at}: use --since {m.name} or --until {m.name}")
 
 
-@command(main, "guard", context_settings={"ignore_unknown_options": True,
-                                          "allow_interspersed_args": False})
+@command(
+    main,
+    "guard",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.option("--tag", required=True, help="Tag for every write COMMAND makes.")
-@click.option("--max-rows", type=int, help="Abort any transaction of COMMAND that writes "
-              "more rows than this (all captured tables together).")
-@click.option("--max-rows-per-table", "per_table", multiple=True, metavar="TABLE=N",
-              help="Abort any transaction that writes more than N rows to TABLE.")
-@click.option("--table", "tables", multiple=True,
-              help="Make sure these tables are captured (else: every captured table).")
+@click.option(
+    "--max-rows",
+    type=int,
+    help="Abort any transaction of COMMAND that writes "
+    "more rows than this (all captured tables together).",
+)
+@click.option(
+    "--max-rows-per-table",
+    "per_table",
+    multiple=True,
+    metavar="TABLE=N",
+    help="Abort any transaction that writes more than N rows to TABLE.",
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="Make sure these tables are captured (else: every captured table).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def guard_cmd(c: Ctx, tag: str, max_rows: int | None, per_table: tuple[str, ...],
-              tables: tuple[str, ...], command: tuple[str, ...]) -> None:
+def guard_cmd(
+    c: Ctx,
+    tag: str,
+    max_rows: int | None,
+    per_table: tuple[str, ...],
+    tables: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
     """Run COMMAND with its writes tagged and capped; show what it changed.
 
     Every libpq client COMMAND starts gets the tag and caps through PGOPTIONS
@@ -490,8 +628,15 @@ def guard_cmd(c: Ctx, tag: str, max_rows: int | None, per_table: tuple[str, ...]
     COMMAND's own, or 3 when a cap aborted one of its transactions.
     """
     caps = parse_per_table(per_table)
-    res = run_guarded(c.db, list(command), tag=tag, max_rows=max_rows,
-                      max_rows_per_table=caps, tables=list(tables), schema=c.schema)
+    res = run_guarded(
+        c.db,
+        list(command),
+        tag=tag,
+        max_rows=max_rows,
+        max_rows_per_table=caps,
+        tables=list(tables),
+        schema=c.schema,
+    )
     if c.json:
         c.emit(res.to_dict())
     else:
@@ -504,7 +649,8 @@ def guard_cmd(c: Ctx, tag: str, max_rows: int | None, per_table: tuple[str, ...]
         raise CapExceeded(
             f"a blast-radius cap aborted a transaction of the command (exit code "
             f"{res.exit_code}): nothing that transaction wrote was kept; raise the cap with "
-            "--max-rows or --max-rows-per-table if the change really must touch more rows")
+            "--max-rows or --max-rows-per-table if the change really must touch more rows"
+        )
     if res.exit_code != 0:
         click.get_current_context().exit(res.exit_code)
 
@@ -522,8 +668,12 @@ def operations_cmd(c: Ctx, limit: int) -> None:
 
 
 @command(main, "prune")
-@click.option("--older-than", required=True, metavar="DURATION",
-              help="Retention period, e.g. 7d, 12h, '30 days'.")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="Retention period, e.g. 7d, 12h, '30 days'.",
+)
 def prune_cmd(c: Ctx, older_than: str) -> None:
     """Drop captured changes older than DURATION, whole chunks at a time."""
     parse_duration(older_than)  # bad input is reported as such, before any question
@@ -533,8 +683,10 @@ def prune_cmd(c: Ctx, older_than: str) -> None:
     if c.json:
         c.emit(res.to_dict())
     else:
-        c.out(f"dropped {len(res.dropped_chunks)} chunk(s), {res.dropped_statements} "
-              f"statement(s), {res.dropped_bytes} bytes older than {res.cutoff}")
+        c.out(
+            f"dropped {len(res.dropped_chunks)} chunk(s), {res.dropped_statements} "
+            f"statement(s), {res.dropped_bytes} bytes older than {res.cutoff}"
+        )
 
 
 @main.group("snapshot")
@@ -542,8 +694,10 @@ def snapshot_group() -> None:
     """Save rows before a risky change; list, show, verify and drop snapshots."""
 
 
-_STORE_HELP = ("Where the snapshot is: 'db' (the database store) or a directory "
-               "(default: the database, then ./snapshots).")
+_STORE_HELP = (
+    "Where the snapshot is: 'db' (the database store) or a directory "
+    "(default: the database, then ./snapshots)."
+)
 
 
 @contextmanager
@@ -554,8 +708,7 @@ def _tqdm(c: Ctx, what: str) -> Iterator[Callable[[int], None] | None]:
         return
     from tqdm import tqdm
 
-    with tqdm(desc=what, unit="B", unit_scale=True, leave=False, mininterval=0.5,
-              delay=2.0) as bar:
+    with tqdm(desc=what, unit="B", unit_scale=True, leave=False, mininterval=0.5, delay=2.0) as bar:
 
         def update(n: int) -> None:  # tqdm's update returns a bool, a Progress returns None
             bar.update(n)
@@ -566,19 +719,43 @@ def _tqdm(c: Ctx, what: str) -> Iterator[Callable[[int], None] | None]:
 @command(snapshot_group, "create")
 @click.argument("name")
 @click.option("--table", "tables", multiple=True, help="Save rows of this table (repeatable).")
-@click.option("--where", "wheres", multiple=True, metavar="SQL",
-              help="Only rows where SQL holds: one, or one per --table in the same order.")
-@click.option("--for-sql", "for_sql", type=click.Path(dir_okay=False),
-              help="Save what the statements of this SQL file could destroy.")
-@click.option("--store", help="'db' (default: tables under the recovery schema) or a "
-              "directory (e.g. ./snapshots) that survives the database.")
-@click.option("--key", help="Row key for a table without primary key: unique NOT NULL "
-              "columns, comma-separated.")
-@click.option("--dry-run", is_flag=True, help="With --for-sql: print the estimated blast "
-              "radius per statement and stop.")
-def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[str, ...],
-                    for_sql: str | None, store: str | None, key: str | None,
-                    dry_run: bool) -> None:
+@click.option(
+    "--where",
+    "wheres",
+    multiple=True,
+    metavar="SQL",
+    help="Only rows where SQL holds: one, or one per --table in the same order.",
+)
+@click.option(
+    "--for-sql",
+    "for_sql",
+    type=click.Path(dir_okay=False),
+    help="Save what the statements of this SQL file could destroy.",
+)
+@click.option(
+    "--store",
+    help="'db' (default: tables under the recovery schema) or a "
+    "directory (e.g. ./snapshots) that survives the database.",
+)
+@click.option(
+    "--key",
+    help="Row key for a table without primary key: unique NOT NULL columns, comma-separated.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="With --for-sql: print the estimated blast radius per statement and stop.",
+)
+def snapshot_create(
+    c: Ctx,
+    name: str,
+    tables: tuple[str, ...],
+    wheres: tuple[str, ...],
+    for_sql: str | None,
+    store: str | None,
+    key: str | None,
+    dry_run: bool,
+) -> None:
     """Save rows (a table, a WHERE, or what a migration could destroy) into a store."""
 
     snap.check_name(name)
@@ -598,7 +775,6 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
         specs = snap.table_specs(conn, tables, wheres) if tables else []
         source: dict[str, Any] = {"tables": list(tables), "where": list(wheres)}
         if text is not None:
-
             stmts = sqlscope.analyze(conn, text, source=for_sql or "FILE")
             sqlscope.estimate(conn, stmts)
             more = snap.specs_for_sql(stmts)
@@ -606,12 +782,30 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
             if twice:
                 raise RecoveryError("a --table is also saved by --for-sql: name it once")
             specs += more
-            source["for_sql"] = {"file": for_sql, "statements": [
-                {"number": s.number, "line": s.line, "kind": s.kind, "text": s.text,
-                 "notes": s.notes, "est_rows": s.est_rows, "est_bytes": s.est_bytes,
-                 "targets": [{"table": f"{t.schema}.{t.table}", "bounded": t.bounded,
-                              "reason": t.reason, "columns": t.columns} for t in s.targets]}
-                for s in stmts]}
+            source["for_sql"] = {
+                "file": for_sql,
+                "statements": [
+                    {
+                        "number": s.number,
+                        "line": s.line,
+                        "kind": s.kind,
+                        "text": s.text,
+                        "notes": s.notes,
+                        "est_rows": s.est_rows,
+                        "est_bytes": s.est_bytes,
+                        "targets": [
+                            {
+                                "table": f"{t.schema}.{t.table}",
+                                "bounded": t.bounded,
+                                "reason": t.reason,
+                                "columns": t.columns,
+                            }
+                            for t in s.targets
+                        ],
+                    }
+                    for s in stmts
+                ],
+            }
             if not c.json:
                 c.out(render.blast_radius(stmts))
             if dry_run:
@@ -620,8 +814,16 @@ def snapshot_create(c: Ctx, name: str, tables: tuple[str, ...], wheres: tuple[st
                 return
         keys = [k.strip() for k in key.split(",")] if key else None
         with _tqdm(c, f"snapshot {name}") as progress:
-            info = snap.create(conn, name, specs, store=store, key=keys, source=source,
-                               schema=c.schema, progress=progress)
+            info = snap.create(
+                conn,
+                name,
+                specs,
+                store=store,
+                key=keys,
+                source=source,
+                schema=c.schema,
+                progress=progress,
+            )
     if c.json:
         c.emit(info.to_dict())
     else:
@@ -632,8 +834,9 @@ def _maybe_conn(c: Ctx, store: str | None) -> Any:
     """A connection, unless a directory store is named and no database is given."""
     import os
 
-    if store not in (None, "db") and not (c.db or os.environ.get("RECOVERY_DB_URL")
-                                          or os.environ.get("DATABASE_URL")):
+    if store not in (None, "db") and not (
+        c.db or os.environ.get("RECOVERY_DB_URL") or os.environ.get("DATABASE_URL")
+    ):
         # nullcontext, not a contextmanager over an iterator: an error inside the block
         # must reach the command's handler (exit 1), not fail in generator.throw().
         return nullcontext(None)
@@ -682,8 +885,10 @@ def snapshot_verify(c: Ctx, name: str, store: str | None) -> None:
     if c.json:
         c.emit(res.to_dict())
     else:
-        c.out(f"snapshot {name} is intact: " + ", ".join(
-            f"{i['table']} {i['rows']} rows" for i in res.items))
+        c.out(
+            f"snapshot {name} is intact: "
+            + ", ".join(f"{i['table']} {i['rows']} rows" for i in res.items)
+        )
 
 
 @command(snapshot_group, "drop")
@@ -704,34 +909,58 @@ def snapshot_drop(c: Ctx, name: str, store: str | None) -> None:
 
 @command(main, "restore")
 @click.argument("snapshot")
-@click.option("--table", "tables", multiple=True, help="Only this table of the snapshot "
-              "(repeatable).")
+@click.option(
+    "--table", "tables", multiple=True, help="Only this table of the snapshot (repeatable)."
+)
 @click.option("--store", help=_STORE_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
-@click.option("--delete-new", is_flag=True, help="Also delete rows added since the "
-              "snapshot inside its WHERE (default: kept and reported).")
-@click.option("--lock-timeout", default="5s", show_default=True,
-              help="Give up (nothing changed) when rows stay locked longer than this.")
-@click.option("--fire-triggers", is_flag=True,
-              help="Let the tables' own triggers fire on restored rows (default: suspended).")
+@click.option(
+    "--delete-new",
+    is_flag=True,
+    help="Also delete rows added since the snapshot inside its WHERE (default: kept and reported).",
+)
+@click.option(
+    "--lock-timeout",
+    default="5s",
+    show_default=True,
+    help="Give up (nothing changed) when rows stay locked longer than this.",
+)
+@click.option(
+    "--fire-triggers",
+    is_flag=True,
+    help="Let the tables' own triggers fire on restored rows (default: suspended).",
+)
 @click.option("--approval", type=int, metavar="REQ", help=_APPROVAL_HELP)
-def restore_cmd(c: Ctx, snapshot: str, tables: tuple[str, ...], store: str | None,
-                dry_run: bool, delete_new: bool, lock_timeout: str,
-                fire_triggers: bool, approval: int | None) -> None:
+def restore_cmd(
+    c: Ctx,
+    snapshot: str,
+    tables: tuple[str, ...],
+    store: str | None,
+    dry_run: bool,
+    delete_new: bool,
+    lock_timeout: str,
+    fire_triggers: bool,
+    approval: int | None,
+) -> None:
     """Put a snapshot's rows back: changed rows get saved values, deleted rows return."""
 
     with _conn(c) as conn:
         info = snap.find(conn, snapshot, store=store, schema=c.schema)
-        opts: dict[str, Any] = dict(tables=tables, delete_new=delete_new,
-                                    fire_triggers=fire_triggers, lock_timeout=lock_timeout,
-                                    schema=c.schema)
+        opts: dict[str, Any] = dict(
+            tables=tables,
+            delete_new=delete_new,
+            fire_triggers=fire_triggers,
+            lock_timeout=lock_timeout,
+            schema=c.schema,
+        )
         if not dry_run and not c.yes:
             plan = restore_fn(conn, info, dry_run=True, **opts)
             c.out(render.restore(plan))
             _confirm(c, "Apply this restore?")
         with _tqdm(c, f"restore {snapshot}") as progress:
-            report = restore_fn(conn, info, dry_run=dry_run, progress=progress,
-                                approval=approval, **opts)
+            report = restore_fn(
+                conn, info, dry_run=dry_run, progress=progress, approval=approval, **opts
+            )
     if c.json:
         c.emit(report.to_dict())
     else:
@@ -743,8 +972,9 @@ def runbook_group() -> None:
     """Run incident runbooks (runbooks/*.yaml): list, validate, run, resume."""
 
 
-_REPORT_DIR_HELP = "Write the run's report (Markdown, JSON, HTML) into DIR/run-ID/ " \
-                   "(default ./runbook-reports)."
+_REPORT_DIR_HELP = (
+    "Write the run's report (Markdown, JSON, HTML) into DIR/run-ID/ (default ./runbook-reports)."
+)
 
 
 def _runbook_errors(errors: list[str]) -> None:
@@ -769,8 +999,13 @@ def _runbook_result(c: Ctx, res: Any) -> None:
 
 
 @command(runbook_group, "list")
-@click.option("--dir", "directory", default="runbooks", show_default=True,
-              help="Directory of runbook files (*.yaml).")
+@click.option(
+    "--dir",
+    "directory",
+    default="runbooks",
+    show_default=True,
+    help="Directory of runbook files (*.yaml).",
+)
 @click.option("--runs", is_flag=True, help="List recent runs recorded in the database instead.")
 @click.option("--limit", default=20, show_default=True, help="With --runs: how many, newest first.")
 def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
@@ -782,11 +1017,26 @@ def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
         if c.json:
             c.emit(found)
         else:
-            c.out(table(
-                ["run", "runbook", "status", "at step", "dry run", "by", "started", "error"],
-                [[r["run_id"], r["name"], r["status"], r["at_step"] or "", "yes" if r["dry_run"]
-                  else "", r["started_by"], r["started_at"][:19], r["error"] or ""]
-                 for r in found]) if found else "no runbook run recorded")
+            c.out(
+                table(
+                    ["run", "runbook", "status", "at step", "dry run", "by", "started", "error"],
+                    [
+                        [
+                            r["run_id"],
+                            r["name"],
+                            r["status"],
+                            r["at_step"] or "",
+                            "yes" if r["dry_run"] else "",
+                            r["started_by"],
+                            r["started_at"][:19],
+                            r["error"] or "",
+                        ]
+                        for r in found
+                    ],
+                )
+                if found
+                else "no runbook run recorded"
+            )
         return
     books = rbm.list_runbooks(directory)
     if c.json:
@@ -798,10 +1048,17 @@ def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
             continue
         c.out(f"{b['name']} ({b['file']})\n  {b['description'].strip()}")
         for name, p in b["parameters"].items():
-            default = "required" if p["required"] else "optional" if p["default"] is None \
+            default = (
+                "required"
+                if p["required"]
+                else "optional"
+                if p["default"] is None
                 else f"default {p['default']!r}"
-            c.out(f"  --param {name}=<{p['type']}>  {default}"
-                  + (f": {p['description']}" if p["description"] else ""))
+            )
+            c.out(
+                f"  --param {name}=<{p['type']}>  {default}"
+                + (f": {p['description']}" if p["description"] else "")
+            )
         c.out("")
     if not books:
         c.out(f"no runbook (*.yaml) in {directory}")
@@ -819,22 +1076,38 @@ def runbook_validate(c: Ctx, file: str) -> None:
             c.emit({"file": file, "valid": False, "errors": exc.errors})
         _runbook_errors(exc.errors)
     if c.json:
-        c.emit({"file": file, "valid": True, "name": rb.name, "parameters": list(rb.params),
-                "steps": [{"id": s.id, "kind": s.kind} for s in rb.steps]})
+        c.emit(
+            {
+                "file": file,
+                "valid": True,
+                "name": rb.name,
+                "parameters": list(rb.params),
+                "steps": [{"id": s.id, "kind": s.kind} for s in rb.steps],
+            }
+        )
     else:
-        c.out(f"{file}: runbook {rb.name} is valid: {len(rb.params)} parameter(s), "
-              f"{len(rb.steps)} step(s)")
+        c.out(
+            f"{file}: runbook {rb.name} is valid: {len(rb.params)} parameter(s), "
+            f"{len(rb.steps)} step(s)"
+        )
 
 
 @command(runbook_group, "run")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--param", "params", multiple=True, metavar="K=V",
-              help="Value of a runbook parameter (repeatable).")
-@click.option("--dry-run", is_flag=True,
-              help="Run only the read-only steps; show what the others would do.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="K=V",
+    help="Value of a runbook parameter (repeatable).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Run only the read-only steps; show what the others would do."
+)
 @click.option("--report-dir", metavar="DIR", help=_REPORT_DIR_HELP)
-def runbook_run(c: Ctx, file: str, params: tuple[str, ...], dry_run: bool,
-                report_dir: str | None) -> None:
+def runbook_run(
+    c: Ctx, file: str, params: tuple[str, ...], dry_run: bool, report_dir: str | None
+) -> None:
     """Run a runbook's steps in order, unattended: no prompt (large plans wait for an
     approval step); exit 0 done, 1 error, 2 a check failed, 3 waiting for approval."""
 
@@ -844,8 +1117,9 @@ def runbook_run(c: Ctx, file: str, params: tuple[str, ...], dry_run: bool,
         _runbook_errors(exc.errors)
     values = rbm.bind_params(rb, rbm.parse_param_args(params))
     with _conn(c) as conn:
-        res = rbm.run(conn, rb, values, dry_run=dry_run, schema=c.schema, echo=c.out,
-                      report_dir=report_dir)
+        res = rbm.run(
+            conn, rb, values, dry_run=dry_run, schema=c.schema, echo=c.out, report_dir=report_dir
+        )
     _runbook_result(c, res)
 
 

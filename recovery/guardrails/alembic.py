@@ -83,8 +83,9 @@ log = logging.getLogger("recovery.migrations")
 _LEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/|\()*", re.DOTALL)
 _WORD = re.compile(r"[A-Za-z]+")
 _ON_CONFLICT = re.compile(r"\bON\s+CONFLICT\b", re.IGNORECASE)
-_ANALYSED = frozenset({"UPDATE", "DELETE", "MERGE", "TRUNCATE", "DROP", "ALTER", "WITH",
-                       "DO", "CALL"})
+_ANALYSED = frozenset(
+    {"UPDATE", "DELETE", "MERGE", "TRUNCATE", "DROP", "ALTER", "WITH", "DO", "CALL"}
+)
 _BAD_NAME = re.compile(r"[^A-Za-z0-9._-]")
 # The migration connections watched: SQLAlchemy Connection -> its hook.
 _HOOKS: weakref.WeakKeyDictionary[Any, _Snapshots] = weakref.WeakKeyDictionary()
@@ -121,14 +122,18 @@ def should_analyze(statement: str, *, version_table: str = "alembic_version") ->
         except Exception:  # noqa: BLE001 (the scanner failed: let the analysis decide)
             return True
     for word in words:
-        if word in _ANALYSED or (word == "INSERT" and _ON_CONFLICT.search(statement)) or (
-                word in ("SELECT", "EXPLAIN", "VALUES") and "(" in statement):
+        if (
+            word in _ANALYSED
+            or (word == "INSERT" and _ON_CONFLICT.search(statement))
+            or (word in ("SELECT", "EXPLAIN", "VALUES") and "(" in statement)
+        ):
             return True
     return False
 
 
-def render_sql(conn: psycopg.Connection, statement: str, parameters: Any,
-               executemany: bool = False) -> tuple[str, bool]:
+def render_sql(
+    conn: psycopg.Connection, statement: str, parameters: Any, executemany: bool = False
+) -> tuple[str, bool]:
     """The statement as the server runs it, parameters rendered as literals (psycopg's
     client-side binding), and whether to widen its targets to whole tables.
 
@@ -177,8 +182,8 @@ class _Snapshots:
         self.version_table = version_table
         self.enabled = True
         self.revision: str | None = None
-        self.n = 0      # snapshots taken in this run of the revision
-        self.run = 1    # suffix of this run's names (1: none)
+        self.n = 0  # snapshots taken in this run of the revision
+        self.run = 1  # suffix of this run's names (1: none)
         self.taken: list[str] = []
 
     def begin(self, revision: str) -> None:
@@ -187,8 +192,15 @@ class _Snapshots:
     def end(self) -> None:
         self.revision = None
 
-    def __call__(self, conn: Any, cursor: Any, statement: str, parameters: Any,
-                 context: Any, executemany: bool) -> None:
+    def __call__(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
         if not self.enabled or self.revision is None:
             return
         if not should_analyze(statement, version_table=self.version_table):
@@ -197,8 +209,12 @@ class _Snapshots:
         try:
             text, widen = render_sql(raw, statement, parameters, executemany)
         except Exception as exc:  # noqa: BLE001 (parameters psycopg cannot render)
-            log.warning("alembic %s: statement not snapshotted (its parameters cannot be "
-                        "rendered: %s): %s", self.revision, exc, statement[:200])
+            log.warning(
+                "alembic %s: statement not snapshotted (its parameters cannot be rendered: %s): %s",
+                self.revision,
+                exc,
+                statement[:200],
+            )
             return
         self.take(raw, text, widen)
 
@@ -224,16 +240,17 @@ class _Snapshots:
                 except RecoveryError:
                     raise
                 except Exception as exc:  # noqa: BLE001 (the parser's coverage, not data)
-                    raise _NotSaved(f"the analysis failed: {type(exc).__name__}: "
-                                    f"{exc}") from exc
+                    raise _NotSaved(f"the analysis failed: {type(exc).__name__}: {exc}") from exc
                 if widen:
                     for st in stmts:
                         for t in st.targets:
                             if t.columns is None:
                                 t.where = t.from_sql = None
                                 t.bounded = False
-                                t.reason = f"executemany of more than {MANY_LIMIT} parameter " \
-                                           "sets: whole table"
+                                t.reason = (
+                                    f"executemany of more than {MANY_LIMIT} parameter "
+                                    "sets: whole table"
+                                )
                 names = {t.relid: f"{t.schema}.{t.table}" for st in stmts for t in st.targets}
                 specs = self._keyed(raw, snapshot.specs_for_sql(stmts), names)
                 if not specs:
@@ -241,39 +258,51 @@ class _Snapshots:
                 require_schema(raw, self.schema)
                 name = self._free_name(raw, rev)
                 info = snapshot.save_in_transaction(
-                    raw, name, specs, schema=self.schema,
-                    source={"alembic": rev, "statement": text[:2000]})
+                    raw,
+                    name,
+                    specs,
+                    schema=self.schema,
+                    source={"alembic": rev, "statement": text[:2000]},
+                )
         except (RecoveryError, _NotSaved) as exc:
             msg = str(exc)
             if "nothing to save" in msg:
                 log.debug("alembic %s: destroys nothing: %s", rev, text[:200])
             else:
-                log.warning("alembic %s: statement not snapshotted (%s): %s", rev, msg,
-                            text[:200])
+                log.warning("alembic %s: statement not snapshotted (%s): %s", rev, msg, text[:200])
             return None
         self.n += 1
         self.taken.append(name)
-        log.info("alembic %s: snapshot %s (%s) before: %s", rev, name,
-                 ", ".join(f"{t['table']} {t['rows']} rows" for t in info.tables), text[:200])
+        log.info(
+            "alembic %s: snapshot %s (%s) before: %s",
+            rev,
+            name,
+            ", ".join(f"{t['table']} {t['rows']} rows" for t in info.tables),
+            text[:200],
+        )
         return name
 
-    def _keyed(self, raw: psycopg.Connection, specs: list[Any], names: dict[int, str]
-               ) -> list[Any]:
+    def _keyed(self, raw: psycopg.Connection, specs: list[Any], names: dict[int, str]) -> list[Any]:
         """Specs of tables with a primary key (restore finds rows by it); the others are
         logged and left out."""
         out = []
         for spec in specs:
-            if raw.execute("SELECT 1 FROM pg_index WHERE indrelid = %s AND indisprimary",
-                           [spec.relid]).fetchone():
+            if raw.execute(
+                "SELECT 1 FROM pg_index WHERE indrelid = %s AND indisprimary", [spec.relid]
+            ).fetchone():
                 out.append(spec)
             else:
-                log.warning("alembic %s: rows of %s not snapshotted: it has no primary key",
-                            self.revision, names.get(spec.relid, spec.relid))
+                log.warning(
+                    "alembic %s: rows of %s not snapshotted: it has no primary key",
+                    self.revision,
+                    names.get(spec.relid, spec.relid),
+                )
         return out
 
     def _free_name(self, raw: psycopg.Connection, rev: str) -> str:
         query = sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
-            sql.Identifier(self.schema))
+            sql.Identifier(self.schema)
+        )
         while True:
             name = snapshot_name(rev, self.n + 1, self.run)
             if raw.execute(query, [name]).fetchone() is None:
@@ -303,7 +332,8 @@ def guard_alembic(
     if snapshot and not isinstance(bind.connection.driver_connection, psycopg.Connection):
         raise RecoveryError(
             "guard_alembic(snapshot=True) needs the psycopg (3) driver: use a "
-            "postgresql+psycopg:// URL, or pass snapshot=False")
+            "postgresql+psycopg:// URL, or pass snapshot=False"
+        )
     url = bind.engine.url.render_as_string(hide_password=False)
     # Capture is switched on over a connection of its own, committed before the
     # migration's transaction takes any lock.  (enable and enable_all run in a
@@ -333,8 +363,13 @@ def guard_alembic(
             continue
         values = settings(revision_tag(script.revision), max_rows, max_rows_per_table or {})
 
-        def upgrade(*args: Any, _orig: Any = module.upgrade, _values: dict[str, str] = values,
-                    _rev: str = script.revision, **kwargs: Any) -> Any:
+        def upgrade(
+            *args: Any,
+            _orig: Any = module.upgrade,
+            _values: dict[str, str] = values,
+            _rev: str = script.revision,
+            **kwargs: Any,
+        ) -> Any:
             connection = context.get_bind()
             for k, v in _values.items():
                 connection.exec_driver_sql("SELECT set_config(%s, %s, false)", (k, v))

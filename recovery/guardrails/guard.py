@@ -41,7 +41,8 @@ def check_tag(tag: str) -> str:
     if not _TAG.match(tag):
         raise RecoveryError(
             f"tag {tag!r} cannot be passed safely to clients: use letters, digits and "
-            ". _ : / @ + - (no spaces or quotes, at most 100 characters)")
+            ". _ : / @ + - (no spaces or quotes, at most 100 characters)"
+        )
     return tag
 
 
@@ -53,7 +54,8 @@ def check_caps(max_rows: int | None, per_table: Mapping[str, int]) -> str:
         if not _TABLE.match(table):
             raise RecoveryError(
                 f"--max-rows-per-table {table!r}: name a table as TABLE or SCHEMA.TABLE "
-                "(plain lower-case names)")
+                "(plain lower-case names)"
+            )
         if n < 0:
             raise RecoveryError(f"--max-rows-per-table {table}={n}: a cap is 0 or more rows")
     return ",".join(f"{t}={n}" for t, n in per_table.items())
@@ -93,22 +95,31 @@ class GuardResult:
     command: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, "started_at": self.started_at, "exit_code": self.exit_code,
-                "cap_hit": self.cap_hit, "command": self.command,
-                "changes": self.changes.to_dict() if self.changes else None,
-                "undo_command": self.undo_command}
+        return {
+            "tag": self.tag,
+            "started_at": self.started_at,
+            "exit_code": self.exit_code,
+            "cap_hit": self.cap_hit,
+            "command": self.command,
+            "changes": self.changes.to_dict() if self.changes else None,
+            "undo_command": self.undo_command,
+        }
 
 
 def _captured_tables(conn: psycopg.Connection, schema: str) -> set[str]:
     """Names (schema.table) of the tables under capture now."""
     require_schema(conn, schema)
-    return {r[0] for r in conn.execute(sql.SQL(
-        "SELECT schema_name || '.' || table_name FROM {}.captured WHERE enabled").format(
-            sql.Identifier(schema)))}
+    return {
+        r[0]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT schema_name || '.' || table_name FROM {}.captured WHERE enabled"
+            ).format(sql.Identifier(schema))
+        )
+    }
 
 
-def _check_cap_tables(conn: psycopg.Connection, per_table: Mapping[str, int],
-                      schema: str) -> None:
+def _check_cap_tables(conn: psycopg.Connection, per_table: Mapping[str, int], schema: str) -> None:
     """A per-table cap must name a captured table, or it would silently cap nothing."""
     captured = _captured_tables(conn, schema)
     for name in per_table:
@@ -117,11 +128,13 @@ def _check_cap_tables(conn: psycopg.Connection, per_table: Mapping[str, int],
             raise RecoveryError(
                 f"--max-rows-per-table {name}: {nsp}.{rel} is not a captured table (a "
                 "partition counts under its captured parent): name the captured table, or "
-                "capture it with --table")
+                "capture it with --table"
+            )
 
 
-def _prepare(conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping[str, int],
-             schema: str) -> str:
+def _prepare(
+    conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping[str, int], schema: str
+) -> str:
     """Make sure capture is on (for `tables`, or some table at all); return the start time."""
     if tables:
         enable(conn, list(tables), schema=schema)
@@ -129,7 +142,8 @@ def _prepare(conn: psycopg.Connection, tables: Sequence[str], per_table: Mapping
         if not tables and not _captured_tables(conn, schema):
             raise RecoveryError(
                 "no table is captured: name the tables with --table, or run `recovery capture "
-                "enable` first")
+                "enable` first"
+            )
         _check_cap_tables(conn, per_table, schema)
         started = conn.execute("SELECT clock_timestamp()::text").fetchone()
     assert started is not None
@@ -179,8 +193,9 @@ def run_guarded(
     env = dict(os.environ, PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {opts}".strip())
     sink = stderr or sys.stderr
     cap_hit = False
-    with subprocess.Popen(list(command), env=env, stderr=subprocess.PIPE, text=True,
-                          errors="replace") as proc:
+    with subprocess.Popen(
+        list(command), env=env, stderr=subprocess.PIPE, text=True, errors="replace"
+    ) as proc:
 
         def pump() -> None:
             nonlocal cap_hit
@@ -203,8 +218,7 @@ def run_guarded(
     if rc < 0:
         rc = 128 - rc
     report = _report(resolve_url(url), tag, started, schema)
-    return GuardResult(tag, started, rc, cap_hit, report, undo_command(tag, started),
-                       list(command))
+    return GuardResult(tag, started, rc, cap_hit, report, undo_command(tag, started), list(command))
 
 
 @dataclass
@@ -240,16 +254,16 @@ def guard(
     with _applied(target, values) as url:
         with connect(url) as probe:
             _check_cap_tables(probe, per_table, schema)
-            report.started_at = str(probe.execute("SELECT clock_timestamp()::text")
-                                    .fetchone()[0])  # type: ignore[index]
+            report.started_at = str(probe.execute("SELECT clock_timestamp()::text").fetchone()[0])  # type: ignore[index]
         yield report
     report.changes = _report(url, tag, report.started_at, schema)
     report.undo_command = undo_command(tag, report.started_at)
 
 
 def _busy() -> RecoveryError:
-    return RecoveryError("guard() needs a connection with no transaction open: commit or "
-                         "roll back before the block")
+    return RecoveryError(
+        "guard() needs a connection with no transaction open: commit or roll back before the block"
+    )
 
 
 @contextmanager
@@ -297,6 +311,7 @@ def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
                     target.commit()  # else the block's own commit takes it along
         return
     if isinstance(target, Engine):
+
         def on_checkout(dbapi_conn: Any, _rec: Any, _proxy: Any) -> None:
             cur = dbapi_conn.cursor()
             for k, v in values.items():
@@ -323,8 +338,9 @@ def _applied(target: Any, values: Mapping[str, str]) -> Iterator[str]:
             event.remove(target, "checkout", on_checkout)
             event.remove(target, "checkin", on_checkin)
         return
-    raise RecoveryError("guard() takes a psycopg connection or a SQLAlchemy engine, "
-                        "connection or session")
+    raise RecoveryError(
+        "guard() takes a psycopg connection or a SQLAlchemy engine, connection or session"
+    )
 
 
 def _applied_psycopg(conn: psycopg.Connection, values: Mapping[str, str]) -> Iterator[str]:
@@ -332,8 +348,10 @@ def _applied_psycopg(conn: psycopg.Connection, values: Mapping[str, str]) -> Ite
     if conn.info.transaction_status != idle:
         raise _busy()
     with conn.transaction():  # on their own: a rollback in the block keeps them
-        prev = {k: conn.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
-                for k in values}
+        prev = {
+            k: conn.execute("SELECT current_setting(%s, true)", [k]).fetchone()[0]  # type: ignore[index]
+            for k in values
+        }
         for k, v in values.items():
             conn.execute("SELECT set_config(%s, %s, false)", [k, v])
     failed = False
@@ -368,4 +386,3 @@ def _psycopg_url(conn: psycopg.Connection) -> str:
     if password:
         params["password"] = password
     return psycopg.conninfo.make_conninfo(**params)
-

@@ -56,8 +56,18 @@ from .spec import (
     step_args,
 )
 
-__all__ = ["RunResult", "RunbookInvalid", "bind_params", "list_runbooks", "list_runs", "load",
-           "loads", "parse_param_args", "resume", "run"]
+__all__ = [
+    "RunResult",
+    "RunbookInvalid",
+    "bind_params",
+    "list_runbooks",
+    "list_runs",
+    "load",
+    "loads",
+    "parse_param_args",
+    "resume",
+    "run",
+]
 
 Echo = Callable[[str], None]
 
@@ -81,7 +91,7 @@ class _Wait(Exception):
 class RunResult:
     run_id: int
     name: str
-    status: str          # done | failed | waiting
+    status: str  # done | failed | waiting
     dry_run: bool
     exit_code: int
     message: str | None
@@ -93,16 +103,30 @@ class RunResult:
 
 
 def _selector(a: Mapping[str, Any]) -> Selector:
-    return Selector(tags=tuple(a.get("tag", ())), txids=tuple(a.get("txid", ())),
-                    since=a.get("since"), until=a.get("until"), tables=tuple(a.get("table", ())),
-                    users=tuple(a.get("user", ())), apps=tuple(a.get("app", ())))
+    return Selector(
+        tags=tuple(a.get("tag", ())),
+        txids=tuple(a.get("txid", ())),
+        since=a.get("since"),
+        until=a.get("until"),
+        tables=tuple(a.get("table", ())),
+        users=tuple(a.get("user", ())),
+        apps=tuple(a.get("app", ())),
+    )
 
 
 class _Exec:
     """One execution of a run: the connection, parameters and results so far."""
 
-    def __init__(self, conn: psycopg.Connection, rb: Runbook, run_id: int,
-                 params: dict[str, Any], dry_run: bool, schema: str, echo: Echo | None) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        rb: Runbook,
+        run_id: int,
+        params: dict[str, Any],
+        dry_run: bool,
+        schema: str,
+        echo: Echo | None,
+    ) -> None:
         self.conn, self.rb, self.run_id, self.params = conn, rb, run_id, params
         self.dry_run, self.schema, self.echo = dry_run, schema, echo or (lambda _s: None)
         self.results: dict[str, dict[str, Any] | None] = {}
@@ -155,15 +179,35 @@ def _analyze(x: _Exec, path: str) -> tuple[list[sqlscope.Statement], dict[str, A
     stmts = sqlscope.analyze(x.conn, text, source=path)
     sqlscope.estimate(x.conn, stmts)
     out: list[dict[str, Any]] = [
-        {"number": s.number, "line": s.line, "kind": s.kind, "text": s.text, "notes": s.notes,
-         "est_rows": s.est_rows, "est_bytes": s.est_bytes,
-         "targets": [{"table": f"{t.schema}.{t.table}", "bounded": t.bounded, "reason": t.reason,
-                      "columns": t.columns, "est_rows": t.est_rows} for t in s.targets]}
-        for s in stmts]
+        {
+            "number": s.number,
+            "line": s.line,
+            "kind": s.kind,
+            "text": s.text,
+            "notes": s.notes,
+            "est_rows": s.est_rows,
+            "est_bytes": s.est_bytes,
+            "targets": [
+                {
+                    "table": f"{t.schema}.{t.table}",
+                    "bounded": t.bounded,
+                    "reason": t.reason,
+                    "columns": t.columns,
+                    "est_rows": t.est_rows,
+                }
+                for t in s.targets
+            ],
+        }
+        for s in stmts
+    ]
     tables = sorted({t["table"] for s in out for t in s["targets"]})
-    return stmts, {"file": path, "statements": out, "tables": tables,
-                   "est_rows": sum(s.est_rows or 0 for s in stmts),
-                   "est_bytes": sum(s.est_bytes or 0 for s in stmts)}
+    return stmts, {
+        "file": path,
+        "statements": out,
+        "tables": tables,
+        "est_rows": sum(s.est_rows or 0 for s in stmts),
+        "est_bytes": sum(s.est_bytes or 0 for s in stmts),
+    }
 
 
 def _k_analyze_sql(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +224,9 @@ def _k_snapshot(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
         stmts, analysis = _analyze(x, a["for_sql"])
         specs += snapshot.specs_for_sql(stmts)
         source["for_sql"] = analysis
-    info = snapshot.create(x.conn, a["name"], specs, store=a.get("store"), source=source,
-                           schema=x.schema)
+    info = snapshot.create(
+        x.conn, a["name"], specs, store=a.get("store"), source=source, schema=x.schema
+    )
     return info.to_dict()
 
 
@@ -215,14 +260,21 @@ def _approval_extra(x: _Exec, step_id: str | None) -> dict[str, Any]:
     args = res.get("args") or {}
     # After a refusal because the plan changed, the apply recorded a request for the new
     # plan: once that is approved, resume applies under it.
-    return {"approval": x.pending_approval or res.get("req_id"),
-            "max_rows_without_approval": args.get("max_rows"),
-            "max_tables_without_approval": args.get("max_tables")}
+    return {
+        "approval": x.pending_approval or res.get("req_id"),
+        "max_rows_without_approval": args.get("max_rows"),
+        "max_tables_without_approval": args.get("max_tables"),
+    }
 
 
 def _k_rollback_plan(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
-    rep = rollback(x.conn, _selector(a), on_conflict=a.get("on_conflict", "fail"), dry_run=True,
-                   schema=x.schema)
+    rep = rollback(
+        x.conn,
+        _selector(a),
+        on_conflict=a.get("on_conflict", "fail"),
+        dry_run=True,
+        schema=x.schema,
+    )
     return _sized(rep.to_dict(), ("reinsert", "restore", "delete"))
 
 
@@ -237,26 +289,46 @@ def _k_rollback_apply(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
                 recorded.append(op)
                 _record(x, x.n, x.step, "started", {"args": a, "op_id": op})
 
-    rep = rollback(x.conn, _selector(a), on_conflict=a.get("on_conflict", "fail"),
-                   batch_size=a.get("batch_size"), lock_timeout=a.get("lock_timeout", "5s"),
-                   schema=x.schema, progress=progress, **_approval_extra(x, a.get("approval")))
+    rep = rollback(
+        x.conn,
+        _selector(a),
+        on_conflict=a.get("on_conflict", "fail"),
+        batch_size=a.get("batch_size"),
+        lock_timeout=a.get("lock_timeout", "5s"),
+        schema=x.schema,
+        progress=progress,
+        **_approval_extra(x, a.get("approval")),
+    )
     return _sized(rep.to_dict(), _APPLIED)
 
 
 def _k_restore_plan(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     info = snapshot.find(x.conn, a["snapshot"], store=a.get("store"), schema=x.schema)
-    rep = restore_fn(x.conn, info, tables=a.get("tables", ()), dry_run=True,
-                     delete_new=a.get("delete_new", False), schema=x.schema)
-    return {**_sized(rep.to_dict(), ("reinsert", "restore", "delete")),
-            "created_at": info.created_at}
+    rep = restore_fn(
+        x.conn,
+        info,
+        tables=a.get("tables", ()),
+        dry_run=True,
+        delete_new=a.get("delete_new", False),
+        schema=x.schema,
+    )
+    return {
+        **_sized(rep.to_dict(), ("reinsert", "restore", "delete")),
+        "created_at": info.created_at,
+    }
 
 
 def _k_restore(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     info = snapshot.find(x.conn, a["snapshot"], store=a.get("store"), schema=x.schema)
-    rep = restore_fn(x.conn, info, tables=a.get("tables", ()),
-                     delete_new=a.get("delete_new", False),
-                     lock_timeout=a.get("lock_timeout", "5s"), schema=x.schema,
-                     **_approval_extra(x, a.get("approval")))
+    rep = restore_fn(
+        x.conn,
+        info,
+        tables=a.get("tables", ()),
+        delete_new=a.get("delete_new", False),
+        lock_timeout=a.get("lock_timeout", "5s"),
+        schema=x.schema,
+        **_approval_extra(x, a.get("approval")),
+    )
     return _sized(rep.to_dict(), _APPLIED)
 
 
@@ -282,8 +354,11 @@ def _k_sql_check(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     else:
         out.update(actual={"rows": len(rows), "columns": len(rows[0]) if rows else 0}, ok=False)
     if not out["ok"]:
-        raise CheckFailed(f"verification failed: expected {json.dumps(expect)}, got "
-                          f"{json.dumps(out['actual'], default=str)} from {query}", out)
+        raise CheckFailed(
+            f"verification failed: expected {json.dumps(expect)}, got "
+            f"{json.dumps(out['actual'], default=str)} from {query}",
+            out,
+        )
     return out
 
 
@@ -304,11 +379,13 @@ def _approval_plan(kind: str, res: dict[str, Any]) -> tuple[str, dict[str, Any],
     """The plan an apply step will submit to approval, built by the same functions that
     undo and restore use (so that its SHA-256 is the same), its rows and its tables."""
     if kind == "rollback_plan":
-        plan, rows, tables = approval.rollback_plan(res["selector"], res["on_conflict"],
-                                                    res["tables"])
+        plan, rows, tables = approval.rollback_plan(
+            res["selector"], res["on_conflict"], res["tables"]
+        )
     else:
-        plan, rows, tables = approval.restore_plan(res["snapshot"], res["store"],
-                                                   res["created_at"], res["tables"])
+        plan, rows, tables = approval.restore_plan(
+            res["snapshot"], res["store"], res["created_at"], res["tables"]
+        )
     return plan["kind"], plan, rows, tables
 
 
@@ -318,9 +395,14 @@ def _k_approval(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
         raise RecoveryError(f"step {a['for']} did not run (skipped): there is no plan to approve")
     kind, plan, rows, tables = _approval_plan(x.kind_of(a["for"]), res)
     with x.conn.transaction():
-        needed = approval.needs_approval(x.conn, rows, tables, schema=x.schema,
-                                         max_rows=a.get("max_rows"),
-                                         max_tables=a.get("max_tables"))
+        needed = approval.needs_approval(
+            x.conn,
+            rows,
+            tables,
+            schema=x.schema,
+            max_rows=a.get("max_rows"),
+            max_tables=a.get("max_tables"),
+        )
     if not needed or x.dry_run:
         return {"needed": needed, "req_id": None, "status": None, "rows": rows, "tables": tables}
     req = approval.request(x.conn, kind, plan, rows, tables, x.schema)
@@ -330,24 +412,40 @@ def _k_approval(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
 def _approval_state(x: _Exec, req_id: int) -> dict[str, Any]:
     """Done with the request if it is approved; else the run waits for it (exit 3)."""
     req = approval.get(x.conn, req_id, x.schema)
-    result = {"needed": True, "req_id": req.req_id, "status": req.status, "rows": req.rows,
-              "tables": req.tables, "plan_hash": req.plan_hash,
-              "requested_by": req.requested_by, "approved_by": req.approved_by}
+    result = {
+        "needed": True,
+        "req_id": req.req_id,
+        "status": req.status,
+        "rows": req.rows,
+        "tables": req.tables,
+        "plan_hash": req.plan_hash,
+        "requested_by": req.requested_by,
+        "approved_by": req.approved_by,
+    }
     if req.status not in ("pending", "approved"):
-        raise ApprovalRequired(f"approval request {req.req_id} is {req.status}"
-                               f"{' by ' + req.executed_by if req.executed_by else ''}: "
-                               "nothing was changed; start a new run for a new request")
+        raise ApprovalRequired(
+            f"approval request {req.req_id} is {req.status}"
+            f"{' by ' + req.executed_by if req.executed_by else ''}: "
+            "nothing was changed; start a new run for a new request"
+        )
     if req.status != "approved":
-        raise _Wait(f'approval needed: another database user runs "recovery approve '
-                    f'{req.req_id}", then "recovery runbook resume {x.run_id}"', 3, result)
+        raise _Wait(
+            f'approval needed: another database user runs "recovery approve '
+            f'{req.req_id}", then "recovery runbook resume {x.run_id}"',
+            3,
+            result,
+        )
     return result
 
 
 def _k_pause(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     if x.dry_run:
         return {"message": a["message"], "dry_run": True}
-    raise _Wait(f'paused: {a["message"]}; continue with "recovery runbook resume {x.run_id}"', 0,
-                {"message": a["message"]})
+    raise _Wait(
+        f'paused: {a["message"]}; continue with "recovery runbook resume {x.run_id}"',
+        0,
+        {"message": a["message"]},
+    )
 
 
 def _k_notify(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
@@ -358,11 +456,19 @@ def _k_notify(x: _Exec, a: dict[str, Any]) -> dict[str, Any]:
     if not url.startswith(("http://", "https://")):
         out["warning"] = f"webhook {url} is not an http(s) URL: not sent"
         return out
-    body = json.dumps({"runbook": x.rb.name, "run_id": x.run_id, "message": a["message"],
-                       "step": x.step.id if x.step else None, "steps": x.results},
-                      default=str).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "runbook": x.rb.name,
+            "run_id": x.run_id,
+            "message": a["message"],
+            "step": x.step.id if x.step else None,
+            "steps": x.results,
+        },
+        default=str,
+    ).encode()
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (http(s) only, above)
             out.update(sent=True, status=resp.status)
@@ -396,32 +502,54 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _record(x: _Exec, n: int, step: Step, status: str, result: Any, error: str | None = None,
-            *, start: bool = False) -> None:
+def _record(
+    x: _Exec,
+    n: int,
+    step: Step,
+    status: str,
+    result: Any,
+    error: str | None = None,
+    *,
+    start: bool = False,
+) -> None:
     """Write a step's state in a transaction of its own (started_at kept unless start)."""
     _settle(x.conn)
     with x.conn.transaction():
-        x.conn.execute(sql.SQL(
-            "INSERT INTO {s}.runbook_steps AS r (run_id, step_no, step_id, kind, status,"
-            " started_at, finished_at, result, error) VALUES (%(run)s, %(n)s, %(id)s,"
-            " %(kind)s, %(status)s, CASE WHEN %(start)s THEN clock_timestamp() END,"
-            " CASE WHEN %(fin)s THEN clock_timestamp() END, %(result)s, %(error)s)"
-            " ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,"
-            " started_at = CASE WHEN %(start)s THEN excluded.started_at ELSE r.started_at END,"
-            " finished_at = excluded.finished_at, result = excluded.result, error = excluded.error"
-        ).format(s=sql.Identifier(x.schema)), {
-            "run": x.run_id, "n": n, "id": step.id, "kind": step.kind, "status": status,
-            "start": start, "fin": status in ("done", "skipped", "failed"),
-            "result": Jsonb(_plain(result)), "error": error})
+        x.conn.execute(
+            sql.SQL(
+                "INSERT INTO {s}.runbook_steps AS r (run_id, step_no, step_id, kind, status,"
+                " started_at, finished_at, result, error) VALUES (%(run)s, %(n)s, %(id)s,"
+                " %(kind)s, %(status)s, CASE WHEN %(start)s THEN clock_timestamp() END,"
+                " CASE WHEN %(fin)s THEN clock_timestamp() END, %(result)s, %(error)s)"
+                " ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,"
+                " started_at = CASE WHEN %(start)s THEN excluded.started_at ELSE r.started_at END,"
+                " finished_at = excluded.finished_at, result = excluded.result,"
+                " error = excluded.error"
+            ).format(s=sql.Identifier(x.schema)),
+            {
+                "run": x.run_id,
+                "n": n,
+                "id": step.id,
+                "kind": step.kind,
+                "status": status,
+                "start": start,
+                "fin": status in ("done", "skipped", "failed"),
+                "result": Jsonb(_plain(result)),
+                "error": error,
+            },
+        )
 
 
 def _set_run(x: _Exec, status: str, error: str | None = None) -> None:
     _settle(x.conn)
     with x.conn.transaction():
-        x.conn.execute(sql.SQL(
-            "UPDATE {}.runbook_runs SET status = %s, error = %s, finished_at = CASE WHEN %s"
-            " THEN clock_timestamp() END WHERE run_id = %s").format(sql.Identifier(x.schema)),
-            [status, error, status != "running", x.run_id])
+        x.conn.execute(
+            sql.SQL(
+                "UPDATE {}.runbook_runs SET status = %s, error = %s, finished_at = CASE WHEN %s"
+                " THEN clock_timestamp() END WHERE run_id = %s"
+            ).format(sql.Identifier(x.schema)),
+            [status, error, status != "running", x.run_id],
+        )
 
 
 def _settle(conn: psycopg.Connection) -> None:
@@ -435,20 +563,26 @@ def _settle(conn: psycopg.Connection) -> None:
 def _find_op(x: _Exec, step: Step, kind: str, match: sql.Composable) -> int | None:
     """The newest operation of this kind that a step started (after the step's start)."""
     with x.conn.transaction():
-        row = x.conn.execute(sql.SQL(
-            "SELECT op_id FROM {s}.operations WHERE kind = %s AND {m} AND started_at >= (SELECT"
-            " started_at FROM {s}.runbook_steps WHERE run_id = %s AND step_id = %s)"
-            " ORDER BY op_id DESC LIMIT 1").format(s=sql.Identifier(x.schema), m=match),
-            [kind, x.run_id, step.id]).fetchone()
+        row = x.conn.execute(
+            sql.SQL(
+                "SELECT op_id FROM {s}.operations WHERE kind = %s AND {m} AND started_at >= (SELECT"
+                " started_at FROM {s}.runbook_steps WHERE run_id = %s AND step_id = %s)"
+                " ORDER BY op_id DESC LIMIT 1"
+            ).format(s=sql.Identifier(x.schema), m=match),
+            [kind, x.run_id, step.id],
+        ).fetchone()
     return int(row[0]) if row else None
 
 
 def _op(x: _Exec, op_id: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
     with x.conn.transaction():
-        row = x.conn.execute(sql.SQL(
-            "SELECT status, coalesce(options, '{{}}'), coalesce(summary, '{{}}')"
-            " FROM {}.operations WHERE op_id = %s").format(sql.Identifier(x.schema)),
-            [op_id]).fetchone()
+        row = x.conn.execute(
+            sql.SQL(
+                "SELECT status, coalesce(options, '{{}}'), coalesce(summary, '{{}}')"
+                " FROM {}.operations WHERE op_id = %s"
+            ).format(sql.Identifier(x.schema)),
+            [op_id],
+        ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
 
@@ -458,8 +592,9 @@ def _rollback_op(x: _Exec, step: Step, args: dict[str, Any]) -> int | None:
     return _find_op(x, step, "rollback", sql.SQL("selector = {}").format(sql.Literal(sel)))
 
 
-def _recover(x: _Exec, n: int, step: Step, args: dict[str, Any], old: dict[str, Any]
-             ) -> dict[str, Any] | None:
+def _recover(
+    x: _Exec, n: int, step: Step, args: dict[str, Any], old: dict[str, Any]
+) -> dict[str, Any] | None:
     """The result of a step that a crash (or a stopped batch) left unfinished, if its work
     is done or can be continued; None: it left no trace, run it again."""
     if step.kind == "rollback_apply":
@@ -478,8 +613,12 @@ def _recover(x: _Exec, n: int, step: Step, args: dict[str, Any], old: dict[str, 
         # Also for a step marked failed: the restore may have committed and only the
         # step's own record failed after it; running it again would overwrite writes
         # made since.
-        op = _find_op(x, step, "restore", sql.SQL("options->>'snapshot' = {}").format(
-            sql.Literal(args["snapshot"])))
+        op = _find_op(
+            x,
+            step,
+            "restore",
+            sql.SQL("options->>'snapshot' = {}").format(sql.Literal(args["snapshot"])),
+        )
         if op is not None and _op(x, op)[0] == "done":
             return _sized(_op(x, op)[2], _APPLIED)
         return None
@@ -533,8 +672,9 @@ def _step(x: _Exec, n: int, step: Step, old: dict[str, Any] | None) -> None:
         _record(x, n, step, "skipped", {"args": args, "dry_run": True})
         x.echo(f"{tag}: would run with {json.dumps(_plain(args), sort_keys=True)}")
         return
-    found = _recover(x, n, step, args, old) if old and old["status"] in ("started", "failed") \
-        else None
+    found = (
+        _recover(x, n, step, args, old) if old and old["status"] in ("started", "failed") else None
+    )
     if found is None:
         _record(x, n, step, "started", {"args": args}, start=True)
         result = _RUN[step.kind](x, args)
@@ -549,10 +689,16 @@ def _step(x: _Exec, n: int, step: Step, old: dict[str, Any] | None) -> None:
 def _steps(x: _Exec) -> tuple[str, int, str | None]:
     _set_run(x, "running")
     with x.conn.transaction():
-        prev = {r[0]: {"status": r[1], "result": r[2], "started_at": r[3]}
-                for r in x.conn.execute(sql.SQL(
+        prev = {
+            r[0]: {"status": r[1], "result": r[2], "started_at": r[3]}
+            for r in x.conn.execute(
+                sql.SQL(
                     "SELECT step_id, status, result, started_at FROM {}.runbook_steps"
-                    " WHERE run_id = %s").format(sql.Identifier(x.schema)), [x.run_id])}
+                    " WHERE run_id = %s"
+                ).format(sql.Identifier(x.schema)),
+                [x.run_id],
+            )
+        }
     for n, step in enumerate(x.rb.steps, 1):
         x.step, x.n, old = step, n, prev.get(step.id)
         if old and old["status"] in ("done", "skipped"):
@@ -583,16 +729,24 @@ def _steps(x: _Exec) -> tuple[str, int, str | None]:
     return "done", 0, None
 
 
-def _execute(conn: psycopg.Connection, rb: Runbook, run_id: int, params: dict[str, Any],
-             dry_run: bool, schema: str, echo: Echo | None, report_dir: str | None) -> RunResult:
+def _execute(
+    conn: psycopg.Connection,
+    rb: Runbook,
+    run_id: int,
+    params: dict[str, Any],
+    dry_run: bool,
+    schema: str,
+    echo: Echo | None,
+    report_dir: str | None,
+) -> RunResult:
     x = _Exec(conn, rb, run_id, params, dry_run, schema, echo)
     key = f"{schema}.runbook_runs.{run_id}"
     with conn.transaction():  # a session lock: held across the steps' commits
-        got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                           [key]).fetchone()
+        got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key]).fetchone()
     if not (got and got[0]):
-        raise RecoveryError(f"run {run_id} is being executed by another session right now: "
-                            "wait for it to finish")
+        raise RecoveryError(
+            f"run {run_id} is being executed by another session right now: wait for it to finish"
+        )
     try:
         status, code, message = _steps(x)
     finally:
@@ -603,8 +757,16 @@ def _execute(conn: psycopg.Connection, rb: Runbook, run_id: int, params: dict[st
         except psycopg.Error:
             pass  # the connection is gone, and its session lock with it
     report = _report(x, report_dir)
-    return RunResult(run_id, rb.name, status, dry_run, code, message, run_steps(conn, run_id,
-                     schema=schema), report)
+    return RunResult(
+        run_id,
+        rb.name,
+        status,
+        dry_run,
+        code,
+        message,
+        run_steps(conn, run_id, schema=schema),
+        report,
+    )
 
 
 def _report(x: _Exec, report_dir: str | None) -> str | None:
@@ -629,17 +791,25 @@ def _precheck(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any]) -> 
                     resolve_table(conn, t.strip())
     x = _Exec(conn, rb, 0, params, False, "", None)
     for step in rb.steps:
-        static = {k: v for k, v in step.args.items()
-                  if not any(r.startswith("steps.") for r in refs(v))}
+        static = {
+            k: v for k, v in step.args.items() if not any(r.startswith("steps.") for r in refs(v))
+        }
         try:
             step_args(Step(step.id, step.kind, static), x.lookup, _literal(conn), partial=True)
         except RecoveryError as exc:
             raise RecoveryError(f"{exc} (from the parameters given)") from None
 
 
-def run(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any], *, dry_run: bool = False,
-        schema: str = DEFAULT_SCHEMA, echo: Echo | None = None,
-        report_dir: str | None = None) -> RunResult:
+def run(
+    conn: psycopg.Connection,
+    rb: Runbook,
+    params: dict[str, Any],
+    *,
+    dry_run: bool = False,
+    schema: str = DEFAULT_SCHEMA,
+    echo: Echo | None = None,
+    report_dir: str | None = None,
+) -> RunResult:
     """Record a run of rb with bound parameters (see bind_params) and execute its steps.
 
     Each step's start and end is committed as it goes: refused inside an open
@@ -648,27 +818,40 @@ def run(conn: psycopg.Connection, rb: Runbook, params: dict[str, Any], *, dry_ru
     with conn.transaction():
         require_schema(conn, schema)
         _precheck(conn, rb, params)
-        row = conn.execute(sql.SQL(
-            "INSERT INTO {}.runbook_runs (name, file, params, definition, status, dry_run)"
-            " VALUES (%s, %s, %s, %s, 'running', %s) RETURNING run_id").format(
-                sql.Identifier(schema)),
-            [rb.name, rb.file, Jsonb(_plain(params)), Jsonb(rb.definition), dry_run]).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.runbook_runs (name, file, params, definition, status, dry_run)"
+                " VALUES (%s, %s, %s, %s, 'running', %s) RETURNING run_id"
+            ).format(sql.Identifier(schema)),
+            [rb.name, rb.file, Jsonb(_plain(params)), Jsonb(rb.definition), dry_run],
+        ).fetchone()
     assert row is not None
     return _execute(conn, rb, int(row[0]), params, dry_run, schema, echo, report_dir)
 
 
-def resume(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA,
-           echo: Echo | None = None, report_dir: str | None = None) -> RunResult:
+def resume(
+    conn: psycopg.Connection,
+    run_id: int,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    echo: Echo | None = None,
+    report_dir: str | None = None,
+) -> RunResult:
     """Continue a run from its first step not done or skipped; finished steps never repeat.
 
     Refused inside an open transaction, as run() is."""
-    operations.refuse_in_transaction(conn, f"resuming runbook run {run_id}",
-                                     "a transaction per step record")
+    operations.refuse_in_transaction(
+        conn, f"resuming runbook run {run_id}", "a transaction per step record"
+    )
     with conn.transaction():
         require_schema(conn, schema)
-        row = conn.execute(sql.SQL("SELECT name, file, params, definition, status, dry_run FROM"
-                                   " {}.runbook_runs WHERE run_id = %s").format(
-                                       sql.Identifier(schema)), [run_id]).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "SELECT name, file, params, definition, status, dry_run FROM"
+                " {}.runbook_runs WHERE run_id = %s"
+            ).format(sql.Identifier(schema)),
+            [run_id],
+        ).fetchone()
     if row is None:
         raise RecoveryError(f"no runbook run {run_id}: `recovery runbook list --runs` lists them")
     name, file, params, definition, status, dry_run = row
@@ -678,31 +861,49 @@ def resume(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEM
     return _execute(conn, rb, run_id, params, dry_run, schema, echo, report_dir)
 
 
-def run_steps(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA
-              ) -> list[dict[str, Any]]:
+def run_steps(
+    conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA
+) -> list[dict[str, Any]]:
     with conn.transaction():
-        rows = conn.execute(sql.SQL(
-            "SELECT step_no, step_id, kind, status, started_at::text, finished_at::text,"
-            " result, error FROM {}.runbook_steps WHERE run_id = %s ORDER BY step_no").format(
-                sql.Identifier(schema)), [run_id]).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT step_no, step_id, kind, status, started_at::text, finished_at::text,"
+                " result, error FROM {}.runbook_steps WHERE run_id = %s ORDER BY step_no"
+            ).format(sql.Identifier(schema)),
+            [run_id],
+        ).fetchall()
     keys = ("step_no", "step_id", "kind", "status", "started_at", "finished_at", "result", "error")
     return [dict(zip(keys, r)) for r in rows]
 
 
-def list_runs(conn: psycopg.Connection, *, limit: int = 20, schema: str = DEFAULT_SCHEMA
-              ) -> list[dict[str, Any]]:
+def list_runs(
+    conn: psycopg.Connection, *, limit: int = 20, schema: str = DEFAULT_SCHEMA
+) -> list[dict[str, Any]]:
     """Recent runs, newest first, with the step each stopped at (if not done)."""
     with conn.transaction():
         require_schema(conn, schema)
-        rows = conn.execute(sql.SQL(
-            "SELECT r.run_id, r.name, r.file, r.status, r.dry_run, r.started_by,"
-            " r.started_at::text, r.finished_at::text, r.error, (SELECT s.step_id FROM"
-            " {s}.runbook_steps s WHERE s.run_id = r.run_id AND s.status NOT IN ('done',"
-            " 'skipped') ORDER BY s.step_no LIMIT 1) FROM {s}.runbook_runs r"
-            " ORDER BY r.run_id DESC LIMIT %s").format(s=sql.Identifier(schema)),
-            [limit]).fetchall()
-    keys = ("run_id", "name", "file", "status", "dry_run", "started_by", "started_at",
-            "finished_at", "error", "at_step")
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT r.run_id, r.name, r.file, r.status, r.dry_run, r.started_by,"
+                " r.started_at::text, r.finished_at::text, r.error, (SELECT s.step_id FROM"
+                " {s}.runbook_steps s WHERE s.run_id = r.run_id AND s.status NOT IN ('done',"
+                " 'skipped') ORDER BY s.step_no LIMIT 1) FROM {s}.runbook_runs r"
+                " ORDER BY r.run_id DESC LIMIT %s"
+            ).format(s=sql.Identifier(schema)),
+            [limit],
+        ).fetchall()
+    keys = (
+        "run_id",
+        "name",
+        "file",
+        "status",
+        "dry_run",
+        "started_by",
+        "started_at",
+        "finished_at",
+        "error",
+        "at_step",
+    )
     return [dict(zip(keys, r)) for r in rows]
 
 
@@ -718,12 +919,23 @@ def list_runbooks(directory: str | Path) -> list[dict[str, Any]]:
         except RunbookInvalid as exc:
             out.append({"file": str(path), "error": exc.errors[0]})
             continue
-        out.append({"file": str(path), "name": rb.name, "description": rb.description,
-                    "parameters": {p.name: {"type": p.type, "default": p.default,
-                                            "required": p.required,
-                                            "description": p.description}
-                                   for p in rb.params.values()},
-                    "steps": [f"{s.id} ({s.kind})" for s in rb.steps]})
+        out.append(
+            {
+                "file": str(path),
+                "name": rb.name,
+                "description": rb.description,
+                "parameters": {
+                    p.name: {
+                        "type": p.type,
+                        "default": p.default,
+                        "required": p.required,
+                        "description": p.description,
+                    }
+                    for p in rb.params.values()
+                },
+                "steps": [f"{s.id} ({s.kind})" for s in rb.steps],
+            }
+        )
     return out
 
 
@@ -731,28 +943,39 @@ _SUMMARY: dict[str, Callable[[dict[str, Any]], str]] = {
     "capture_on": lambda r: "capturing " + ", ".join(r["tables"]),
     "capture_off": lambda r: "stopped capturing " + ", ".join(r["tables"]),
     "mark": lambda r: f"mark {r['name']} at {r['at']}",
-    "analyze_sql": lambda r: f"{len(r['statements'])} statement(s) could destroy about "
-                             f"{r['est_rows']} row(s) of {', '.join(r['tables'])}",
+    "analyze_sql": lambda r: (
+        f"{len(r['statements'])} statement(s) could destroy about "
+        f"{r['est_rows']} row(s) of {', '.join(r['tables'])}"
+    ),
     "snapshot": lambda r: f"snapshot {r['name']}: {r['rows']} row(s) in {r['store']}",
     "snapshot_verify": lambda r: f"snapshot {r['name']} is intact",
     "changes": lambda r: f"{r['rows']} row change(s) in {r['statements']} statement(s)",
     "diff": lambda r: f"{r['count']} changed row(s) shown",
-    "rollback_plan": lambda r: f"{r['rows']} row(s) of {r['table_count']} table(s) to undo, "
-                               f"{r['conflicts']} conflict(s)",
+    "rollback_plan": lambda r: (
+        f"{r['rows']} row(s) of {r['table_count']} table(s) to undo, {r['conflicts']} conflict(s)"
+    ),
     "restore_plan": lambda r: f"{r['rows']} row(s) of {r['table_count']} table(s) to restore",
     "sql_check": lambda r: f"ok: {json.dumps(r['actual'], default=str)}",
-    "approval": lambda r: "not needed" if not r["needed"] else f"request {r['req_id']}: "
-                          f"{r['status']}" if r["req_id"] else "needed (not requested: dry run)",
+    "approval": lambda r: (
+        "not needed"
+        if not r["needed"]
+        else f"request {r['req_id']}: {r['status']}"
+        if r["req_id"]
+        else "needed (not requested: dry run)"
+    ),
     "pause": lambda r: f"resumed after: {r['message']}" if r.get("resumed") else r["message"],
-    "notify": lambda r: (f"sent: {r['message']}" if r["sent"] else r["message"])
-                        + (f" (warning: {r['warning']})" if r.get("warning") else ""),
+    "notify": lambda r: (
+        (f"sent: {r['message']}" if r["sent"] else r["message"])
+        + (f" (warning: {r['warning']})" if r.get("warning") else "")
+    ),
 }
 
 
 def summary(kind: str, result: dict[str, Any]) -> str:
     """One line saying what a step did."""
     if kind in ("rollback_apply", "restore"):
-        return (f"operation {result['op_id']}: {result['rows']} row(s) changed in "
-                f"{result['table_count']} table(s)")
+        return (
+            f"operation {result['op_id']}: {result['rows']} row(s) changed in "
+            f"{result['table_count']} table(s)"
+        )
     return _SUMMARY[kind](result)
-

@@ -73,11 +73,18 @@ class Runbook:
 
 
 # -- conditions: a tiny language, parsed here, never eval()'d -------------------------
-_TOKEN = re.compile(r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>'[^']*'|"[^"]*")"""
-                    r"""|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][\w.]*))""")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>'[^']*'|"[^"]*")"""
+    r"""|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][\w.]*))"""
+)
 _CMP: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
 _WORDS = {"true": True, "false": False, "null": None}
 
 
@@ -183,57 +190,117 @@ class Kind:
     """A step kind: its arguments, the result fields later steps may use, and whether it
     runs in --dry-run (read-only, or it checks the dry run itself)."""
 
-    args: dict[str, tuple[str, bool]]   # argument -> (type, required)
+    args: dict[str, tuple[str, bool]]  # argument -> (type, required)
     fields: tuple[str, ...]
     dry: bool
 
 
-SELECTOR = {"tag": ("strs", False), "txid": ("ints", False), "since": ("str", False),
-            "until": ("str", False), "table": ("strs", False), "user": ("strs", False),
-            "app": ("strs", False)}
+SELECTOR = {
+    "tag": ("strs", False),
+    "txid": ("ints", False),
+    "since": ("str", False),
+    "until": ("str", False),
+    "table": ("strs", False),
+    "user": ("strs", False),
+    "app": ("strs", False),
+}
 _PLANNED = ("rows", "table_count", "tables", "conflicts", "status")
 KINDS: dict[str, Kind] = {
     "capture_on": Kind({"tables": ("list", True)}, ("tables",), False),
     "capture_off": Kind({"tables": ("list", True)}, ("tables",), False),
-    "mark": Kind({"name": ("str", True), "note": ("str", False)},
-                 ("name", "at", "created_by", "note"), False),
-    "analyze_sql": Kind({"file": ("str", True)},
-                        ("file", "statements", "tables", "est_rows", "est_bytes"), True),
-    "snapshot": Kind({"name": ("str", True), "tables": ("list", False), "where": ("strs", False),
-                      "for_sql": ("str", False), "store": ("str", False)},
-                     ("name", "store", "created_at", "created_by", "tables", "rows", "bytes"),
-                     False),
-    "snapshot_verify": Kind({"name": ("str", True), "store": ("str", False)},
-                            ("name", "store", "ok", "items"), True),
-    "changes": Kind(dict(SELECTOR), ("selector", "statements", "rows", "first", "last",
-                                     "by_table", "by_tag", "by_transaction"), True),
+    "mark": Kind(
+        {"name": ("str", True), "note": ("str", False)}, ("name", "at", "created_by", "note"), False
+    ),
+    "analyze_sql": Kind(
+        {"file": ("str", True)}, ("file", "statements", "tables", "est_rows", "est_bytes"), True
+    ),
+    "snapshot": Kind(
+        {
+            "name": ("str", True),
+            "tables": ("list", False),
+            "where": ("strs", False),
+            "for_sql": ("str", False),
+            "store": ("str", False),
+        },
+        ("name", "store", "created_at", "created_by", "tables", "rows", "bytes"),
+        False,
+    ),
+    "snapshot_verify": Kind(
+        {"name": ("str", True), "store": ("str", False)}, ("name", "store", "ok", "items"), True
+    ),
+    "changes": Kind(
+        dict(SELECTOR),
+        ("selector", "statements", "rows", "first", "last", "by_table", "by_tag", "by_transaction"),
+        True,
+    ),
     "diff": Kind({**SELECTOR, "limit": ("int", False)}, ("count", "changes"), True),
-    "rollback_plan": Kind({**SELECTOR, "on_conflict": ("str", False)},
-                          (*_PLANNED, "selector", "on_conflict"), True),
-    "rollback_apply": Kind({**SELECTOR, "on_conflict": ("str", False), "batch_size": ("int", False),
-                            "lock_timeout": ("str", False), "approval": ("str", False)},
-                           (*_PLANNED, "op_id", "selector", "on_conflict", "undo_tag", "batches",
-                            "approval"), False),
-    "restore_plan": Kind({"snapshot": ("str", True), "store": ("str", False),
-                          "tables": ("list", False), "delete_new": ("bool", False)},
-                         (*_PLANNED, "snapshot", "store", "created_at"), True),
-    "restore": Kind({"snapshot": ("str", True), "store": ("str", False), "tables": ("list", False),
-                     "delete_new": ("bool", False), "lock_timeout": ("str", False),
-                     "approval": ("str", False)},
-                    (*_PLANNED, "op_id", "snapshot", "store", "tag", "approval"), False),
-    "sql_check": Kind({"query": ("str", True), "expect": ("expect", True)},
-                      ("query", "expect", "actual", "rows", "ok"), True),
-    "approval": Kind({"for": ("str", True), "max_rows": ("int", False),
-                      "max_tables": ("int", False)},
-                     ("needed", "req_id", "status", "rows", "tables", "plan_hash",
-                      "requested_by", "approved_by"), True),
+    "rollback_plan": Kind(
+        {**SELECTOR, "on_conflict": ("str", False)}, (*_PLANNED, "selector", "on_conflict"), True
+    ),
+    "rollback_apply": Kind(
+        {
+            **SELECTOR,
+            "on_conflict": ("str", False),
+            "batch_size": ("int", False),
+            "lock_timeout": ("str", False),
+            "approval": ("str", False),
+        },
+        (*_PLANNED, "op_id", "selector", "on_conflict", "undo_tag", "batches", "approval"),
+        False,
+    ),
+    "restore_plan": Kind(
+        {
+            "snapshot": ("str", True),
+            "store": ("str", False),
+            "tables": ("list", False),
+            "delete_new": ("bool", False),
+        },
+        (*_PLANNED, "snapshot", "store", "created_at"),
+        True,
+    ),
+    "restore": Kind(
+        {
+            "snapshot": ("str", True),
+            "store": ("str", False),
+            "tables": ("list", False),
+            "delete_new": ("bool", False),
+            "lock_timeout": ("str", False),
+            "approval": ("str", False),
+        },
+        (*_PLANNED, "op_id", "snapshot", "store", "tag", "approval"),
+        False,
+    ),
+    "sql_check": Kind(
+        {"query": ("str", True), "expect": ("expect", True)},
+        ("query", "expect", "actual", "rows", "ok"),
+        True,
+    ),
+    "approval": Kind(
+        {"for": ("str", True), "max_rows": ("int", False), "max_tables": ("int", False)},
+        (
+            "needed",
+            "req_id",
+            "status",
+            "rows",
+            "tables",
+            "plan_hash",
+            "requested_by",
+            "approved_by",
+        ),
+        True,
+    ),
     "pause": Kind({"message": ("str", True)}, ("message",), True),
-    "notify": Kind({"message": ("str", True), "webhook": ("str", False)},
-                   ("message", "url", "sent", "warning"), True),
+    "notify": Kind(
+        {"message": ("str", True), "webhook": ("str", False)},
+        ("message", "url", "sent", "warning"),
+        True,
+    ),
 }
 _STEP_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
     "approval": {"for": ("rollback_plan", "restore_plan")},
-    "rollback_apply": {"approval": ("approval",)}, "restore": {"approval": ("approval",)}}
+    "rollback_apply": {"approval": ("approval",)},
+    "restore": {"approval": ("approval",)},
+}
 
 
 # -- values: arguments, parameters, references ----------------------------------------
@@ -290,26 +357,36 @@ def param_value(p: Param, value: Any) -> Any:
         else:
             value = coerce("str", value)
     except ValueError:
-        raise RecoveryError(f"parameter {p.name} must be {want.get(p.type, 'text')}, "
-                            f"not {value!r}") from None
+        raise RecoveryError(
+            f"parameter {p.name} must be {want.get(p.type, 'text')}, not {value!r}"
+        ) from None
     if p.type == "duration":
         try:
             parse_duration(value)
         except RecoveryError:
-            raise RecoveryError(f"parameter {p.name} must be a duration such as 7d, 12h or "
-                                f"'30 minutes', not {value!r}") from None
+            raise RecoveryError(
+                f"parameter {p.name} must be a duration such as 7d, 12h or "
+                f"'30 minutes', not {value!r}"
+            ) from None
     if p.type == "file" and not Path(value).is_file():
         raise RecoveryError(f"parameter {p.name}: file {value} does not exist")
     if p.type == "table" and not re.fullmatch(r'\s*[\w$."]+(\s*,\s*[\w$."]+)*\s*', value):
-        raise RecoveryError(f"parameter {p.name} must name tables (schema.table, comma-separated),"
-                            f" not {value!r}")
+        raise RecoveryError(
+            f"parameter {p.name} must name tables (schema.table, comma-separated), not {value!r}"
+        )
     if p.choices is not None and value not in p.choices:
-        raise RecoveryError(f"parameter {p.name} must be one of "
-                            f"{', '.join(map(str, p.choices))}, not {value!r}")
+        raise RecoveryError(
+            f"parameter {p.name} must be one of {', '.join(map(str, p.choices))}, not {value!r}"
+        )
     numeric = p.type in ("int", "number")
     if numeric and (p.min is not None and value < p.min or p.max is not None and value > p.max):
-        bounds = (f"between {p.min} and {p.max}" if p.min is not None and p.max is not None
-                  else f"at least {p.min}" if p.min is not None else f"at most {p.max}")
+        bounds = (
+            f"between {p.min} and {p.max}"
+            if p.min is not None and p.max is not None
+            else f"at least {p.min}"
+            if p.min is not None
+            else f"at most {p.max}"
+        )
         raise RecoveryError(f"parameter {p.name} must be {bounds}, not {value}")
     if p.pattern is not None and not re.fullmatch(p.pattern, str(value)):
         raise RecoveryError(f"parameter {p.name} must match {p.pattern}, not {value!r}")
@@ -333,16 +410,20 @@ def bind_params(rb: Runbook, given: Mapping[str, Any]) -> dict[str, Any]:
     """Every parameter's value: given, else its default; unknown or missing ones are errors."""
     unknown = sorted(set(given) - set(rb.params))
     if unknown:
-        raise RecoveryError(f"unknown parameter {unknown[0]!r} for runbook {rb.name}: it takes "
-                            f"{', '.join(rb.params) or 'no parameters'}")
+        raise RecoveryError(
+            f"unknown parameter {unknown[0]!r} for runbook {rb.name}: it takes "
+            f"{', '.join(rb.params) or 'no parameters'}"
+        )
     out = {}
     for name, p in rb.params.items():
         if name in given:
             out[name] = param_value(p, given[name])
         elif p.required:
-            raise RecoveryError(f"runbook {rb.name} needs parameter {name} ({p.type}"
-                                f"{': ' + p.description if p.description else ''}): pass "
-                                f"--param {name}=VALUE")
+            raise RecoveryError(
+                f"runbook {rb.name} needs parameter {name} ({p.type}"
+                f"{': ' + p.description if p.description else ''}): pass "
+                f"--param {name}=VALUE"
+            )
         else:
             out[name] = p.default
     return out
@@ -372,8 +453,12 @@ def resolve(value: Any, lookup: Callable[[str], Any]) -> Any:
     return value
 
 
-def step_args(step: Step, lookup: Callable[[str], Any], sql_literal: Callable[[Any], str],
-              partial: bool = False) -> dict[str, Any]:
+def step_args(
+    step: Step,
+    lookup: Callable[[str], Any],
+    sql_literal: Callable[[Any], str],
+    partial: bool = False,
+) -> dict[str, Any]:
     """A step's arguments, references resolved and types checked; absent when null."""
     out = {}
     for name, raw in step.args.items():
@@ -388,8 +473,9 @@ def step_args(step: Step, lookup: Callable[[str], Any], sql_literal: Callable[[A
         try:
             out[name] = coerce(KINDS[step.kind].args[name][0], value)
         except ValueError as exc:
-            raise RecoveryError(f"step {step.id}: argument {name} must be {exc}, "
-                                f"not {value!r}") from None
+            raise RecoveryError(
+                f"step {step.id}: argument {name} must be {exc}, not {value!r}"
+            ) from None
     missing = [a for a, (_t, req) in KINDS[step.kind].args.items() if req and a not in out]
     if missing and not partial:
         raise RecoveryError(f"step {step.id}: argument {missing[0]} is empty")
@@ -397,8 +483,12 @@ def step_args(step: Step, lookup: Callable[[str], Any], sql_literal: Callable[[A
 
 
 # -- loading and validation ------------------------------------------------------------
-def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int],
-           dups: list[tuple[int, str]]) -> None:
+def _lines(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    dups: list[tuple[int, str]],
+) -> None:
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen = set()
@@ -437,8 +527,12 @@ def loads(text: str, source: str = "RUNBOOK") -> Runbook:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise RunbookInvalid([f"{where}: YAML syntax error: {exc.problem or exc.context}: fix the "
-                              "indentation, quoting or colon there"]) from None
+        raise RunbookInvalid(
+            [
+                f"{where}: YAML syntax error: {exc.problem or exc.context}: fix the "
+                "indentation, quoting or colon there"
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         raise RunbookInvalid([f"{source}: YAML error: {exc}"]) from None
     if node is not None:
@@ -450,9 +544,12 @@ def loads(text: str, source: str = "RUNBOOK") -> Runbook:
     return rb
 
 
-def from_definition(data: Any, source: str = "RUNBOOK",
-                    lines: dict[tuple[Any, ...], int] | None = None,
-                    errors: list[str] | None = None) -> Runbook:
+def from_definition(
+    data: Any,
+    source: str = "RUNBOOK",
+    lines: dict[tuple[Any, ...], int] | None = None,
+    errors: list[str] | None = None,
+) -> Runbook:
     """Build and validate a runbook from its parsed YAML (a run stores it as its definition)."""
     lines = lines or {}
     errs = errors if errors is not None else []
@@ -475,8 +572,14 @@ def from_definition(data: Any, source: str = "RUNBOOK",
     steps = _validate_steps(data.get("steps"), params, err)
     if errors is None and errs:
         raise RunbookInvalid(errs)
-    return Runbook(str(name), str(data.get("description") or ""), params, steps, source,
-                   json.loads(json.dumps(data, default=str)))
+    return Runbook(
+        str(name),
+        str(data.get("description") or ""),
+        params,
+        steps,
+        source,
+        json.loads(json.dumps(data, default=str)),
+    )
 
 
 def _validate_params(raw: Any, err: Callable[[tuple[Any, ...], str], None]) -> dict[str, Param]:
@@ -494,16 +597,27 @@ def _validate_params(raw: Any, err: Callable[[tuple[Any, ...], str], None]) -> d
             continue
         for k in spec:
             if k not in PARAM_KEYS:
-                err((*at, k), f"unknown key {k!r} in parameter {pname}: use "
-                    f"{', '.join(PARAM_KEYS)}")
+                err(
+                    (*at, k), f"unknown key {k!r} in parameter {pname}: use {', '.join(PARAM_KEYS)}"
+                )
         typ = spec.get("type")
         if typ not in PARAM_TYPES:
-            err((*at, "type"), f"parameter {pname} has type {typ!r}: use one of "
-                f"{', '.join(PARAM_TYPES)}")
+            err(
+                (*at, "type"),
+                f"parameter {pname} has type {typ!r}: use one of {', '.join(PARAM_TYPES)}",
+            )
             continue
-        p = Param(pname, typ, spec.get("default"), spec.get("required", "default" not in spec),
-                  spec.get("choices"), spec.get("min"), spec.get("max"), spec.get("pattern"),
-                  str(spec.get("description") or ""))
+        p = Param(
+            pname,
+            typ,
+            spec.get("default"),
+            spec.get("required", "default" not in spec),
+            spec.get("choices"),
+            spec.get("min"),
+            spec.get("max"),
+            spec.get("pattern"),
+            str(spec.get("description") or ""),
+        )
         if p.pattern is not None:
             try:
                 re.compile(p.pattern)
@@ -512,8 +626,11 @@ def _validate_params(raw: Any, err: Callable[[tuple[Any, ...], str], None]) -> d
                 p.pattern = None
         for k in ("min", "max"):
             bound = spec.get(k)
-            if bound is not None and (typ not in ("int", "number") or isinstance(bound, bool)
-                                      or not isinstance(bound, (int, float))):
+            if bound is not None and (
+                typ not in ("int", "number")
+                or isinstance(bound, bool)
+                or not isinstance(bound, (int, float))
+            ):
                 err((*at, k), f"parameter {pname}: {k} needs type int or number and a number")
                 setattr(p, k, None)
         if p.choices is not None and not isinstance(p.choices, list):
@@ -528,8 +645,9 @@ def _validate_params(raw: Any, err: Callable[[tuple[Any, ...], str], None]) -> d
     return out
 
 
-def _validate_steps(raw: Any, params: dict[str, Param],
-                    err: Callable[[tuple[Any, ...], str], None]) -> list[Step]:
+def _validate_steps(
+    raw: Any, params: dict[str, Param], err: Callable[[tuple[Any, ...], str], None]
+) -> list[Step]:
     if not isinstance(raw, list) or not raw:
         err(("steps",), "steps must be a non-empty list of {id: ..., kind: ...}")
         return []
@@ -547,15 +665,17 @@ def _validate_steps(raw: Any, params: dict[str, Param],
         if sid in ids[:n]:
             err((*at, "id"), f"duplicate step id {sid!r}: give each step its own id")
         if kind not in KINDS:
-            err((*at, "kind"), f"step {sid}: unknown kind {kind!r}: use one of "
-                f"{', '.join(KINDS)}")
+            err((*at, "kind"), f"step {sid}: unknown kind {kind!r}: use one of {', '.join(KINDS)}")
             continue
         spec = KINDS[kind]
         args = {k: v for k, v in s.items() if k not in STEP_KEYS}
         for k, v in args.items():
             if k not in spec.args:
-                err((*at, k), f"step {sid}: unknown key {k!r} for kind {kind}: it takes "
-                    f"{', '.join(spec.args)}")
+                err(
+                    (*at, k),
+                    f"step {sid}: unknown key {k!r} for kind {kind}: it takes "
+                    f"{', '.join(spec.args)}",
+                )
             elif not refs(v) and v is not None:
                 try:
                     coerce(spec.args[k][0], v)
@@ -575,16 +695,22 @@ def _validate_steps(raw: Any, params: dict[str, Param],
                 step.cond = parse_condition(step.when)
                 found += [("when", r) for r in condition_refs(step.cond)]
             except ValueError as exc:
-                err((*at, "when"), f"step {sid}: condition {step.when!r} does not parse ({exc}):"
-                    " use comparisons, and/or/not, params.X, steps.ID.FIELD")
+                err(
+                    (*at, "when"),
+                    f"step {sid}: condition {step.when!r} does not parse ({exc}):"
+                    " use comparisons, and/or/not, params.X, steps.ID.FIELD",
+                )
         for k, wanted in _STEP_ARGS.get(kind, {}).items():
             target = args.get(k)
             if isinstance(target, str):
                 found.append((k, f"steps.{target}.args"))  # an earlier step: _check_ref
                 j = ids.index(target) if target in ids else -1
                 if 0 <= j < n and raw[j].get("kind") not in wanted:
-                    err((*at, k), f"step {sid}: {k} must name a {' or '.join(wanted)} step, "
-                        f"and {target} is a {raw[j].get('kind')}")
+                    err(
+                        (*at, k),
+                        f"step {sid}: {k} must name a {' or '.join(wanted)} step, "
+                        f"and {target} is a {raw[j].get('kind')}",
+                    )
         for k, r in found:
             problem = _check_ref(r, n, raw, ids, params)
             if problem:
@@ -593,17 +719,23 @@ def _validate_steps(raw: Any, params: dict[str, Param],
     return steps
 
 
-def _check_ref(ref: str, n: int, raw: list[Any], ids: list[Any],
-               params: dict[str, Param]) -> str | None:
+def _check_ref(
+    ref: str, n: int, raw: list[Any], ids: list[Any], params: dict[str, Param]
+) -> str | None:
     parts = ref.split(".")
     if parts[0] == "params":
         if len(parts) != 2 or parts[1] not in params:
-            return (f"{ref} names no parameter: declare it under parameters (known: "
-                    f"{', '.join(params) or 'none'})")
+            return (
+                f"{ref} names no parameter: declare it under parameters (known: "
+                f"{', '.join(params) or 'none'})"
+            )
         return None
     if parts[0] == "run":
-        return None if parts[1:] in (["id"], ["name"], ["dry_run"]) else \
-            f"{ref}: use run.id, run.name or run.dry_run"
+        return (
+            None
+            if parts[1:] in (["id"], ["name"], ["dry_run"])
+            else f"{ref}: use run.id, run.name or run.dry_run"
+        )
     if parts[0] != "steps" or len(parts) < 3:
         return f"{ref!r} is not a reference: use params.NAME or steps.ID.FIELD"
     if parts[1] not in ids:
@@ -612,11 +744,13 @@ def _check_ref(ref: str, n: int, raw: list[Any], ids: list[Any],
     if j == n:
         return f"{ref} refers to the step itself (a cycle): a step can use only earlier steps"
     if j > n:
-        return (f"{ref} refers to a later step (a forward reference, which makes a cycle): "
-                f"move step {parts[1]} before step {ids[n]}, or drop the reference")
+        return (
+            f"{ref} refers to a later step (a forward reference, which makes a cycle): "
+            f"move step {parts[1]} before step {ids[n]}, or drop the reference"
+        )
     fields = (*KINDS[raw[j]["kind"]].fields, "args") if raw[j].get("kind") in KINDS else ()
     if fields and parts[2] not in fields:
-        return (f"{ref}: a {raw[j]['kind']} step has no field {parts[2]} (it has "
-                f"{', '.join(fields)})")
+        return (
+            f"{ref}: a {raw[j]['kind']} step has no field {parts[2]} (it has {', '.join(fields)})"
+        )
     return None
-

@@ -55,15 +55,15 @@ from ..errors import RecoveryError, first_line
 class Target:
     """Rows (where; None = every row) or columns of a table that a statement could destroy."""
 
-    relid: int                 # pg_class oid of the table (relkind 'r' or 'p')
+    relid: int  # pg_class oid of the table (relkind 'r' or 'p')
     schema: str
     table: str
-    from_sql: str | None       # the table as the statement named it; None iff where is None
-    where: str | None          # rows: SELECT tableoid, ctid FROM {from_sql} WHERE {where}
+    from_sql: str | None  # the table as the statement named it; None iff where is None
+    where: str | None  # rows: SELECT tableoid, ctid FROM {from_sql} WHERE {where}
     columns: tuple[str, ...] | None  # None = whole rows; else only these columns are at risk
-    bounded: bool              # False: fell back to the whole table (where is then None)
+    bounded: bool  # False: fell back to the whole table (where is then None)
     reason: str
-    est_rows: int | None = None   # filled by estimate() (an addition to the brief's fields)
+    est_rows: int | None = None  # filled by estimate() (an addition to the brief's fields)
     est_bytes: int | None = None
 
 
@@ -97,9 +97,9 @@ class _Row:
     """A row target being built, with what widening and FK cascades need."""
 
     target: Target
-    reads: set[int]                    # tables its WHERE reads
+    reads: set[int]  # tables its WHERE reads
     ops: frozenset[str] = frozenset()  # 'delete' / 'update': the FK actions it fires
-    setcols: set[str] | None = None    # columns an update assigns (None: any)
+    setcols: set[str] | None = None  # columns an update assigns (None: any)
 
 
 @dataclass
@@ -107,8 +107,8 @@ class _Scan:
     """What code the analysis cannot bound (DO, function bodies...) may destroy."""
 
     found: dict[int, _Rel] = field(default_factory=dict)
-    seen: set[int] = field(default_factory=set)      # functions already read
-    gaps: list[str] = field(default_factory=list)    # why `found` may be incomplete
+    seen: set[int] = field(default_factory=set)  # functions already read
+    gaps: list[str] = field(default_factory=list)  # why `found` may be incomplete
     called: list[str] = field(default_factory=list)  # volatile user functions called
 
 
@@ -118,16 +118,22 @@ _COLUMN_CMDS = (AlterTableType.AT_DropColumn, AlterTableType.AT_AlterColumnType)
 _FK_ACTION = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 _IDENT = r'(?:"[^"]+"|[A-Za-z_][\w$]*)(?:\.(?:"[^"]+"|[A-Za-z_][\w$]*))?'
 _NAME_RE = re.compile(rf"^\s*({_IDENT})\s*$")
-_SQL_RE = re.compile(r"^\s*(UPDATE|DELETE|INSERT|MERGE|TRUNCATE|DROP|ALTER|WITH|DO|CALL|SELECT)\b",
-                     re.IGNORECASE)
+_SQL_RE = re.compile(
+    r"^\s*(UPDATE|DELETE|INSERT|MERGE|TRUNCATE|DROP|ALTER|WITH|DO|CALL|SELECT)\b", re.IGNORECASE
+)
 # When a PL/pgSQL body does not parse: the name after a destructive keyword.
-_BODY_RE = re.compile(r"\b(?:UPDATE|DELETE\s+FROM|INSERT\s+INTO|MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?"
-                      r"|(?:DROP|ALTER)\s+TABLE(?:\s+IF\s+EXISTS)?)(?:\s+ONLY)?\s+(" + _IDENT
-                      + ")", re.IGNORECASE)
-_REL = ("SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace ")
+_BODY_RE = re.compile(
+    r"\b(?:UPDATE|DELETE\s+FROM|INSERT\s+INTO|MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?"
+    r"|(?:DROP|ALTER)\s+TABLE(?:\s+IF\s+EXISTS)?)(?:\s+ONLY)?\s+(" + _IDENT + ")",
+    re.IGNORECASE,
+)
+_REL = (
+    "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+)
 # Statements that never destroy an existing row (the user functions they call are checked).
-_HARMLESS = frozenset("""
+_HARMLESS = frozenset(
+    """
 SelectStmt CreateStmt CreateTableAsStmt IndexStmt ViewStmt GrantStmt GrantRoleStmt
 VariableSetStmt VariableShowStmt TransactionStmt VacuumStmt CommentStmt CreateSeqStmt
 AlterSeqStmt CreateFunctionStmt AlterFunctionStmt CreateTrigStmt CreateEnumStmt AlterEnumStmt
@@ -138,13 +144,21 @@ RefreshMatViewStmt AlterOwnerStmt AlterObjectSchemaStmt CreatePolicyStmt AlterPo
 AlterDefaultPrivilegesStmt CreateRoleStmt AlterRoleStmt AlterRoleSetStmt DefineStmt
 CreateCastStmt CreateStatsStmt RuleStmt CreateEventTrigStmt ConstraintsSetStmt
 CreateForeignTableStmt ExplainStmt SecLabelStmt CreatePublicationStmt AlterPublicationStmt
-ReassignOwnedStmt""".split())
+ReassignOwnedStmt""".split()
+)
 # Statements whose function calls do not run when they run (definitions).
-_NO_CALLS = frozenset("""CreateFunctionStmt ViewStmt RuleStmt PrepareStmt CreateTrigStmt
-CreatePolicyStmt CreateStmt DeclareCursorStmt CreateDomainStmt IndexStmt ExplainStmt""".split())
+_NO_CALLS = frozenset(
+    """CreateFunctionStmt ViewStmt RuleStmt PrepareStmt CreateTrigStmt
+CreatePolicyStmt CreateStmt DeclareCursorStmt CreateDomainStmt IndexStmt ExplainStmt""".split()
+)
 # Kinds not read off the statement's first words (which may be WITH ...).
-_KINDS = {"UpdateStmt": "UPDATE", "DeleteStmt": "DELETE", "InsertStmt": "INSERT",
-          "MergeStmt": "MERGE", "SelectStmt": "SELECT"}
+_KINDS = {
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "InsertStmt": "INSERT",
+    "MergeStmt": "MERGE",
+    "SelectStmt": "SELECT",
+}
 
 
 def _sql(node: Any) -> str:
@@ -187,8 +201,9 @@ def _kind(node: Any, text: str) -> str:
     if type(node).__name__ in _KINDS:
         return _KINDS[type(node).__name__]
     skip = {"OR", "REPLACE", "UNIQUE", "TEMP", "TEMPORARY", "UNLOGGED", "GLOBAL", "LOCAL"}
-    words: list[str] = ([w.upper() for w in re.findall(r"[A-Za-z]+", text)[:6]]
-                        or [type(node).__name__])
+    words: list[str] = [w.upper() for w in re.findall(r"[A-Za-z]+", text)[:6]] or [
+        type(node).__name__
+    ]
     if words[0] in ("CREATE", "ALTER", "DROP"):
         return " ".join([words[0], *[w for w in words[1:] if w not in skip][:1]])
     return words[0]
@@ -223,16 +238,19 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
     nothing in any existing table."""
     try:
         raws = pglast.parse_sql(text)
-        starts = [t.start for t in pglast.parser.scan(text)
-                  if t.name not in ("C_COMMENT", "SQL_COMMENT")]
+        starts = [
+            t.start for t in pglast.parser.scan(text) if t.name not in ("C_COMMENT", "SQL_COMMENT")
+        ]
     except ParseError as exc:
         msg, loc = (exc.args + (None, None))[:2]
         line = text.count("\n", 0, len(text) if loc is None else loc) + 1
-        raise RecoveryError(f"{source}: line {line}: {msg}: fix the SQL (it must be valid "
-                            "PostgreSQL) and try again") from None
+        raise RecoveryError(
+            f"{source}: line {line}: {msg}: fix the SQL (it must be valid PostgreSQL) and try again"
+        ) from None
     if not raws:
-        raise RecoveryError(f"{source}: no SQL statement in the file: pass the migration's "
-                            "SQL file to --for-sql")
+        raise RecoveryError(
+            f"{source}: no SQL statement in the file: pass the migration's SQL file to --for-sql"
+        )
     with conn.transaction() as tx:
         a, stmts = _Analyzer(conn), []
         for number, raw in enumerate(raws, 1):
@@ -242,8 +260,9 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
             i = bisect.bisect_left(starts, loc)  # first token, past comments
             start = starts[i] if i < len(starts) else loc
             body = text[start:end].strip()
-            st = Statement(number, text.count("\n", 0, start) + 1, body,
-                           _kind(raw.stmt, body), [], [])
+            st = Statement(
+                number, text.count("\n", 0, start) + 1, body, _kind(raw.stmt, body), [], []
+            )
             a.statement(st, raw.stmt)
             stmts.append(st)
         raise psycopg.Rollback(tx)
@@ -252,26 +271,28 @@ def analyze(conn: psycopg.Connection, text: str, *, source: str = "FILE") -> lis
         if blind:
             raise RecoveryError(
                 f"{source}: line {blind[0].line}: the {blind[0].kind} statement cannot be "
-                "bounded and names no existing table: save the tables it touches with --table")
-        raise RecoveryError(f"no statement in {source} writes or drops an existing table: "
-                            "nothing to save (name tables with --table to save them anyway)")
+                "bounded and names no existing table: save the tables it touches with --table"
+            )
+        raise RecoveryError(
+            f"no statement in {source} writes or drops an existing table: "
+            "nothing to save (name tables with --table to save them anyway)"
+        )
     return stmts
 
 
 class _Analyzer:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
-        self.written: dict[int, int] = {}    # relid -> first statement of the file writing it
-        self.prepared: dict[str, Any] = {}   # PREPAREd in the file: name -> query
-        self.path: list[str] | None = None   # a search_path the file SETs
+        self.written: dict[int, int] = {}  # relid -> first statement of the file writing it
+        self.prepared: dict[str, Any] = {}  # PREPAREd in the file: name -> query
+        self.path: list[str] | None = None  # a search_path the file SETs
         self._rels: dict[str, _Rel | None] = {}
         self._cols: dict[int, list[tuple[str, str]]] = {}
         self._funcs: dict[tuple[str | None, str], list[tuple[Any, ...]]] = {}
 
     # -- catalog ---------------------------------------------------------------------
 
-    def q(self, query: str | sql.SQL | sql.Composed, params: Any = None
-          ) -> list[tuple[Any, ...]]:
+    def q(self, query: str | sql.SQL | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
         return self.conn.execute(query, params).fetchall()
 
     def rels(self, query: str, params: Any) -> list[_Rel]:
@@ -280,8 +301,9 @@ class _Analyzer:
     def resolve(self, parts: list[str]) -> _Rel | None:
         """The relation a (possibly qualified) name means (search_path of the file, if SET)."""
         if len(parts) == 1 and self.path is not None:
-            return next(filter(None, (self.resolve_text(_ident(s, parts[0]))
-                                      for s in self.path)), None)
+            return next(
+                filter(None, (self.resolve_text(_ident(s, parts[0])) for s in self.path)), None
+            )
         return self.resolve_text(_ident(*parts))
 
     def resolve_text(self, name: str) -> _Rel | None:
@@ -297,9 +319,14 @@ class _Analyzer:
     def columns(self, relid: int) -> list[tuple[str, str]]:
         """(name, type) of a table's live columns in attnum order."""
         if relid not in self._cols:
-            self._cols[relid] = [(n, t) for n, t in self.q(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
-                "attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [relid])]
+            self._cols[relid] = [
+                (n, t)
+                for n, t in self.q(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                    "attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    [relid],
+                )
+            ]
         return self._cols[relid]
 
     def base_tables(self, view: int) -> list[_Rel]:
@@ -309,7 +336,9 @@ class _Analyzer:
             "%s::oid UNION SELECT d.refobjid FROM v JOIN pg_rewrite w ON w.ev_class = v.oid "
             "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid AND "
             "d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid) SELECT oid FROM v) "
-            "ORDER BY 2, 3", [view])
+            "ORDER BY 2, 3",
+            [view],
+        )
 
     def fk_closure(self, relids: list[int]) -> list[_Rel]:
         """Tables referencing relids by foreign key, recursively (what TRUNCATE CASCADE
@@ -319,7 +348,9 @@ class _Analyzer:
             "RECURSIVE r(oid) AS (SELECT unnest(%s::oid[]) UNION SELECT k.conrelid FROM r JOIN "
             "pg_constraint k ON k.confrelid = r.oid AND k.contype = 'f' AND NOT EXISTS (SELECT "
             "FROM pg_constraint p WHERE p.oid = k.conparentid AND p.confrelid = k.confrelid)) "
-            "SELECT oid FROM r) ORDER BY 2, 3", [relids, relids])
+            "SELECT oid FROM r) ORDER BY 2, 3",
+            [relids, relids],
+        )
 
     def inherit_children(self, relids: list[int]) -> list[_Rel]:
         """Plain inheritance children (not partitions): DROP ... CASCADE drops them too."""
@@ -327,7 +358,8 @@ class _Analyzer:
             "WHERE NOT c.relispartition AND c.oid IN (WITH RECURSIVE r(oid) AS (SELECT "
             "unnest(%s::oid[]) UNION SELECT i.inhrelid FROM r JOIN pg_inherits i ON "
             "i.inhparent = r.oid) SELECT oid FROM r) AND c.oid <> ALL(%s::oid[]) ORDER BY 2, 3",
-            [relids, relids])
+            [relids, relids],
+        )
 
     # -- one statement -------------------------------------------------------------------
 
@@ -340,15 +372,21 @@ class _Analyzer:
                     rel = self.resolve([rv.relname])
                     rv.schemaname = rel.schema if rel else None
         if isinstance(node, ast.ExplainStmt) and any(  # EXPLAIN ANALYZE runs its statement
-                o.defname == "analyze" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", 1)))
-                .lower() not in ("false", "off", "0", "no") for o in node.options or ()):
+            o.defname == "analyze"
+            and str(getattr(o.arg, "sval", getattr(o.arg, "ival", 1))).lower()
+            not in ("false", "off", "0", "no")
+            for o in node.options or ()
+        ):
             st.kind, node = "EXPLAIN ANALYZE " + _kind(node.query, ""), node.query
         name, rows = type(node).__name__, []
         if isinstance(node, _DML) or getattr(node, "withClause", None) is not None:
             rows = self.dml(st, node, set())
             oc = getattr(node, "onConflictClause", None)
-            if isinstance(node, ast.InsertStmt) and not rows and (
-                    oc is None or oc.action != OnConflictAction.ONCONFLICT_UPDATE):
+            if (
+                isinstance(node, ast.InsertStmt)
+                and not rows
+                and (oc is None or oc.action != OnConflictAction.ONCONFLICT_UPDATE)
+            ):
                 st.notes.append("destroys no existing row (INSERT only adds rows)")
         elif isinstance(node, ast.TruncateStmt):
             self.truncate(st, node)
@@ -357,7 +395,8 @@ class _Analyzer:
         elif isinstance(node, ast.AlterTableStmt):
             self.alter(st, node)
         elif isinstance(node, (ast.DoStmt, ast.ExecuteStmt)) or (
-                name not in _HARMLESS and name not in ("CallStmt", "CopyStmt")):
+            name not in _HARMLESS and name not in ("CallStmt", "CopyStmt")
+        ):
             scan = self.collect(node, _Scan())
             if isinstance(node, ast.ExecuteStmt) and node.name not in self.prepared:
                 scan.gaps.append(f"{node.name} was not PREPAREd in this file")
@@ -391,11 +430,16 @@ class _Analyzer:
             return
         user = self.q("SELECT current_user")[0][0]
         assert node.args is not None  # SET ... TO <value> always has a value
-        names = [user if a.val.sval == "$user" else a.val.sval for a in node.args
-                 if isinstance(a.val, ast.String) and a.val.sval]
+        names = [
+            user if a.val.sval == "$user" else a.val.sval
+            for a in node.args
+            if isinstance(a.val, ast.String) and a.val.sval
+        ]
         self.path = ([] if "pg_catalog" in names else ["pg_catalog"]) + names
-        st.notes.append("later statements' tables are resolved with this search_path and "
-                        "saved schema-qualified (functions: with the session's)")
+        st.notes.append(
+            "later statements' tables are resolved with this search_path and "
+            "saved schema-qualified (functions: with the session's)"
+        )
 
     def finish(self, st: Statement, rows: list[_Row]) -> None:
         """Widen, check and cascade row targets; add them to the statement, once each."""
@@ -424,8 +468,11 @@ class _Analyzer:
         else:
             try:
                 with self.conn.transaction():
-                    self.q(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(
-                        sql.SQL(t.from_sql or ""), sql.SQL(t.where)))
+                    self.q(
+                        sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(
+                            sql.SQL(t.from_sql or ""), sql.SQL(t.where)
+                        )
+                    )
             except psycopg.Error as exc:
                 why = f"its WHERE does not run before the file ({first_line(exc)})"
         if why:
@@ -434,8 +481,7 @@ class _Analyzer:
             t.bounded = False
         return t
 
-    def cascade(self, st: Statement, parent: _Row, path: set[int], whole: set[int]
-                ) -> list[Target]:
+    def cascade(self, st: Statement, parent: _Row, path: set[int], whole: set[int]) -> list[Target]:
         """Rows that foreign-key actions change when parent's rows are deleted or updated:
         `(fkcols) IN (SELECT refcols FROM parent WHERE ...)`, recursively. A table met again
         on the path (a cycle, a self-reference included) is saved whole, unbounded, once."""
@@ -444,27 +490,33 @@ class _Analyzer:
             return []
         out: list[Target] = []
         for relid, schema, table, deltype, updtype, fkcols, refcols in self.q(
-                "SELECT k.conrelid, n.nspname, c.relname, k.confdeltype, k.confupdtype, ARRAY("
-                "SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i) JOIN "
-                "pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), "
-                "ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
-                "JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY "
-                "u.i) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN "
-                "pg_namespace n ON n.oid = c.relnamespace WHERE k.contype = 'f' AND k.confrelid "
-                "= %s AND NOT EXISTS (SELECT FROM pg_constraint x WHERE x.oid = k.conparentid "
-                "AND x.confrelid = k.confrelid) ORDER BY 2, 3, k.conname", [p.relid]):
-            acts = [("DELETE", deltype)] if "delete" in parent.ops and deltype in _FK_ACTION \
-                else []
-            if "update" in parent.ops and updtype in _FK_ACTION and (
-                    parent.setcols is None or parent.setcols & set(refcols)):
+            "SELECT k.conrelid, n.nspname, c.relname, k.confdeltype, k.confupdtype, ARRAY("
+            "SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i) JOIN "
+            "pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), "
+            "ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
+            "JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY "
+            "u.i) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN "
+            "pg_namespace n ON n.oid = c.relnamespace WHERE k.contype = 'f' AND k.confrelid "
+            "= %s AND NOT EXISTS (SELECT FROM pg_constraint x WHERE x.oid = k.conparentid "
+            "AND x.confrelid = k.confrelid) ORDER BY 2, 3, k.conname",
+            [p.relid],
+        ):
+            acts = [("DELETE", deltype)] if "delete" in parent.ops and deltype in _FK_ACTION else []
+            if (
+                "update" in parent.ops
+                and updtype in _FK_ACTION
+                and (parent.setcols is None or parent.setcols & set(refcols))
+            ):
                 acts.append(("UPDATE", updtype))
             if not acts or relid in whole:
                 continue
             reason = f"ON {acts[0][0]} {_FK_ACTION[acts[0][1]]} from {p.schema}.{p.table}"
             src = p.from_sql or _ident(p.schema, p.table)
-            where = (f"({', '.join(map(_ident, fkcols))}) IN (SELECT "
-                     f"{', '.join(map(_ident, refcols))} FROM {src}"
-                     + (f" WHERE {p.where})" if p.where else ")"))
+            where = (
+                f"({', '.join(map(_ident, fkcols))}) IN (SELECT "
+                f"{', '.join(map(_ident, refcols))} FROM {src}"
+                + (f" WHERE {p.where})" if p.where else ")")
+            )
             child = Target(relid, schema, table, _ident(schema, table), where, None, True, reason)
             if relid in path:  # a cycle: how deep it goes is unknown
                 child.where = child.from_sql = None
@@ -485,10 +537,18 @@ class _Analyzer:
         kept = [c for c in ctes if isinstance(c.ctequery, ast.SelectStmt)]
         names = {c.ctename for c in ctes}
         banned = (names - {c.ctename for c in kept}) | (outer - names)
-        refs = {n.relname for n in _walk((parts, kept))
-                if isinstance(n, ast.RangeVar) and not n.schemaname}
-        prefix = ("WITH RECURSIVE " if wc.recursive else "WITH ") + _sql(ast.WithClause(
-            ctes=tuple(kept), recursive=False)) + " " if kept else ""
+        refs = {
+            n.relname
+            for n in _walk((parts, kept))
+            if isinstance(n, ast.RangeVar) and not n.schemaname
+        }
+        prefix = (
+            ("WITH RECURSIVE " if wc.recursive else "WITH ")
+            + _sql(ast.WithClause(ctes=tuple(kept), recursive=False))
+            + " "
+            if kept
+            else ""
+        )
         return prefix, not (refs & banned)
 
     def reads(self, parts: Any) -> set[int]:
@@ -499,8 +559,11 @@ class _Analyzer:
             if isinstance(n, ast.RangeVar) and (n.schemaname or n.relname not in ctes):
                 rel = self.resolve(_parts(n))
                 if rel:
-                    out |= {rel.relid} | ({b.relid for b in self.base_tables(rel.relid)}
-                                          if rel.relkind == "v" else set())
+                    out |= {rel.relid} | (
+                        {b.relid for b in self.base_tables(rel.relid)}
+                        if rel.relkind == "v"
+                        else set()
+                    )
         return out
 
     def dml(self, st: Statement, node: Any, outer: set[str]) -> list[_Row]:
@@ -516,8 +579,9 @@ class _Analyzer:
         where: str | None = None
         if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
             verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
-            extra = list((node.fromClause if isinstance(node, ast.UpdateStmt)
-                          else node.usingClause) or ())
+            extra = list(
+                (node.fromClause if isinstance(node, ast.UpdateStmt) else node.usingClause) or ()
+            )
             parts: Any = (node.whereClause, extra)
             ops = frozenset({verb.lower()})
             if isinstance(node, ast.UpdateStmt):
@@ -548,13 +612,17 @@ class _Analyzer:
             ok = where is not None
         elif isinstance(node, ast.MergeStmt):
             assert node.mergeWhenClauses is not None  # MERGE always has a WHEN clause
-            acts = [w for w in node.mergeWhenClauses
-                    if w.commandType in (CmdType.CMD_UPDATE, CmdType.CMD_DELETE)]
+            acts = [
+                w
+                for w in node.mergeWhenClauses
+                if w.commandType in (CmdType.CMD_UPDATE, CmdType.CMD_DELETE)
+            ]
             if not acts:
                 st.notes.append("MERGE only inserts (WHEN NOT MATCHED): destroys no existing row")
                 return rows
-            ops = frozenset("delete" if w.commandType == CmdType.CMD_DELETE else "update"
-                            for w in acts)
+            ops = frozenset(
+                "delete" if w.commandType == CmdType.CMD_DELETE else "update" for w in acts
+            )
             setcols = {rt.name for w in acts for rt in w.targetList or ()}
             parts = (node.sourceRelation, node.joinCondition)
             prefix, ok = self.with_prefix(wc, parts, outer)
@@ -570,8 +638,9 @@ class _Analyzer:
                 reason = "MERGE of matched and unmatched rows: whole table"
         else:
             return rows
-        return rows + self.row_targets(st, node.relation, where, ok, reason,
-                                       self.reads((parts, wc)), ops, setcols)
+        return rows + self.row_targets(
+            st, node.relation, where, ok, reason, self.reads((parts, wc)), ops, setcols
+        )
 
     def upsert(self, node: ast.InsertStmt, outer: set[str]) -> tuple[str | None, str]:
         """INSERT ... ON CONFLICT DO UPDATE: the existing rows whose conflict key equals an
@@ -584,11 +653,15 @@ class _Analyzer:
             return None, no
         cols = dict(self.columns(rel.relid))
         if oc.infer is not None and oc.infer.conname:
-            keys = [r[0] for r in self.q(
-                "SELECT a.attname FROM pg_constraint k, unnest(k.conkey) WITH ORDINALITY "
-                "u(n, i), pg_attribute a WHERE k.conrelid = %s AND k.conname = %s AND "
-                "a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i",
-                [rel.relid, oc.infer.conname])]
+            keys = [
+                r[0]
+                for r in self.q(
+                    "SELECT a.attname FROM pg_constraint k, unnest(k.conkey) WITH ORDINALITY "
+                    "u(n, i), pg_attribute a WHERE k.conrelid = %s AND k.conname = %s AND "
+                    "a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i",
+                    [rel.relid, oc.infer.conname],
+                )
+            ]
         elif oc.infer is not None and all(e.name for e in oc.infer.indexElems or ()):
             assert oc.infer.indexElems is not None  # ON CONFLICT (...) lists one key at least
             keys = [e.name for e in oc.infer.indexElems]
@@ -597,16 +670,23 @@ class _Analyzer:
         if node.cols and any(rt.indirection for rt in node.cols):
             return None, f"INSERT into subfields: {no}"
         inscols = [rt.name for rt in node.cols] if node.cols else list(cols)
-        inscols = inscols[:_out_columns(sel) or len(inscols)]
+        inscols = inscols[: _out_columns(sel) or len(inscols)]
         if sel is None or not keys or any(k not in inscols for k in keys):
             return None, f"conflict key takes default values: {no}"
         if isinstance(sel, ast.SelectStmt) and sel.valuesLists:  # DEFAULT is not a value
             pos = {inscols.index(k) for k in keys}
-            if any(isinstance(v, ast.SetToDefault) and i in pos
-                   for row in sel.valuesLists for i, v in enumerate(row)):
+            if any(
+                isinstance(v, ast.SetToDefault) and i in pos
+                for row in sel.valuesLists
+                for i, v in enumerate(row)
+            ):
                 return None, f"conflict key takes default values: {no}"
-            sel.valuesLists = tuple(tuple(ast.A_Const(isnull=True) if isinstance(
-                v, ast.SetToDefault) else v for v in row) for row in sel.valuesLists)
+            sel.valuesLists = tuple(
+                tuple(
+                    ast.A_Const(isnull=True) if isinstance(v, ast.SetToDefault) else v for v in row
+                )
+                for row in sel.valuesLists
+            )
         prefix, ok = self.with_prefix(node.withClause, sel, outer)
         if not ok:
             return None, f"the INSERT reads a data-modifying CTE: {no}"
@@ -615,13 +695,23 @@ class _Analyzer:
         ref = _ident(refname)
         lhs = ", ".join(f"{ref}.{_ident(k)}" for k in keys)
         rhs = ", ".join(f"CAST(_ins.{_ident(k)} AS {cols[k]})" for k in keys)
-        return (f"({lhs}) IN ({prefix}SELECT {rhs} FROM ({_sql(sel)}) AS _ins("
-                f"{', '.join(map(_ident, inscols))}))",
-                f"rows whose conflict key ({', '.join(keys)}) an inserted row repeats")
+        return (
+            f"({lhs}) IN ({prefix}SELECT {rhs} FROM ({_sql(sel)}) AS _ins("
+            f"{', '.join(map(_ident, inscols))}))",
+            f"rows whose conflict key ({', '.join(keys)}) an inserted row repeats",
+        )
 
-    def row_targets(self, st: Statement, rv: ast.RangeVar, where: str | None, ok: bool,
-                    reason: str, reads: set[int], ops: frozenset[str],
-                    setcols: set[str] | None) -> list[_Row]:
+    def row_targets(
+        self,
+        st: Statement,
+        rv: ast.RangeVar,
+        where: str | None,
+        ok: bool,
+        reason: str,
+        reads: set[int],
+        ops: frozenset[str],
+        setcols: set[str] | None,
+    ) -> list[_Row]:
         """Targets for the relation a row statement names: itself, or a view's tables."""
         rel = self.resolve(_parts(rv))
         if rel is None or rel.relkind not in ("r", "p", "v"):
@@ -629,19 +719,51 @@ class _Analyzer:
             return []
         if rel.relkind == "v":
             bases = self.base_tables(rel.relid)
-            st.notes.append(f"{rel.name} is a view: whole tables it reads ("
-                            + (", ".join(b.name for b in bases) or "none") + ")")
-            return [_Row(Target(b.relid, b.schema, b.table, None, None, None, False,
-                                f"writes through view {rel.name}: cannot bound, whole table"),
-                         set(), ops, setcols) for b in bases]
-        t = Target(rel.relid, rel.schema, rel.table, _sql(rv) if where else None, where,
-                   None, ok or where is not None, reason)
+            st.notes.append(
+                f"{rel.name} is a view: whole tables it reads ("
+                + (", ".join(b.name for b in bases) or "none")
+                + ")"
+            )
+            return [
+                _Row(
+                    Target(
+                        b.relid,
+                        b.schema,
+                        b.table,
+                        None,
+                        None,
+                        None,
+                        False,
+                        f"writes through view {rel.name}: cannot bound, whole table",
+                    ),
+                    set(),
+                    ops,
+                    setcols,
+                )
+                for b in bases
+            ]
+        t = Target(
+            rel.relid,
+            rel.schema,
+            rel.table,
+            _sql(rv) if where else None,
+            where,
+            None,
+            ok or where is not None,
+            reason,
+        )
         return [_Row(t, reads, ops, setcols)]
 
     # -- DDL -------------------------------------------------------------------------------
 
-    def whole(self, st: Statement, rel: _Rel | None, label: str, reason: str,
-              columns: tuple[str, ...] | None = None) -> None:
+    def whole(
+        self,
+        st: Statement,
+        rel: _Rel | None,
+        label: str,
+        reason: str,
+        columns: tuple[str, ...] | None = None,
+    ) -> None:
         """A whole-table target, or a note for what is not a table."""
         if rel is None:
             st.notes.append(f"{label} does not exist (yet): nothing of it to save")
@@ -650,8 +772,9 @@ class _Analyzer:
         elif rel.relkind not in ("r", "p"):
             st.notes.append(f"{rel.name} is not a table: nothing of it to save")
         else:
-            st.targets.append(Target(rel.relid, rel.schema, rel.table, None, None, columns,
-                                     True, reason))
+            st.targets.append(
+                Target(rel.relid, rel.schema, rel.table, None, None, columns, True, reason)
+            )
 
     def truncate(self, st: Statement, node: ast.TruncateStmt) -> None:
         assert node.relations is not None  # TRUNCATE always names a table
@@ -680,29 +803,40 @@ class _Analyzer:
         elif kind == ObjectType.OBJECT_SCHEMA:
             for obj in node.objects:
                 if not cascade:
-                    st.notes.append(f"DROP SCHEMA {obj.sval} without CASCADE fails unless it "
-                                    "is empty: nothing to save")
+                    st.notes.append(
+                        f"DROP SCHEMA {obj.sval} without CASCADE fails unless it "
+                        "is empty: nothing to save"
+                    )
                     continue
-                rels = self.rels("WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 3",
-                                 [obj.sval])
+                rels = self.rels(
+                    "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 3", [obj.sval]
+                )
                 for rel in rels + self.inherit_children([r.relid for r in rels]):
                     self.whole(st, rel, "", f"DROP SCHEMA {obj.sval} CASCADE: whole table")
         elif kind == ObjectType.OBJECT_EXTENSION and cascade:
-            st.notes.append("cannot bound: DROP EXTENSION ... CASCADE drops the columns of its "
-                            "types; save those tables with --table")
+            st.notes.append(
+                "cannot bound: DROP EXTENSION ... CASCADE drops the columns of its "
+                "types; save those tables with --table"
+            )
         elif kind in (ObjectType.OBJECT_TYPE, ObjectType.OBJECT_DOMAIN) and cascade:
             for obj in node.objects:
                 for relid, cols in self.q(
-                        "SELECT d.objid, array_agg(a.attname::text ORDER BY a.attnum) FROM "
-                        "pg_type t JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND "
-                        "d.refobjid IN (t.oid, t.typarray) AND d.classid = 'pg_class'::regclass "
-                        "AND d.objsubid > 0 JOIN pg_attribute a ON a.attrelid = d.objid AND "
-                        "a.attnum = d.objsubid WHERE t.oid = to_regtype(%s) GROUP BY 1",
-                        [_sql(obj)]):
+                    "SELECT d.objid, array_agg(a.attname::text ORDER BY a.attnum) FROM "
+                    "pg_type t JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND "
+                    "d.refobjid IN (t.oid, t.typarray) AND d.classid = 'pg_class'::regclass "
+                    "AND d.objsubid > 0 JOIN pg_attribute a ON a.attrelid = d.objid AND "
+                    "a.attnum = d.objsubid WHERE t.oid = to_regtype(%s) GROUP BY 1",
+                    [_sql(obj)],
+                ):
                     [rel] = self.rels("WHERE c.oid = %s", [relid])
                     if rel.relkind in ("r", "p"):
-                        self.whole(st, rel, "", f"DROP {kind.name[7:]} {_sql(obj)} CASCADE "
-                                   "drops these columns", tuple(cols))
+                        self.whole(
+                            st,
+                            rel,
+                            "",
+                            f"DROP {kind.name[7:]} {_sql(obj)} CASCADE drops these columns",
+                            tuple(cols),
+                        )
 
     def alter(self, st: Statement, node: ast.AlterTableStmt) -> None:
         """ALTER TABLE: the columns it drops or retypes (every row); any ALTER TABLE counts
@@ -710,8 +844,10 @@ class _Analyzer:
         assert node.cmds is not None and node.relation is not None  # parser sets both
         cmds = [c for c in node.cmds if c.subtype in _COLUMN_CMDS]
         if node.objtype == ObjectType.OBJECT_TYPE and cmds:
-            st.notes.append("cannot bound: ALTER TYPE on attributes changes every column of "
-                            "that type; save those tables with --table")
+            st.notes.append(
+                "cannot bound: ALTER TYPE on attributes changes every column of "
+                "that type; save those tables with --table"
+            )
         if node.objtype != ObjectType.OBJECT_TABLE:
             return
         rel = self.resolve(_parts(node.relation))
@@ -725,13 +861,20 @@ class _Analyzer:
         for c in cmds:
             if c.name in have:
                 cols.append(c.name)
-                what.append(("DROP COLUMN " if c.subtype == AlterTableType.AT_DropColumn
-                             else "ALTER TYPE ") + c.name)
+                what.append(
+                    ("DROP COLUMN " if c.subtype == AlterTableType.AT_DropColumn else "ALTER TYPE ")
+                    + c.name
+                )
             else:
                 st.notes.append(f"column {c.name} of {rel.name} does not exist (yet)")
         if cols:
-            self.whole(st, rel, "", "; ".join(what) + ": these columns of every row",
-                       tuple(dict.fromkeys(cols)))
+            self.whole(
+                st,
+                rel,
+                "",
+                "; ".join(what) + ": these columns of every row",
+                tuple(dict.fromkeys(cols)),
+            )
 
     # -- what cannot be bounded ----------------------------------------------------------
 
@@ -740,17 +883,36 @@ class _Analyzer:
         rows may be deleted or updated: foreign-key actions are followed from them."""
         gaps = "; ".join(dict.fromkeys(scan.gaps))
         if scan.found:
-            st.notes.append(f"{what}: cannot bound its writes: whole tables it names ("
-                            + ", ".join(r.name for r in scan.found.values()) + ")"
-                            + (f"; may miss more: {gaps}" if gaps else ""))
+            st.notes.append(
+                f"{what}: cannot bound its writes: whole tables it names ("
+                + ", ".join(r.name for r in scan.found.values())
+                + ")"
+                + (f"; may miss more: {gaps}" if gaps else "")
+            )
         elif gaps:
-            st.notes.append("cannot bound: it may write any table; save the tables it touches "
-                            f"with --table ({what}: {gaps})")
+            st.notes.append(
+                "cannot bound: it may write any table; save the tables it touches "
+                f"with --table ({what}: {gaps})"
+            )
         else:
             st.notes.append(f"{what}: its code destroys no existing row")
-        return [_Row(Target(r.relid, r.schema, r.table, None, None, None, False,
-                            f"{what}: cannot bound, whole table"), set(),
-                     frozenset({"delete", "update"})) for r in scan.found.values()]
+        return [
+            _Row(
+                Target(
+                    r.relid,
+                    r.schema,
+                    r.table,
+                    None,
+                    None,
+                    None,
+                    False,
+                    f"{what}: cannot bound, whole table",
+                ),
+                set(),
+                frozenset({"delete", "update"}),
+            )
+            for r in scan.found.values()
+        ]
 
     def collect(self, node: Any, scan: _Scan, calls_only: bool = False) -> _Scan:
         """Tables that code (parse trees) may destroy: targets of destructive statements,
@@ -762,11 +924,18 @@ class _Analyzer:
                 self.scan_function([s.sval for s in n.funcname], scan)
             elif calls_only:
                 continue
-            elif isinstance(n, (ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)) or (
-                    isinstance(n, ast.InsertStmt) and n.onConflictClause is not None
-                    and n.onConflictClause.action == OnConflictAction.ONCONFLICT_UPDATE) or (
-                    isinstance(n, ast.AlterTableStmt) and any(
-                        c.subtype in _COLUMN_CMDS for c in n.cmds or ())):
+            elif (
+                isinstance(n, (ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt))
+                or (
+                    isinstance(n, ast.InsertStmt)
+                    and n.onConflictClause is not None
+                    and n.onConflictClause.action == OnConflictAction.ONCONFLICT_UPDATE
+                )
+                or (
+                    isinstance(n, ast.AlterTableStmt)
+                    and any(c.subtype in _COLUMN_CMDS for c in n.cmds or ())
+                )
+            ):
                 assert n.relation is not None  # the parser always names the table
                 self.found(self.resolve(_parts(n.relation)), scan)
             elif isinstance(n, ast.TruncateStmt):
@@ -780,8 +949,9 @@ class _Analyzer:
                 assert n.objects is not None  # DROP TABLE always names a table
                 for obj in n.objects:
                     self.found(self.resolve([s.sval for s in obj][-2:]), scan)
-            elif isinstance(n, ast.DropOwnedStmt) or (isinstance(n, ast.DropStmt)
-                                                     and n.behavior == DropBehavior.DROP_CASCADE):
+            elif isinstance(n, ast.DropOwnedStmt) or (
+                isinstance(n, ast.DropStmt) and n.behavior == DropBehavior.DROP_CASCADE
+            ):
                 scan.gaps.append(f"{_kind(n, 'DROP OWNED')} may drop tables or columns")
             elif isinstance(n, ast.DoStmt):
                 self.scan_do(n, scan)
@@ -820,7 +990,8 @@ class _Analyzer:
                 "p.pronamespace JOIN pg_language l ON l.oid = p.prolang WHERE p.proname = %s "
                 "AND p.prokind IN ('f', 'p') AND CASE WHEN %s::text IS NULL THEN n.nspname = "
                 "ANY(current_schemas(true)) ELSE n.nspname = %s END ORDER BY p.oid",
-                [name, schema, schema])
+                [name, schema, schema],
+            )
         rows = self._funcs[schema, name]
         if schema is None and any(r[1] == "pg_catalog" for r in rows):
             return
@@ -836,9 +1007,15 @@ class _Analyzer:
                     fn = pglast.parse_sql(src)[0].stmt
                     # pg_get_functiondef() always returns a CREATE FUNCTION / PROCEDURE
                     assert isinstance(fn, ast.CreateFunctionStmt)
-                    self.collect(fn.sql_body or [pglast.parse_sql(o.arg[0].sval)
-                                                 for o in fn.options or () if o.defname == "as"],
-                                 scan)
+                    self.collect(
+                        fn.sql_body
+                        or [
+                            pglast.parse_sql(o.arg[0].sval)
+                            for o in fn.options or ()
+                            if o.defname == "as"
+                        ],
+                        scan,
+                    )
                 except ParseError:
                     scan.gaps.append(f"the body of {nsp}.{proname}() does not parse")
             elif lang not in ("c", "internal"):  # compiled code: assumed not to write tables
@@ -853,8 +1030,9 @@ class _Analyzer:
         body, tag = opts["as"], "$_do_$"
         while tag in body:
             tag = tag[:-1] + "_$"
-        self.scan_plpgsql(f"CREATE FUNCTION pg_temp._do() RETURNS void LANGUAGE plpgsql AS "
-                          f"{tag}{body}{tag}", scan)
+        self.scan_plpgsql(
+            f"CREATE FUNCTION pg_temp._do() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}", scan
+        )
         return scan
 
     def scan_plpgsql(self, src: str, scan: _Scan) -> None:
@@ -871,8 +1049,11 @@ class _Analyzer:
             scan.gaps.append("PL/pgSQL that does not parse (tables found by name only)")
             return
         for d in _json_dicts(tree):
-            if "PLpgSQL_stmt_dynexecute" in d or "PLpgSQL_stmt_dynfors" in d or (
-                    "dynquery" in d.get("PLpgSQL_stmt_open", {})):
+            if (
+                "PLpgSQL_stmt_dynexecute" in d
+                or "PLpgSQL_stmt_dynfors" in d
+                or ("dynquery" in d.get("PLpgSQL_stmt_open", {}))
+            ):
                 scan.gaps.append("dynamic SQL (only tables named in its literals are found)")
             expr = d.get("PLpgSQL_expr") or {}
             query, mode = expr.get("query"), expr.get("parseMode", 0)
@@ -900,12 +1081,14 @@ def estimate(conn: psycopg.Connection, stmts: list[Statement]) -> None:
                 table = sql.Identifier(t.schema, t.table)
                 if t.columns is not None:
                     q = sql.SQL("SELECT ctid, {} FROM {}").format(
-                        sql.SQL(", ").join(map(sql.Identifier, t.columns)), table)
+                        sql.SQL(", ").join(map(sql.Identifier, t.columns)), table
+                    )
                 elif t.where is None:
                     q = sql.SQL("SELECT * FROM {}").format(table)
                 else:
                     q = sql.SQL("SELECT * FROM {} WHERE {}").format(
-                        sql.SQL(t.from_sql or ""), sql.SQL(t.where))
+                        sql.SQL(t.from_sql or ""), sql.SQL(t.where)
+                    )
                 try:
                     with conn.transaction():
                         row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + q).fetchone()

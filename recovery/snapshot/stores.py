@@ -46,13 +46,21 @@ FORMAT = 1
 DEFAULT_DIR = "./snapshots"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Output settings of the saved text (restore sets the same before COPY FROM).
-SETTINGS = {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3",
-            "client_encoding": "UTF8", "TimeZone": "UTC", "bytea_output": "hex"}
+SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "client_encoding": "UTF8",
+    "TimeZone": "UTC",
+    "bytea_output": "hex",
+}
 ZSTD_LEVEL = 3
 # Checksum of a row x: "record" by the column types' hash functions, "text" by its text.
 # Schema-qualified, with exact argument types: no look-alike function can be chosen.
-CHECKSUM_EXPRS = {"record": "pg_catalog.hash_record_extended(x, 0::int8)",
-                  "text": "pg_catalog.hashtextextended(x::text, 0::int8)"}
+CHECKSUM_EXPRS = {
+    "record": "pg_catalog.hash_record_extended(x, 0::int8)",
+    "text": "pg_catalog.hashtextextended(x::text, 0::int8)",
+}
 Progress = Callable[[int], None]
 
 
@@ -97,7 +105,8 @@ def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise RecoveryError(
             f"invalid snapshot name {name!r}: use letters, digits, '.', '_' and '-' "
-            "(starting with a letter or digit), at most 100")
+            "(starting with a letter or digit), at most 100"
+        )
     return name
 
 
@@ -119,23 +128,30 @@ def _set_output(conn: psycopg.Connection) -> None:
         conn.execute("SELECT set_config(%s, %s, true)", [k, v])
 
 
-def _select(conn: psycopg.Connection, spec: Spec, cols: Sequence[str],
-            stored: dict[str, str] | None = None) -> sql.Composable:
+def _select(
+    conn: psycopg.Connection, spec: Spec, cols: Sequence[str], stored: dict[str, str] | None = None
+) -> sql.Composable:
     """SELECT of the saved rows and columns of a table; a column in `stored` is cast to
     its storage type (the text form of a non-built-in type, under the output settings)."""
-    row = conn.execute("SELECT n.nspname, c.relname, c.relkind = 'r' FROM pg_class c"
-                       " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-                       [spec.relid]).fetchone()
+    row = conn.execute(
+        "SELECT n.nspname, c.relname, c.relkind = 'r' FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+        [spec.relid],
+    ).fetchone()
     assert row is not None
     # ONLY: rows of plain inheritance children belong to those tables, and restoring
     # them through the parent would put them in the wrong table.  (A partitioned
     # table's rows are all in its partitions: no ONLY there.)
-    tbl = sql.SQL("{}{}").format(sql.SQL("ONLY ") if row[2] else sql.SQL(""),
-                                 sql.Identifier(row[0], row[1]))
+    tbl = sql.SQL("{}{}").format(
+        sql.SQL("ONLY ") if row[2] else sql.SQL(""), sql.Identifier(row[0], row[1])
+    )
     stored = stored or {}
     names = sql.SQL(", ").join(
         sql.SQL("(x.{c})::{t} AS {c}").format(c=sql.Identifier(c), t=sql.SQL(stored[c]))
-        if c in stored else sql.SQL("x.{}").format(sql.Identifier(c)) for c in cols)
+        if c in stored
+        else sql.SQL("x.{}").format(sql.Identifier(c))
+        for c in cols
+    )
     if spec.where is not None:
         return sql.SQL("SELECT {} FROM {} x WHERE ({})").format(names, tbl, sql.SQL(spec.where))
     if not spec.parts or any(p.where is None for p in spec.parts):
@@ -144,13 +160,18 @@ def _select(conn: psycopg.Connection, spec: Spec, cols: Sequence[str],
     # (with its alias): the union of the rows, by physical row identity.
     subs = sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT tableoid, ctid FROM {} WHERE ({})").format(
-            sql.SQL(p.from_sql or ""), sql.SQL(p.where or "true")) for p in spec.parts)
+            sql.SQL(p.from_sql or ""), sql.SQL(p.where or "true")
+        )
+        for p in spec.parts
+    )
     return sql.SQL("SELECT {} FROM {} x WHERE (x.tableoid, x.ctid) IN ({})").format(
-        names, tbl, subs)
+        names, tbl, subs
+    )
 
 
-def _item(conn: psycopg.Connection, n: int, spec: Spec, key: Sequence[str] | None
-          ) -> tuple[dict[str, Any], list[str]]:
+def _item(
+    conn: psycopg.Connection, n: int, spec: Spec, key: Sequence[str] | None
+) -> tuple[dict[str, Any], list[str]]:
     """The manifest entry of a table (without data facts) and the columns to save."""
     d = tabledef.describe(conn, spec.relid)
     label = f"{d['schema']}.{d['table']}"
@@ -163,19 +184,28 @@ def _item(conn: psycopg.Connection, n: int, spec: Spec, key: Sequence[str] | Non
         missing = [c for c in spec.columns if c not in by_num.values()]
         if missing:
             raise RecoveryError(f"column {missing[0]!r} not found in table {label}")
-        cols = [c["name"] for c in d["columns"]
-                if c["name"] in key_cols or c["name"] in spec.columns]
+        cols = [
+            c["name"] for c in d["columns"] if c["name"] in key_cols or c["name"] in spec.columns
+        ]
     needs = _type_needs(conn, spec.relid, d.get("types", []))
     item = {
-        "n": n, "schema": d["schema"], "table": d["table"], "key": key_cols,
-        "key_source": source, "all_columns": spec.columns is None,
-        "columns": [{**c, "requires": needs[c["name"]]} if c["name"] in needs else c
-                    for c in d["columns"] if c["name"] in cols],
+        "n": n,
+        "schema": d["schema"],
+        "table": d["table"],
+        "key": key_cols,
+        "key_source": source,
+        "all_columns": spec.columns is None,
+        "columns": [
+            {**c, "requires": needs[c["name"]]} if c["name"] in needs else c
+            for c in d["columns"]
+            if c["name"] in cols
+        ],
         "where": spec.where,
         "parts": [asdict(p) for p in spec.parts],
         # Restore can count (and with --delete-new remove) rows added since the
         # snapshot only when the rows were chosen by the table's own columns.
-        "reevaluable": spec.where is not None or not spec.parts
+        "reevaluable": spec.where is not None
+        or not spec.parts
         or any(p.where is None for p in spec.parts),
         "definition": d,
     }
@@ -217,8 +247,9 @@ _MULTIRANGE = """
         UNION ALL SELECT g.rngtypid FROM pg_range g WHERE g.rngmultitypid = pt.oid"""
 
 
-def _type_needs(conn: psycopg.Connection, relid: int,
-                types: Sequence[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
+def _type_needs(
+    conn: psycopg.Connection, relid: int, types: Sequence[dict[str, str]]
+) -> dict[str, list[dict[str, Any]]]:
     """Per column of a non-built-in type, the types a restore needs, dependencies first:
     each with the statement that creates it (an enum's with its labels), or the
     extension it comes from."""
@@ -230,8 +261,12 @@ def _type_needs(conn: psycopg.Connection, relid: int,
     for col, name, ext, ext_schema, labels in found:
         need: dict[str, Any] = {"type": name}
         if ext:
-            need.update(extension=ext, create=sql.SQL("CREATE EXTENSION {} SCHEMA {}").format(
-                sql.Identifier(ext), sql.Identifier(ext_schema)).as_string(conn))
+            need.update(
+                extension=ext,
+                create=sql.SQL("CREATE EXTENSION {} SCHEMA {}")
+                .format(sql.Identifier(ext), sql.Identifier(ext_schema))
+                .as_string(conn),
+            )
         elif name in creates:
             need["create"] = creates[name]
         if labels is not None:
@@ -266,8 +301,11 @@ def create(
     if not specs:
         raise RecoveryError("nothing to save: name a table with --table, or a file with --for-sql")
     operations.refuse_in_transaction(
-        conn, "snapshot create", "the operation's record, then a REPEATABLE READ transaction "
-        "of its own; save_in_transaction() saves inside yours")
+        conn,
+        "snapshot create",
+        "the operation's record, then a REPEATABLE READ transaction "
+        "of its own; save_in_transaction() saves inside yours",
+    )
     in_db = store in (None, "db")
     # Bad input (a snapshot that exists, a table without a key, a --key or column that
     # is not there) is refused before the operation is recorded: exit 1 leaves no
@@ -275,16 +313,22 @@ def create(
     with conn.transaction():
         if in_db:
             require_schema(conn, schema)
-            exists = conn.execute(sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
-                sql.Identifier(schema)), [name]).fetchone()
+            exists = conn.execute(
+                sql.SQL("SELECT 1 FROM {}.snapshots WHERE name = %s").format(
+                    sql.Identifier(schema)
+                ),
+                [name],
+            ).fetchone()
             if exists:
                 raise RecoveryError(
-                    f"snapshot {name} exists already: drop it or choose another name")
+                    f"snapshot {name} exists already: drop it or choose another name"
+                )
         else:
             base = _store_dir(store, create=True)
             if (base / name).exists():
-                raise RecoveryError(f"snapshot {name} exists already in {base}: drop it or "
-                                    "choose another name")
+                raise RecoveryError(
+                    f"snapshot {name} exists already in {base}: drop it or choose another name"
+                )
         for spec in specs:
             _item(conn, 0, spec, key)
     started = time.monotonic()
@@ -308,10 +352,12 @@ def create(
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
                 for (item, cols), spec in zip(items, specs):
-                    fname = (f"{item['n']:04d}-{_safe(item['schema'])}."
-                             f"{_safe(item['table'])}.copy.zst")
-                    rows, size, digest = _copy_out(conn, _select(conn, spec, cols),
-                                                   tmp / fname, progress)
+                    fname = (
+                        f"{item['n']:04d}-{_safe(item['schema'])}.{_safe(item['table'])}.copy.zst"
+                    )
+                    rows, size, digest = _copy_out(
+                        conn, _select(conn, spec, cols), tmp / fname, progress
+                    )
                     item.update(data=fname, rows=rows, bytes=size, sha256=digest)
                     manifest["items"].append(item)
                 _write_durably(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -334,16 +380,23 @@ def create(
     return info
 
 
-def _manifest_head(conn: psycopg.Connection, name: str,
-                   source: dict[str, Any] | None) -> dict[str, Any]:
-    head = conn.execute("SELECT now()::text, session_user, current_database(),"
-                        " current_setting('server_version'), current_setting('lc_monetary')"
-                        ).fetchone()
+def _manifest_head(
+    conn: psycopg.Connection, name: str, source: dict[str, Any] | None
+) -> dict[str, Any]:
+    head = conn.execute(
+        "SELECT now()::text, session_user, current_database(),"
+        " current_setting('server_version'), current_setting('lc_monetary')"
+    ).fetchone()
     assert head is not None
     return {
-        "format": FORMAT, "name": name, "created_at": head[0], "created_by": head[1],
-        "database": head[2], "server_version": head[3],
-        "settings": {**SETTINGS, "lc_monetary": head[4]}, "source": source or {},
+        "format": FORMAT,
+        "name": name,
+        "created_at": head[0],
+        "created_by": head[1],
+        "database": head[2],
+        "server_version": head[3],
+        "settings": {**SETTINGS, "lc_monetary": head[4]},
+        "source": source or {},
         "items": [],
     }
 
@@ -371,10 +424,10 @@ class _SideChecksum:
         self.thread.start()
 
     @classmethod
-    def start(cls, conn: psycopg.Connection, spec: Spec,
-              query: sql.Composable) -> _SideChecksum | None:
-        if spec.where is not None or (spec.parts and not all(p.where is None
-                                                             for p in spec.parts)):
+    def start(
+        cls, conn: psycopg.Connection, spec: Spec, query: sql.Composable
+    ) -> _SideChecksum | None:
+        if spec.where is not None or (spec.parts and not all(p.where is None for p in spec.parts)):
             return None  # a WHERE may call now() or random(): read the copy instead
         facts = conn.execute(
             "SELECT coalesce(sum(c.relpages), 0), coalesce(bool_or(c.relrowsecurity), false),"
@@ -382,7 +435,8 @@ class _SideChecksum:
             "  FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.oid = %s)"
             " FROM pg_class c WHERE c.oid = %s"
             " OR c.oid IN (SELECT relid FROM pg_partition_tree(%s))",
-            [spec.relid, spec.relid, spec.relid]).fetchone()
+            [spec.relid, spec.relid, spec.relid],
+        ).fetchone()
         # Another role (SET ROLE) or row security could let a second session see other
         # rows: then read the copy.
         if not facts or facts[0] < cls.MIN_PAGES or facts[1] or not facts[2]:
@@ -418,9 +472,11 @@ class _SideChecksum:
             for m in ("record", "text"):
                 try:
                     with self.side.transaction():
-                        row = self.side.execute(sql.SQL(
-                            "SELECT count(*), coalesce(sum({}), 0)::text FROM ({}) x").format(
-                                sql.SQL(exprs[m]), self.query)).fetchone()
+                        row = self.side.execute(
+                            sql.SQL(
+                                "SELECT count(*), coalesce(sum({}), 0)::text FROM ({}) x"
+                            ).format(sql.SQL(exprs[m]), self.query)
+                        ).fetchone()
                 except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
                     continue
                 if row is not None:
@@ -442,17 +498,27 @@ class _SideChecksum:
         return self.out
 
 
-def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
-             items: list[tuple[dict[str, Any], list[str]]], manifest: dict[str, Any],
-             schema: str, progress: Progress | None, concurrent: bool = False) -> None:
+def _save_db(
+    conn: psycopg.Connection,
+    name: str,
+    specs: Sequence[Spec],
+    items: list[tuple[dict[str, Any], list[str]]],
+    manifest: dict[str, Any],
+    schema: str,
+    progress: Progress | None,
+    concurrent: bool = False,
+) -> None:
     """Write a database-store snapshot in the caller's transaction.
 
     concurrent: the transaction has written none of the saved rows and is REPEATABLE
     READ (so a second session can import its snapshot): checksums may be computed
     by a second session while the rows are copied (_SideChecksum)."""
-    snap_id = conn.execute(sql.SQL(
-        "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
-    ).format(sql.Identifier(schema)), [name]).fetchone()[0]  # type: ignore[index]
+    snap_id = conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.snapshots (name, manifest) VALUES (%s, '{{}}') RETURNING snap_id"
+        ).format(sql.Identifier(schema)),
+        [name],
+    ).fetchone()[0]  # type: ignore[index]
     for (item, cols), spec in zip(items, specs):
         data = f"snap_{snap_id}_{item['n']}"
         # A column of a type that is not built in is saved in its storage type (the
@@ -460,13 +526,16 @@ def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
         # depends on an application's type: the migration that drops the type (or
         # the extension) runs, and DROP ... CASCADE cannot take the saved values.
         stored = _storage_types(conn, schema, spec.relid, cols)
-        item["columns"] = [{**c, "stored": stored[c["name"]]} if c["name"] in stored else c
-                           for c in item["columns"]]
+        item["columns"] = [
+            {**c, "stored": stored[c["name"]]} if c["name"] in stored else c
+            for c in item["columns"]
+        ]
         select = _select(conn, spec, cols, stored)
         side = _SideChecksum.start(conn, spec, select) if concurrent else None
         try:
-            cur = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(
-                sql.Identifier(schema, data), select))
+            cur = conn.execute(
+                sql.SQL("CREATE TABLE {} AS {}").format(sql.Identifier(schema, data), select)
+            )
         except BaseException:
             if side:
                 side.side.cancel()  # do not read on for a copy that failed
@@ -477,23 +546,37 @@ def _save_db(conn: psycopg.Connection, name: str, specs: Sequence[Spec],
             rows, checksum, method = got
         else:
             rows, checksum, method = _db_checksum(conn, schema, data)
-        item.update(data=data, rows=rows, checksum=checksum, checksum_method=method,
-                    bytes=_relsize(conn, schema, data))
+        item.update(
+            data=data,
+            rows=rows,
+            checksum=checksum,
+            checksum_method=method,
+            bytes=_relsize(conn, schema, data),
+        )
         manifest["items"].append(item)
         if progress:
             progress(item["bytes"])
-    conn.execute(sql.SQL("UPDATE {}.snapshots SET manifest = %s WHERE snap_id = %s")
-                 .format(sql.Identifier(schema)), [json.dumps(manifest), snap_id])
+    conn.execute(
+        sql.SQL("UPDATE {}.snapshots SET manifest = %s WHERE snap_id = %s").format(
+            sql.Identifier(schema)
+        ),
+        [json.dumps(manifest), snap_id],
+    )
 
 
-def _storage_types(conn: psycopg.Connection, schema: str, relid: int,
-                   cols: Sequence[str]) -> dict[str, str]:
+def _storage_types(
+    conn: psycopg.Connection, schema: str, relid: int, cols: Sequence[str]
+) -> dict[str, str]:
     """The saved columns whose type is not built in, and the built-in type each is
     stored in: the journal's storage type (text, or a domain's built-in base type)."""
-    found = conn.execute(sql.SQL(
-        "SELECT a.attname::text, {}.storage_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
-        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
-        " AND a.atttypid >= 16384").format(sql.Identifier(schema)), [relid]).fetchall()
+    found = conn.execute(
+        sql.SQL(
+            "SELECT a.attname::text, {}.storage_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+            " AND a.atttypid >= 16384"
+        ).format(sql.Identifier(schema)),
+        [relid],
+    ).fetchall()
     return {name: typ for name, typ in found if name in cols}
 
 
@@ -519,8 +602,10 @@ def save_in_transaction(
         require_schema(conn, schema)
         items = [_item(conn, n, spec, None) for n, spec in enumerate(specs, 1)]
         manifest = _manifest_head(conn, name, source)
-        saved = {k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0]  # type: ignore[index]
-                 for k in SETTINGS}
+        saved = {
+            k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0]  # type: ignore[index]
+            for k in SETTINGS
+        }
         _set_output(conn)
         _save_db(conn, name, specs, items, manifest, schema, None)
         for k, v in saved.items():
@@ -534,13 +619,16 @@ def _safe(name: str) -> str:
 
 
 def _relsize(conn: psycopg.Connection, schema: str, table: str) -> int:
-    row = conn.execute("SELECT pg_total_relation_size(%s::regclass)",
-                       [sql.Identifier(schema, table).as_string(conn)]).fetchone()
+    row = conn.execute(
+        "SELECT pg_total_relation_size(%s::regclass)",
+        [sql.Identifier(schema, table).as_string(conn)],
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def _db_checksum(conn: psycopg.Connection, schema: str, table: str,
-                 method: str | None = None) -> tuple[int, str, str]:
+def _db_checksum(
+    conn: psycopg.Connection, schema: str, table: str, method: str | None = None
+) -> tuple[int, str, str]:
     """Row count, an order-independent checksum of a snapshot table's rows, and its method.
 
     The sum of a 64-bit hash of each row: any changed, lost or added row changes it
@@ -556,7 +644,8 @@ def _db_checksum(conn: psycopg.Connection, schema: str, table: str,
         # checksums recorded by earlier versions still verify), without a numeric
         # conversion per row.
         query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} x").format(
-            sql.SQL(exprs[m]), sql.Identifier(schema, table))
+            sql.SQL(exprs[m]), sql.Identifier(schema, table)
+        )
         try:
             with conn.transaction():
                 row = conn.execute(query).fetchone()
@@ -569,8 +658,9 @@ def _db_checksum(conn: psycopg.Connection, schema: str, table: str,
     raise AssertionError("unreachable: the text hash works for every type")
 
 
-def _copy_out(conn: psycopg.Connection, query: sql.Composable, path: Path,
-              progress: Progress | None) -> tuple[int, int, str]:
+def _copy_out(
+    conn: psycopg.Connection, query: sql.Composable, path: Path, progress: Progress | None
+) -> tuple[int, int, str]:
     """COPY the query's rows to a zstd file; return (rows, file bytes, sha256)."""
     digest = hashlib.sha256()
     size = 0
@@ -627,7 +717,8 @@ def _store_dir(store: str | None, create: bool = False) -> Path:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RecoveryError(
-                f"snapshot store {base} cannot be created: {exc.strerror}") from None
+                f"snapshot store {base} cannot be created: {exc.strerror}"
+            ) from None
     if not base.is_dir():
         raise RecoveryError(f"snapshot store {base} is not a directory")
     if create:
@@ -635,19 +726,34 @@ def _store_dir(store: str | None, create: bool = False) -> Path:
             with tempfile.TemporaryFile(dir=base):
                 pass
         except OSError:
-            raise RecoveryError(f"snapshot store {base} is not writable: choose another "
-                                "--store") from None
+            raise RecoveryError(
+                f"snapshot store {base} is not writable: choose another --store"
+            ) from None
     return base
 
 
 def _info(manifest: dict[str, Any], store: str) -> SnapshotInfo:
     items = manifest.get("items", [])
     return SnapshotInfo(
-        manifest["name"], store, manifest["created_at"], manifest["created_by"],
-        [{"table": f"{i['schema']}.{i['table']}", "rows": i["rows"], "bytes": i["bytes"],
-          "columns": None if i["all_columns"] else [c["name"] for c in i["columns"]],
-          "where": i["where"], "parts": len(i.get("parts", []))} for i in items],
-        sum(i["rows"] for i in items), sum(i["bytes"] for i in items), manifest)
+        manifest["name"],
+        store,
+        manifest["created_at"],
+        manifest["created_by"],
+        [
+            {
+                "table": f"{i['schema']}.{i['table']}",
+                "rows": i["rows"],
+                "bytes": i["bytes"],
+                "columns": None if i["all_columns"] else [c["name"] for c in i["columns"]],
+                "where": i["where"],
+                "parts": len(i.get("parts", [])),
+            }
+            for i in items
+        ],
+        sum(i["rows"] for i in items),
+        sum(i["bytes"] for i in items),
+        manifest,
+    )
 
 
 def _check_format(manifest: dict[str, Any], where: str) -> dict[str, Any]:
@@ -657,7 +763,8 @@ def _check_format(manifest: dict[str, Any], where: str) -> dict[str, Any]:
     if fmt > FORMAT:
         raise RecoveryError(
             f"{where}: manifest format {fmt} is newer than this tool reads ({FORMAT}): "
-            "upgrade the recovery package")
+            "upgrade the recovery package"
+        )
     return manifest
 
 
@@ -677,14 +784,21 @@ def db_snapshots(conn: psycopg.Connection, schema: str) -> dict[str, dict[str, A
         if installed_version(conn, schema) is None:
             return {}
         require_schema(conn, schema)
-        rows = conn.execute(sql.SQL("SELECT name, manifest FROM {}.snapshots ORDER BY snap_id")
-                            .format(sql.Identifier(schema))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT name, manifest FROM {}.snapshots ORDER BY snap_id").format(
+                sql.Identifier(schema)
+            )
+        ).fetchall()
     return {n: m for n, m in rows}
 
 
-def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
-                   schema: str = DEFAULT_SCHEMA,
-                   problems: list[str] | None = None) -> list[SnapshotInfo]:
+def list_snapshots(
+    conn: psycopg.Connection | None,
+    *,
+    store: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    problems: list[str] | None = None,
+) -> list[SnapshotInfo]:
     """Complete snapshots: in the database (store None or "db") or in a directory.
 
     A directory whose manifest cannot be read (damaged, or from a newer version) is
@@ -706,7 +820,8 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
             problems.append(
                 f"{d.name}: incomplete snapshot {m.group(1)}, being written by process "
                 f"{m.group(2)} or left by a create that did not finish; once no create is "
-                f"running, delete {d}")
+                f"running, delete {d}"
+            )
         if d.name.startswith(".") or not (d / "manifest.json").is_file():
             continue  # a snapshot being written (or killed while written) is hidden
         try:
@@ -718,15 +833,22 @@ def list_snapshots(conn: psycopg.Connection | None, *, store: str | None = None,
     return out
 
 
-def find(conn: psycopg.Connection | None, name: str, *, store: str | None = None,
-         schema: str = DEFAULT_SCHEMA) -> SnapshotInfo:
+def find(
+    conn: psycopg.Connection | None,
+    name: str,
+    *,
+    store: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> SnapshotInfo:
     """The snapshot called name: in the given store; else the database, then ./snapshots."""
     check_name(name)  # also keeps a name like ../x inside the store
     if store not in (None, "db"):
         path = _store_dir(store) / name
         if not (path / "manifest.json").is_file():
-            raise RecoveryError(f"no snapshot {name} in {store}: `recovery snapshot list "
-                                f"--store {store}` lists them")
+            raise RecoveryError(
+                f"no snapshot {name} in {store}: `recovery snapshot list "
+                f"--store {store}` lists them"
+            )
         return _info(_read_manifest(path / "manifest.json"), str(_store_dir(store)))
     if conn is not None:
         found = db_snapshots(conn, schema).get(name)
@@ -734,8 +856,10 @@ def find(conn: psycopg.Connection | None, name: str, *, store: str | None = None
             return _info(_check_format(found, f"snapshot {name}"), "db")
     if store is None and (Path(DEFAULT_DIR) / name / "manifest.json").is_file():
         return _info(_read_manifest(Path(DEFAULT_DIR) / name / "manifest.json"), DEFAULT_DIR)
-    raise RecoveryError(f"no snapshot {name}: `recovery snapshot list` lists them "
-                        "(add --store DIR for a directory store)")
+    raise RecoveryError(
+        f"no snapshot {name}: `recovery snapshot list` lists them "
+        "(add --store DIR for a directory store)"
+    )
 
 
 # -- verify and drop ---------------------------------------------------------------
@@ -774,8 +898,9 @@ def read_rows(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), rows
 
 
-def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
-           schema: str = DEFAULT_SCHEMA) -> VerifyResult:
+def verify(
+    conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFAULT_SCHEMA
+) -> VerifyResult:
     """Re-read every saved table; raise ConflictError (exit 2) naming what is damaged."""
     results = []
     bad = []
@@ -788,8 +913,9 @@ def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
             with conn.transaction() as tx:
                 _set_output(conn)
                 try:
-                    rows, check, _m = _db_checksum(conn, schema, item["data"],
-                                                   item.get("checksum_method", "text"))
+                    rows, check, _m = _db_checksum(
+                        conn, schema, item["data"], item.get("checksum_method", "text")
+                    )
                     problem = None
                     if rows != item["rows"]:
                         problem = f"{rows} rows, the manifest says {item['rows']}"
@@ -813,8 +939,15 @@ def verify(conn: psycopg.Connection | None, info: SnapshotInfo,
                 problem = "file is missing"
             except zstandard.ZstdError as exc:
                 problem = f"cannot be decompressed ({exc})"
-        results.append({"table": label, "data": where, "rows": item["rows"],
-                        "ok": problem is None, "problem": problem})
+        results.append(
+            {
+                "table": label,
+                "data": where,
+                "rows": item["rows"],
+                "ok": problem is None,
+                "problem": problem,
+            }
+        )
         if problem:
             bad.append(f"{where} ({label}): {problem}")
     res = VerifyResult(info.name, info.store, not bad, results)
@@ -830,10 +963,13 @@ def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFA
         assert conn is not None
         with conn.transaction():
             for item in info.manifest["items"]:
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                    sql.Identifier(schema, item["data"])))
-            conn.execute(sql.SQL("DELETE FROM {}.snapshots WHERE name = %s").format(
-                sql.Identifier(schema)), [info.name])
+                conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, item["data"]))
+                )
+            conn.execute(
+                sql.SQL("DELETE FROM {}.snapshots WHERE name = %s").format(sql.Identifier(schema)),
+                [info.name],
+            )
         return
     path = Path(info.store) / info.name
     # Hide it first (a rename is atomic), then delete: never a half-deleted snapshot.
@@ -843,8 +979,9 @@ def drop(conn: psycopg.Connection | None, info: SnapshotInfo, schema: str = DEFA
 
 
 # -- operation records -------------------------------------------------------------
-def record_start(conn: psycopg.Connection, schema: str, kind: str,
-                  options: dict[str, Any]) -> int | None:
+def record_start(
+    conn: psycopg.Connection, schema: str, kind: str, options: dict[str, Any]
+) -> int | None:
     """Record an operation when the recovery schema is here (a restore into a fresh
     database, or a directory snapshot of a database without it, works without).
     Call inside a transaction: it is not ended here."""
@@ -855,40 +992,57 @@ def record_start(conn: psycopg.Connection, schema: str, kind: str,
         return None
     if version is None or version < 2:
         return None
-    row = conn.execute(sql.SQL(
-        "INSERT INTO {}.operations (kind, status, options) VALUES (%s, 'running', %s)"
-        " RETURNING op_id").format(sql.Identifier(schema)), [kind, json.dumps(options)]).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.operations (kind, status, options) VALUES (%s, 'running', %s)"
+            " RETURNING op_id"
+        ).format(sql.Identifier(schema)),
+        [kind, json.dumps(options)],
+    ).fetchone()
     op_id = int(row[0]) if row else None
     operations.hold(conn, op_id)  # released by the caller once the end is committed
     return op_id
 
 
-def record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
-                summary: dict[str, Any] | None, error: str | None, started: float) -> None:
+def record_end(
+    conn: psycopg.Connection,
+    schema: str,
+    op_id: int | None,
+    status: str,
+    summary: dict[str, Any] | None,
+    error: str | None,
+    started: float,
+) -> None:
     if op_id is None:
         return
     if summary is not None:
         summary = {**summary, "seconds": round(time.monotonic() - started, 3)}
-    conn.execute(sql.SQL(
-        "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
-        " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
-        [status, json.dumps(summary, default=str) if summary is not None else None, error, op_id])
+    conn.execute(
+        sql.SQL(
+            "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+            " finished_at = clock_timestamp() WHERE op_id = %s"
+        ).format(sql.Identifier(schema)),
+        [status, json.dumps(summary, default=str) if summary is not None else None, error, op_id],
+    )
 
 
-def table_specs(conn: psycopg.Connection, tables: Sequence[str],
-                wheres: Sequence[str]) -> list[Spec]:
+def table_specs(
+    conn: psycopg.Connection, tables: Sequence[str], wheres: Sequence[str]
+) -> list[Spec]:
     """Specs for `--table T [--where SQL]`: one --where for one table, or one per table.
 
     Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
     if wheres and len(wheres) != len(tables):
         raise RecoveryError(
-            "give one --where per --table, in the same order (--where true for a whole table)")
+            "give one --where per --table, in the same order (--where true for a whole table)"
+        )
     with conn.transaction():
         return _table_specs(conn, tables, wheres)
 
 
-def _table_specs(conn: psycopg.Connection, tables: Sequence[str],
-                 wheres: Sequence[str]) -> list[Spec]:
+def _table_specs(
+    conn: psycopg.Connection, tables: Sequence[str], wheres: Sequence[str]
+) -> list[Spec]:
     specs = []
     seen = set()
     for n, t in enumerate(tables):
@@ -900,21 +1054,28 @@ def _table_specs(conn: psycopg.Connection, tables: Sequence[str],
         if where is not None:
             try:
                 with conn.transaction():
-                    conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
-                        sql.Identifier(_s, _t), sql.SQL(where)))
+                    conn.execute(
+                        sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+                            sql.Identifier(_s, _t), sql.SQL(where)
+                        )
+                    )
             except psycopg.Error as exc:
-                raise RecoveryError(f"--where {where!r} on {_s}.{_t}: "
-                                    f"{first_line(exc)}") from None
+                raise RecoveryError(f"--where {where!r} on {_s}.{_t}: {first_line(exc)}") from None
             # The snapshot and the restore read the table under an alias, which hides
             # its name: a column qualified with it (orders.total) would fail there,
             # after the snapshot started.  Refuse it now, with the fix.
             try:
                 with conn.transaction():
-                    conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} AS _where_check WHERE ({})")
-                                 .format(sql.Identifier(_s, _t), sql.SQL(where)))
+                    conn.execute(
+                        sql.SQL("EXPLAIN SELECT 1 FROM {} AS _where_check WHERE ({})").format(
+                            sql.Identifier(_s, _t), sql.SQL(where)
+                        )
+                    )
             except psycopg.Error:
-                raise RecoveryError(f"--where {where!r} on {_s}.{_t}: name the columns without "
-                                    f"the table name ({_t}.col -> col)") from None
+                raise RecoveryError(
+                    f"--where {where!r} on {_s}.{_t}: name the columns without "
+                    f"the table name ({_t}.col -> col)"
+                ) from None
         specs.append(Spec(relid, where=where))
     return specs
 
@@ -929,8 +1090,9 @@ def specs_for_sql(stmts: Sequence[Any]) -> list[Spec]:
     for st in stmts:
         for t in st.targets:
             spec = by_rel.setdefault(t.relid, Spec(t.relid, columns=()))
-            spec.parts.append(Part(t.from_sql, t.where, f"statement {st.number}: {t.reason}",
-                                   t.bounded))
+            spec.parts.append(
+                Part(t.from_sql, t.where, f"statement {st.number}: {t.reason}", t.bounded)
+            )
             if t.columns is None or spec.columns is None:
                 spec.columns = None
             else:

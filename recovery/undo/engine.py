@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from .. import approval as ap
 from .. import operations
 from ..capture.tableinfo import TableInfo, load
-from ..db import DEFAULT_SCHEMA
+from ..db import DEFAULT_SCHEMA, scalar
 from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from ..schema import require_schema
 from ..selector import Selector, where_clause
@@ -62,7 +62,7 @@ class RollbackReport:
     seconds: float = 0.0
     batches: int = 0
     sql: list[str] = field(default_factory=list)
-    approval: int | None = None   # the approval request it consumed, or is pending on
+    approval: int | None = None  # the approval request it consumed, or is pending on
 
     @property
     def conflicts(self) -> int:
@@ -82,10 +82,20 @@ class _NotRun:
 class Run:
     """State of one undo operation while it runs."""
 
-    def __init__(self, conn: psycopg.Connection, schema: str, op_id: int | None, prefix: str,
-                 on_conflict: str, fire_triggers: bool, lock_timeout: str,
-                 sql_out: list[str] | None, progress: Progress | None,
-                 net_schema: str | None = None, tag: str | None = None) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        schema: str,
+        op_id: int | None,
+        prefix: str,
+        on_conflict: str,
+        fire_triggers: bool,
+        lock_timeout: str,
+        sql_out: list[str] | None,
+        progress: Progress | None,
+        net_schema: str | None = None,
+        tag: str | None = None,
+    ) -> None:
         self.conn = conn
         self.schema = schema
         # Where the plan (net) tables live: the recovery schema for an undo (a batched
@@ -152,9 +162,12 @@ class Run:
             self.conn.execute("SELECT set_config(%s, %s, true)", [name, value or ""])
         self._saved = {}
         for t in self.tables:
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
-                sql.Identifier("pg_temp", f"_rb_{t.table_id}"),
-                sql.Identifier("pg_temp", f"_rs_{t.table_id}")))
+            self.conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
+                    sql.Identifier("pg_temp", f"_rb_{t.table_id}"),
+                    sql.Identifier("pg_temp", f"_rs_{t.table_id}"),
+                )
+            )
 
     # -- the table's own triggers ------------------------------------------------
     def suspend_triggers(self, t: TableInfo) -> None:
@@ -174,8 +187,11 @@ class Run:
         ).fetchall()
         for rel, name, _state in rows:
             try:
-                self.run(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
-                    sql.SQL(rel), sql.Identifier(name)))
+                self.run(
+                    sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                        sql.SQL(rel), sql.Identifier(name)
+                    )
+                )
             except psycopg.errors.InsufficientPrivilege:
                 raise RecoveryError(
                     f"cannot suspend trigger {name} of {t.label} during the undo (must be the "
@@ -187,8 +203,11 @@ class Run:
         verbs = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
         for _t, rows in self._suspended:
             for rel, name, state in rows:
-                self.run(sql.SQL("ALTER TABLE {} {} {}").format(
-                    sql.SQL(rel), sql.SQL(verbs[state]), sql.Identifier(name)))
+                self.run(
+                    sql.SQL("ALTER TABLE {} {} {}").format(
+                        sql.SQL(rel), sql.SQL(verbs[state]), sql.Identifier(name)
+                    )
+                )
         self._suspended = []
 
     # -- status and apply ---------------------------------------------------------
@@ -197,12 +216,17 @@ class Run:
         # pg_temp: with no temporary table of that name yet, an unqualified name could
         # reach a table of the application's.
         self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("pg_temp", b)))
-        cond = sql.SQL("NOT done") if action is None else sql.SQL(
-            "NOT done AND action = {}").format(sql.Literal(action))
+        cond = (
+            sql.SQL("NOT done")
+            if action is None
+            else sql.SQL("NOT done AND action = {}").format(sql.Literal(action))
+        )
         lim = sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit))
-        cur = self.run(sql.SQL(
-            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT bn FROM {} WHERE {} ORDER BY bn{}"
-        ).format(sql.Identifier(b), sql.Identifier(self.net_schema, self.net(t)), cond, lim))
+        cur = self.run(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT bn FROM {} WHERE {} ORDER BY bn{}"
+            ).format(sql.Identifier(b), sql.Identifier(self.net_schema, self.net(t)), cond, lim)
+        )
         # Temporary tables get no statistics from autovacuum: without them the planner
         # assumes one row and picks a nested loop over the whole batch.
         self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(b)))
@@ -214,17 +238,25 @@ class Run:
         mine = {x.relid: x for x in self.tables}
         out = []
         for child, relid, cols, refd in self.conn.execute(
-                "SELECT c.conrelid::regclass::text, c.conrelid::oid::bigint,"
-                " array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)"
-                "  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),"
-                " array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)"
-                "  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)"
-                " FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = %s"
-                " AND c.conparentid = 0 ORDER BY c.conname", [t.relid]):
+            "SELECT c.conrelid::regclass::text, c.conrelid::oid::bigint,"
+            " array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)"
+            "  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),"
+            " array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)"
+            "  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)"
+            " FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = %s"
+            " AND c.conparentid = 0 ORDER BY c.conname",
+            [t.relid],
+        ):
             ct = mine.get(relid)
-            out.append(q.Reference(child, tuple(cols), tuple(refd),
-                                   self.net(ct) if ct else None,
-                                   tuple(k.name for k in ct.key) if ct else ()))
+            out.append(
+                q.Reference(
+                    child,
+                    tuple(cols),
+                    tuple(refd),
+                    self.net(ct) if ct else None,
+                    tuple(k.name for k in ct.key) if ct else (),
+                )
+            )
         return out
 
     def activity(self, t: TableInfo) -> tuple[list[bool], bool]:
@@ -238,15 +270,19 @@ class Run:
     def build_net(self, t: TableInfo, where: sql.Composable, lo: int, hi: int) -> None:
         """Create the net table of t; the cheap projection when one statement is all."""
         net = sql.Identifier(self.net_schema, self.net(t))
-        in_range = self.conn.execute(sql.SQL(
-            "SELECT count(*), min(op::text) FROM {}.stmt WHERE table_id = %s"
-            " AND stmt_id BETWEEN %s AND %s").format(sql.Identifier(self.schema)),
-            [t.table_id, lo, hi]).fetchone()
+        in_range = self.conn.execute(
+            sql.SQL(
+                "SELECT count(*), min(op::text) FROM {}.stmt WHERE table_id = %s"
+                " AND stmt_id BETWEEN %s AND %s"
+            ).format(sql.Identifier(self.schema)),
+            [t.table_id, lo, hi],
+        ).fetchone()
         assert in_range is not None
         if in_range[0] == 1:
             self.run(q.build_net_single(t, self.schema, self.net(t), lo, in_range[1]))
-            kchg = self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE kchg)")
-                                     .format(net)).fetchone()
+            kchg = self.conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE kchg)").format(net)
+            ).fetchone()
             if kchg is not None and not kchg[0]:
                 return
             self.run(sql.SQL("DROP TABLE {}").format(net))
@@ -257,18 +293,24 @@ class Run:
         st, b = f"_rs_{t.table_id}", f"_rb_{t.table_id}"
         if lock:
             self.run(q.lock_rows(t, self.net_schema, self.net(t), b))
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-            sql.Identifier("pg_temp", st)))
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("pg_temp", st)))
         active, only_updates = self.activity(t)
-        self.run(q.build_status(t, self.net_schema, self.net(t), st, b, self.references(t),
-                                active, only_updates))
+        self.run(
+            q.build_status(
+                t, self.net_schema, self.net(t), st, b, self.references(t), active, only_updates
+            )
+        )
         self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(st)))
         res = TableResult(t.label, t.table_id)
         any_r = sql.SQL(" OR ").join(
-            sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable)))
-        for action, status, partial, present, n in self.conn.execute(sql.SQL(
+            sql.SQL("{}").format(sql.Identifier(f"r{n}")) for n in range(len(t.writable))
+        )
+        for action, status, partial, present, n in self.conn.execute(
+            sql.SQL(
                 "SELECT action, status, {} AND cur_present, cur_present, count(*) FROM {}"
-                " GROUP BY 1, 2, 3, 4").format(any_r, sql.Identifier(st))):
+                " GROUP BY 1, 2, 3, 4"
+            ).format(any_r, sql.Identifier(st))
+        ):
             if status == "done":
                 res.already += n
                 continue
@@ -291,12 +333,20 @@ class Run:
                 res.delete += n
         if res.conflicts:
             for action, cols, key, values in self.conn.execute(
-                    q.conflict_examples(t, self.net_schema, self.net(t), st, EXAMPLES)):
-                res.conflict_examples.append({
-                    "action": action, "key": key, "columns": cols,
-                    "values": {c: dict(zip(("restore_to", "left_by_change", "now"), values[c]))
-                               for c in cols if c in values},
-                })
+                q.conflict_examples(t, self.net_schema, self.net(t), st, EXAMPLES)
+            ):
+                res.conflict_examples.append(
+                    {
+                        "action": action,
+                        "key": key,
+                        "columns": cols,
+                        "values": {
+                            c: dict(zip(("restore_to", "left_by_change", "now"), values[c]))
+                            for c in cols
+                            if c in values
+                        },
+                    }
+                )
         return res
 
     def apply(self, t: TableInfo, phases: Sequence[str]) -> tuple[int, int, int]:
@@ -309,20 +359,27 @@ class Run:
         st = f"_rs_{t.table_id}"
         ins = upd = dele = 0
         if "insert" in phases:
-            ins = self.run(q.apply_insert(t, self.net_schema, self.net(t), st,
-                                          self.overwrite)).rowcount
+            ins = self.run(
+                q.apply_insert(t, self.net_schema, self.net(t), st, self.overwrite)
+            ).rowcount
         if "update" in phases:
             masks = self.conn.execute(q.update_masks(t, st, self.overwrite)).fetchall()
             for mask in masks:
                 if any(mask):
-                    upd += self.run(q.apply_update(
-                        t, self.net_schema, self.net(t), st, self.overwrite, mask)).rowcount
+                    upd += self.run(
+                        q.apply_update(t, self.net_schema, self.net(t), st, self.overwrite, mask)
+                    ).rowcount
         if "delete" in phases:
-            dele = self.run(q.apply_delete(t, self.net_schema, self.net(t), st,
-                                           self.overwrite)).rowcount
+            dele = self.run(
+                q.apply_delete(t, self.net_schema, self.net(t), st, self.overwrite)
+            ).rowcount
         if self.batched:
-            self.run(sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
-                sql.Identifier(self.net_schema, self.net(t)), sql.Identifier(f"_rb_{t.table_id}")))
+            self.run(
+                sql.SQL("UPDATE {} n SET done = true FROM {} b WHERE b.bn = n.bn").format(
+                    sql.Identifier(self.net_schema, self.net(t)),
+                    sql.Identifier(f"_rb_{t.table_id}"),
+                )
+            )
         return ins, upd, dele
 
 
@@ -372,17 +429,21 @@ def _analyze_journal(conn: psycopg.Connection, schema: str, table_ids: list[int]
         "SELECT s.relid::regclass::text FROM pg_stat_user_tables s WHERE s.schemaname = %s"
         " AND s.relname LIKE ANY(%s) AND (coalesce(s.last_analyze, s.last_autoanalyze) IS NULL"
         "  OR s.n_mod_since_analyze > 0.1 * greatest(s.n_live_tup, 1000))",
-        [schema, names]).fetchall()
+        [schema, names],
+    ).fetchall()
     for (rel,) in stale:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(rel)))
 
 
-def _matching(conn: psycopg.Connection, schema: str, where: sql.Composable
-              ) -> list[tuple[int, int, int, int]]:
-    return conn.execute(sql.SQL(
-        "SELECT st.table_id, min(st.stmt_id), max(st.stmt_id), sum(st.nrows)::bigint "
-        "FROM {}.stmt st WHERE {} GROUP BY st.table_id ORDER BY st.table_id"
-    ).format(sql.Identifier(schema), where)).fetchall()
+def _matching(
+    conn: psycopg.Connection, schema: str, where: sql.Composable
+) -> list[tuple[int, int, int, int]]:
+    return conn.execute(
+        sql.SQL(
+            "SELECT st.table_id, min(st.stmt_id), max(st.stmt_id), sum(st.nrows)::bigint "
+            "FROM {}.stmt st WHERE {} GROUP BY st.table_id ORDER BY st.table_id"
+        ).format(sql.Identifier(schema), where)
+    ).fetchall()
 
 
 def rollback(
@@ -434,10 +495,15 @@ def rollback(
     nested = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     if batch_size is not None and not dry_run:
         operations.refuse_in_transaction(
-            conn, "a batched rollback", f"a transaction per batch of {batch_size} rows")
+            conn, "a batched rollback", f"a transaction per batch of {batch_size} rows"
+        )
     started = time.monotonic()
-    options = {"on_conflict": on_conflict, "batch_size": batch_size, "lock_timeout": lock_timeout,
-               "fire_triggers": fire_triggers}
+    options = {
+        "on_conflict": on_conflict,
+        "batch_size": batch_size,
+        "lock_timeout": lock_timeout,
+        "fire_triggers": fire_triggers,
+    }
     op_id = None
     # The record first, in a transaction of its own (`recovery operations` shows the
     # undo under way while it runs); inside a caller's transaction, in that one.
@@ -449,18 +515,28 @@ def rollback(
             raise RecoveryError(f"no captured change matches {selector.describe()}")
         if not dry_run:
             # fetchone() is typed Optional; INSERT ... VALUES (one row) RETURNING returns one
-            op_id = conn.execute(sql.SQL(
-                "INSERT INTO {}.operations (kind, status, selector, options) "
-                "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id").format(
-                    sql.Identifier(schema)),
-                [Jsonb(selector.as_dict()), Jsonb(options)]).fetchone()[0]  # type: ignore[index]
+            op_id = conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.operations (kind, status, selector, options) "
+                    "VALUES ('rollback', 'planning', %s, %s) RETURNING op_id"
+                ).format(sql.Identifier(schema)),
+                [Jsonb(selector.as_dict()), Jsonb(options)],
+            ).fetchone()[0]  # type: ignore[index]
     operations.hold(conn, op_id)  # says "this session runs it" until the end
     prefix = f"undo_{op_id}" if op_id is not None else f"undo_dry_{conn.info.backend_pid}"
-    r = Run(conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out,
-             progress)
+    r = Run(
+        conn, schema, op_id, prefix, on_conflict, fire_triggers, lock_timeout, sql_out, progress
+    )
     r.nested = nested
-    report = RollbackReport(op_id, "planned", selector.as_dict(), on_conflict, dry_run, [],
-                            undo_tag(op_id) if op_id is not None else None)
+    report = RollbackReport(
+        op_id,
+        "planned",
+        selector.as_dict(),
+        on_conflict,
+        dry_run,
+        [],
+        undo_tag(op_id) if op_id is not None else None,
+    )
     single = batch_size is None and not dry_run
     try:
         try:
@@ -476,12 +552,19 @@ def rollback(
                     raise ConflictError(
                         f"{report.conflicts} row(s) changed after the selected changes: nothing "
                         "was undone; see the conflicts, then use --on-conflict skip or "
-                        "overwrite", report)
+                        "overwrite",
+                        report,
+                    )
                 if require_approval:
                     # In the applying transaction (batched: the one that commits the plan).
-                    report.approval = _gate(r, report, selector, approval,
-                                            max_rows_without_approval,
-                                            max_tables_without_approval)
+                    report.approval = _gate(
+                        r,
+                        report,
+                        selector,
+                        approval,
+                        max_rows_without_approval,
+                        max_tables_without_approval,
+                    )
                 if single:
                     _apply_all(r, report)
                     _finish(r, report, "done", started)
@@ -504,7 +587,8 @@ def rollback(
             record_end(conn, schema, op_id, "failed", report, "lock timeout")
         raise RecoveryError(
             f"rows or tables to undo are locked by another transaction beyond lock_timeout "
-            f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout") from None
+            f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout"
+        ) from None
     except BaseException as exc:
         if op_id is not None:
             record_end(conn, schema, op_id, "failed", report, first_line(exc))
@@ -519,8 +603,13 @@ def rollback(
     return _run_batches(r, report, batch_size or 0, started)
 
 
-def _plan(r: Run, report: RollbackReport, where: sql.Composable,
-          matching: list[tuple[int, int, int, int]], lock: bool) -> None:
+def _plan(
+    r: Run,
+    report: RollbackReport,
+    where: sql.Composable,
+    matching: list[tuple[int, int, int, int]],
+    lock: bool,
+) -> None:
     """Build the net tables of the matching tables and compare them with the tables now
     (locking the rows to undo when `lock`): the report's per-table counts."""
     conn, schema = r.conn, r.schema
@@ -542,14 +631,31 @@ def _plan(r: Run, report: RollbackReport, where: sql.Composable,
     report.tables = [r.results[t.table_id] for t in r.tables]
 
 
-def _gate(r: Run, report: RollbackReport, selector: Selector, approval: int | None,
-          max_rows: int | None, max_tables: int | None) -> int | None:
+def _gate(
+    r: Run,
+    report: RollbackReport,
+    selector: Selector,
+    approval: int | None,
+    max_rows: int | None,
+    max_tables: int | None,
+) -> int | None:
     """Two-person approval of the planned undo (approval.py): the request it consumes,
     or None when it is within the thresholds; else ApprovalPending, nothing changed."""
-    plan, rows, tables = ap.rollback_plan(selector.as_dict(), report.on_conflict,
-                                          [asdict(t) for t in report.tables])
-    return ap.gate(r.conn, "rollback", plan, rows, tables, schema=r.schema, approval=approval,
-                   max_rows=max_rows, max_tables=max_tables, what="this undo")
+    plan, rows, tables = ap.rollback_plan(
+        selector.as_dict(), report.on_conflict, [asdict(t) for t in report.tables]
+    )
+    return ap.gate(
+        r.conn,
+        "rollback",
+        plan,
+        rows,
+        tables,
+        schema=r.schema,
+        approval=approval,
+        max_rows=max_rows,
+        max_tables=max_tables,
+        what="this undo",
+    )
 
 
 def _phases(r: Run) -> list[tuple[str, list[TableInfo]]]:
@@ -561,15 +667,24 @@ def _phases(r: Run) -> list[tuple[str, list[TableInfo]]]:
     restored rows take back: an undone key change re-inserts the old key while the new
     one still holds the row's other unique values (UNIQUE (email) would fail).
     """
-    # fetchone() is typed Optional; SELECT EXISTS (...) returns one row
-    free = [t for t in r.tables if not r.conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid IN"
-        " (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)))",
-        [t.relid, t.relid]).fetchone()[0]]  # type: ignore[index]
+    free = [
+        t
+        for t in r.tables
+        if not scalar(
+            r.conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid IN"
+            " (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)))",
+            [t.relid, t.relid],
+        )
+    ]
     ids = {t.table_id for t in free}
     back = list(reversed(r.tables))
-    return [("delete", [t for t in back if t.table_id in ids]), ("insert", r.tables),
-            ("update", r.tables), ("delete", [t for t in back if t.table_id not in ids])]
+    return [
+        ("delete", [t for t in back if t.table_id in ids]),
+        ("insert", r.tables),
+        ("update", r.tables),
+        ("delete", [t for t in back if t.table_id not in ids]),
+    ]
 
 
 def _apply_all(r: Run, report: RollbackReport) -> None:
@@ -587,8 +702,7 @@ def _apply_all(r: Run, report: RollbackReport) -> None:
     r.restore_triggers()
 
 
-def _run_batches(r: Run, report: RollbackReport, batch_size: int, started: float
-                 ) -> RollbackReport:
+def _run_batches(r: Run, report: RollbackReport, batch_size: int, started: float) -> RollbackReport:
     """Apply the saved plan in batches, each committed in a transaction of its own (the
     caller checked that no transaction of its caller is open)."""
     conn = r.conn
@@ -601,7 +715,9 @@ def _run_batches(r: Run, report: RollbackReport, batch_size: int, started: float
             for t in r.tables:
                 row = conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
-                    " AND conrelid = %s AND confrelid = %s)", [t.relid, t.relid]).fetchone()
+                    " AND conrelid = %s AND confrelid = %s)",
+                    [t.relid, t.relid],
+                ).fetchone()
                 assert row is not None  # SELECT EXISTS (...) returns one row
                 if row[0]:
                     self_ref.add(t.table_id)
@@ -631,7 +747,8 @@ def _run_batches(r: Run, report: RollbackReport, batch_size: int, started: float
         record_end(conn, r.schema, r.op_id, "stopped", report, "lock timeout")
         raise RecoveryError(
             f"a batch waited beyond lock_timeout {r.lock_timeout}: {report.batches} batch(es) "
-            f"committed; resume with `recovery rollback --resume {r.op_id}`") from None
+            f"committed; resume with `recovery rollback --resume {r.op_id}`"
+        ) from None
     except BaseException as exc:
         record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))
         raise
@@ -646,7 +763,9 @@ def _batch(r: Run, t: TableInfo, res: TableResult, report: RollbackReport) -> in
         raise ConflictError(
             f"{now.conflicts} row(s) of {t.label} changed while the undo ran: "
             f"stopped after {report.batches} committed batch(es); resume with "
-            f"`recovery rollback --resume {r.op_id} --on-conflict skip`", report)
+            f"`recovery rollback --resume {r.op_id} --on-conflict skip`",
+            report,
+        )
     r.suspend_triggers(t)
     ins, upd, dele = r.apply(t, ("insert", "update", "delete"))
     r.restore_triggers()
@@ -660,34 +779,49 @@ def _batch(r: Run, t: TableInfo, res: TableResult, report: RollbackReport) -> in
 
 def _set_status(r: Run, status: str, report: RollbackReport) -> None:
     report.status = status
-    r.conn.execute(sql.SQL("UPDATE {}.operations SET status = %s, summary = %s WHERE op_id = %s")
-                   .format(sql.Identifier(r.schema)),
-                   [status, Jsonb(report.to_dict()), r.op_id])
+    r.conn.execute(
+        sql.SQL("UPDATE {}.operations SET status = %s, summary = %s WHERE op_id = %s").format(
+            sql.Identifier(r.schema)
+        ),
+        [status, Jsonb(report.to_dict()), r.op_id],
+    )
 
 
 def _finish(r: Run, report: RollbackReport, status: str, started: float) -> None:
     for t in r.tables:
-        r.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-            sql.Identifier(r.schema, r.net(t))))
+        r.conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(r.schema, r.net(t)))
+        )
     report.status = status
     report.seconds = time.monotonic() - started
-    r.conn.execute(sql.SQL(
-        "UPDATE {}.operations SET status = %s, summary = %s, finished_at = clock_timestamp(),"
-        " tag = %s WHERE op_id = %s").format(sql.Identifier(r.schema)),
-        [status, Jsonb(report.to_dict()), report.undo_tag, r.op_id])
+    r.conn.execute(
+        sql.SQL(
+            "UPDATE {}.operations SET status = %s, summary = %s, finished_at = clock_timestamp(),"
+            " tag = %s WHERE op_id = %s"
+        ).format(sql.Identifier(r.schema)),
+        [status, Jsonb(report.to_dict()), report.undo_tag, r.op_id],
+    )
 
 
-def record_end(conn: psycopg.Connection, schema: str, op_id: int | None, status: str,
-                report: RollbackReport, error: str) -> None:
+def record_end(
+    conn: psycopg.Connection,
+    schema: str,
+    op_id: int | None,
+    status: str,
+    report: RollbackReport,
+    error: str,
+) -> None:
     if op_id is None:
         return
     report.status = status
     with conn.transaction():
-        conn.execute(sql.SQL(
-            "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
-            " finished_at = clock_timestamp() WHERE op_id = %s").format(sql.Identifier(schema)),
-            [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error,
-             op_id])
+        conn.execute(
+            sql.SQL(
+                "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+                " finished_at = clock_timestamp() WHERE op_id = %s"
+            ).format(sql.Identifier(schema)),
+            [status, Jsonb(json.loads(json.dumps(report.to_dict(), default=str))), error, op_id],
+        )
     operations.release(conn, op_id)
 
 
@@ -702,14 +836,18 @@ def resume_rollback(
     """Continue a batched undo from its last committed batch.
 
     Commits every batch: refused inside an open transaction (RecoveryError)."""
-    operations.refuse_in_transaction(conn, f"resuming undo operation {op_id}",
-                                     "a transaction per batch")
+    operations.refuse_in_transaction(
+        conn, f"resuming undo operation {op_id}", "a transaction per batch"
+    )
     with conn.transaction():
         require_schema(conn, schema)
-        row = conn.execute(sql.SQL(
-            "SELECT status, selector, options, summary FROM {}.operations "
-            "WHERE op_id = %s AND kind = 'rollback'").format(sql.Identifier(schema)),
-            [op_id]).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "SELECT status, selector, options, summary FROM {}.operations "
+                "WHERE op_id = %s AND kind = 'rollback'"
+            ).format(sql.Identifier(schema)),
+            [op_id],
+        ).fetchone()
     if row is None:
         raise RecoveryError(f"no undo operation {op_id}: `recovery operations` lists them")
     status, selector, options, summary = row
@@ -718,7 +856,8 @@ def resume_rollback(
     if status not in ("applying", "stopped") or not options.get("batch_size"):
         raise RecoveryError(
             f"undo operation {op_id} is {status} and cannot be resumed: only a batched undo "
-            "that started applying can")
+            "that started applying can"
+        )
     oc = on_conflict or options["on_conflict"]
     if oc not in ON_CONFLICT:
         raise RecoveryError(f"--on-conflict {oc!r}: use one of {', '.join(ON_CONFLICT)}")
@@ -726,14 +865,25 @@ def resume_rollback(
     # resume running at the same time finds the rows of each batch locked, then
     # restored, so it applies nothing twice.
     operations.hold(conn, op_id)
-    r = Run(conn, schema, op_id, f"undo_{op_id}", oc, options.get("fire_triggers", False),
-             options.get("lock_timeout", "5s"), None, progress)
+    r = Run(
+        conn,
+        schema,
+        op_id,
+        f"undo_{op_id}",
+        oc,
+        options.get("fire_triggers", False),
+        options.get("lock_timeout", "5s"),
+        None,
+        progress,
+    )
     ids = [t["table_id"] for t in (summary or {}).get("tables", [])]
     with conn.transaction():
         infos = [load(conn, schema, tid) for tid in ids]
-        # fetchone() is typed Optional; a SELECT without FROM returns one row
-        missing = [t.label for t in infos if conn.execute(
-            "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"']).fetchone()[0]]  # type: ignore[index]
+        missing = [
+            t.label
+            for t in infos
+            if scalar(conn, "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"'])
+        ]
         if missing:
             raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
         r.tables = fk_order(conn, infos)
@@ -743,6 +893,14 @@ def resume_rollback(
         res = TableResult(**{k: v for k, v in saved.items()})
         r.results[t.table_id] = res
         results.append(res)
-    report = RollbackReport(op_id, status, selector, oc, False, results, undo_tag(op_id),
-                            batches=int((summary or {}).get("batches", 0)))
+    report = RollbackReport(
+        op_id,
+        status,
+        selector,
+        oc,
+        False,
+        results,
+        undo_tag(op_id),
+        batches=int((summary or {}).get("batches", 0)),
+    )
     return _run_batches(r, report, int(options["batch_size"]), time.monotonic())
