@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -56,10 +57,10 @@ def template(server_url: str) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-def db_url(server_url: str, template: str) -> Iterator[str]:
-    """URL of a new database for this test (recovery schema installed, nothing captured)."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
+@contextmanager
+def fresh_database(server_url: str, template: str, prefix: str = "t") -> Iterator[str]:
+    """A new database cloned from the template, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
@@ -67,6 +68,13 @@ def db_url(server_url: str, template: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(server_url: str, template: str) -> Iterator[str]:
+    """URL of a new database for this test (recovery schema installed, nothing captured)."""
+    with fresh_database(server_url, template) as url:
+        yield url
 
 
 @pytest.fixture

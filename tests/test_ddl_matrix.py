@@ -10,8 +10,6 @@ captured table exactly like its twin, which never had those changes.
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +26,8 @@ from recovery import (
     enable_capture,
 )
 from recovery import rollback as undo_fn
+
+from .conftest import fresh_database
 
 # The captured table t, with a column of every kind of type the journal must not pin:
 # an enum, a domain over a built-in type, a domain over an enum, an array of an enum, a
@@ -226,26 +226,11 @@ CASES: dict[str, Case] = {
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _with_db(url: str, dbname: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)
-
-
-_twins = itertools.count()
-
-
 @pytest.fixture
 def twin_url(server_url: str, template: str) -> Iterator[str]:
     """A second new database: the uncaptured twin of the test's database."""
-    name = f"twin_{os.getpid()}_{next(_twins)}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield _with_db(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(server_url, template, "twin") as url:
+        yield url
 
 
 def run(url: str, query: str, tag: str | None = None) -> int:
