@@ -1,0 +1,1 @@
+UPDATE t SET v = 'legit' WHERE id = 1;

@@ -1,0 +1,1 @@
+UPDATE t SET v = 'bad', n = 0 WHERE id = 1;

@@ -1,0 +1,3 @@
+INSERT INTO t VALUES (20, 'tmp', 0);
+DELETE FROM t WHERE id = 20;
+UPDATE t SET v = 'x' WHERE id = 1;

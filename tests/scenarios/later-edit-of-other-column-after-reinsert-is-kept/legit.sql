@@ -1,0 +1,1 @@
+UPDATE t SET n = 333 WHERE id = 3;

@@ -1,0 +1,1 @@
+UPDATE t SET v = 'bad' WHERE id IN (1, 2);

@@ -1,0 +1,1 @@
+UPDATE t SET n = 111 WHERE id = 1;
