@@ -559,7 +559,7 @@ ALLOWED = {
     ): "run() and resume() refuse a connection with a transaction open and own it until "
     "they return: what a step left open is the run's own",
 }
-OWNERS = {"cli/main.py", "cli/demo.py"}
+OWNERS = {"cli/approval.py", "cli/demo.py"}
 # SQL that ends (or begins) a transaction, run as such: conn.execute("COMMIT").
 TX_SQL = re.compile(
     r"^\s*(BEGIN|COMMIT|ROLLBACK|ABORT|END|START\s+TRANSACTION)"

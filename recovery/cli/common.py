@@ -1,0 +1,258 @@
+"""What every command shares: the global options and `Ctx`, the selector options, the
+connection and confirmation helpers, and the edge where known errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from ..approval import ApprovalPending
+from ..db import DEFAULT_SCHEMA, check_schema_name, connect
+from ..errors import ConflictError, RecoveryError
+from ..selector import Selector
+from . import render
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _BadInput(click.ClickException):
+    """A usage error (unknown option, value of the wrong type): bad input, so exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _bad_input(exc: click.UsageError) -> _BadInput:
+    where = exc.ctx.command_path if exc.ctx is not None else "recovery"
+    return _BadInput(f"{' '.join(exc.format_message().split())} (see `{where} --help`)")
+
+
+class Group(click.Group):
+    """A group whose usage errors follow the contract: `error: ...` on one line, exit 1.
+
+    (click's own are several lines and exit 2, which here means "refused: conflicts".)
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `recovery`: show the help
+                raise
+            raise _bad_input(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _bad_input(exc) from None
+
+
+class Ctx:
+    """Global options, from the group or the command (the command's win)."""
+
+    def __init__(self) -> None:
+        self.db: str | None = None
+        self.json = False
+        self.quiet = False
+        self.yes = False
+        self.schema = DEFAULT_SCHEMA
+        self.traceback = False
+
+    def out(self, text: str) -> None:
+        if not self.quiet and not self.json:
+            click.echo(text)
+
+    def emit(self, doc: Any) -> None:
+        click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def global_options(f: F) -> F:
+    options = [
+        click.option(
+            "--db",
+            "db",
+            metavar="URL",
+            help="Database URL (else RECOVERY_DB_URL, then DATABASE_URL).",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            default=None,
+            help="Print one JSON document on stdout.",
+        ),
+        click.option("--quiet", is_flag=True, default=None, help="Print nothing but errors."),
+        click.option("--yes", is_flag=True, default=None, help="Do not ask before changing data."),
+        click.option(
+            "--schema-name",
+            "schema_name",
+            metavar="NAME",
+            help=f"Recovery schema (default {DEFAULT_SCHEMA}).",
+        ),
+        click.option(
+            "--traceback",
+            "show_tb",
+            is_flag=True,
+            default=None,
+            help="Show the full stack on errors.",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def merge(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
+    c: Ctx = ctx.find_root().obj or Ctx()
+    for key, attr in (
+        ("db", "db"),
+        ("as_json", "json"),
+        ("quiet", "quiet"),
+        ("yes", "yes"),
+        ("schema_name", "schema"),
+        ("show_tb", "traceback"),
+    ):
+        value = kw.pop(key, None)
+        if value is not None:
+            setattr(c, attr, value)
+    try:
+        check_schema_name(c.schema)
+    except RecoveryError as exc:
+        raise _BadInput(str(exc)) from None
+    return c
+
+
+def command(
+    name: str, group: click.Group | None = None, **attrs: Any
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """A command with the global options, registered on `group` if given (else the caller
+    adds it to its group); turn known errors into exit codes."""
+
+    def deco(f: Callable[..., Any]) -> click.Command:
+        @functools.wraps(f)
+        @click.pass_context
+        def wrapper(ctx: click.Context, /, **kw: Any) -> Any:
+            c = merge(ctx, kw)
+            try:
+                return f(c, **kw)
+            except ApprovalPending as exc:
+                if c.json:
+                    c.emit(
+                        {"status": "approval pending", "approval": exc.req_id, "error": str(exc)}
+                    )
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except ConflictError as exc:
+                if exc.report is not None and hasattr(exc.report, "to_dict"):
+                    if c.json:
+                        c.emit(exc.report.to_dict())
+                    elif not c.quiet:
+                        click.echo(render.any_report(exc.report), err=True)
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except RecoveryError as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                click.echo(
+                    f"error: permission denied: {exc.diag.message_primary}; "
+                    "run as a role with the needed privileges",
+                    err=True,
+                )
+                ctx.exit(1)
+            except psycopg.Error as exc:
+                if c.traceback:
+                    traceback.print_exc()
+                first = (str(exc).strip().splitlines() or ["database error"])[0]
+                click.echo(f"error: database error: {first}", err=True)
+                ctx.exit(1)
+
+        wrapper = global_options(wrapper)
+        cmd = click.command(name, cls=click.Command, **attrs)(wrapper)
+        if group is not None:
+            group.add_command(cmd)
+        return cmd
+
+    return deco
+
+
+def selector_options(f: F) -> F:
+    options = [
+        click.option("--tag", "tags", multiple=True, help="Changes made with this recovery.tag."),
+        click.option(
+            "--txid",
+            "txids",
+            multiple=True,
+            type=int,
+            help="Changes of this transaction id (repeatable).",
+        ),
+        click.option("--since", help="Changes made at or after this time or mark."),
+        click.option("--until", help="Changes made before this time or mark."),
+        click.option(
+            "--table", "tables", multiple=True, help="Changes to this table (repeatable)."
+        ),
+        click.option("--user", "users", multiple=True, help="Changes made by this database user."),
+        click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def make_selector(kw: dict[str, Any]) -> Selector:
+    return Selector(
+        tags=tuple(kw.pop("tags")),
+        txids=tuple(kw.pop("txids")),
+        since=kw.pop("since"),
+        until=kw.pop("until"),
+        tables=tuple(kw.pop("tables")),
+        users=tuple(kw.pop("users")),
+        apps=tuple(kw.pop("apps")),
+    )
+
+
+APPROVAL_HELP = (
+    "Run under approval request REQ (approved with `recovery approve REQ` by "
+    "another database user); without it, an approved request for exactly this "
+    "plan is used, else the plan is recorded as a request and refused (exit 3)."
+)
+
+
+@contextmanager
+def open_conn(c: Ctx) -> Iterator[psycopg.Connection]:
+    """The command's connection, its own: what is left open is committed when the command
+    succeeds, rolled back when it fails (the library ends only what it opens)."""
+    with connect(c.db) as conn:
+        yield conn
+
+
+def confirm(c: Ctx, question: str) -> None:
+    if c.yes:
+        return
+    if not sys.stdin.isatty():
+        raise RecoveryError("refusing to change data without --yes: no terminal to ask")
+    if not click.confirm(question, default=False):
+        raise RecoveryError("cancelled: nothing changed")
