@@ -10,6 +10,8 @@ connection: the listing may then miss an interruption; nothing else depends on i
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from psycopg import sql
 
 from .db import DEFAULT_SCHEMA
 from .errors import RecoveryError
-from .schema import require_schema
+from .schema import installed_version, require_schema
 
 # First half of the advisory lock key; the second is the operation id (an int4 key).
 LOCK_CLASS = 0x52435652  # "RCVR"
@@ -104,3 +106,51 @@ def list_operations(
             [list(UNDER_WAY), LOCK_CLASS, limit],
         ).fetchall()
     return [Operation(*r) for r in rows]
+
+
+# -- operation records -------------------------------------------------------------
+def record_start(
+    conn: psycopg.Connection, schema: str, kind: str, options: dict[str, Any]
+) -> int | None:
+    """Record an operation when the recovery schema is here (a restore into a fresh
+    database, or a directory snapshot of a database without it, works without).
+    Call inside a transaction: it is not ended here."""
+    try:
+        with conn.transaction():  # a savepoint: an unreadable schema leaves it usable
+            version = installed_version(conn, schema)
+    except psycopg.Error:
+        return None
+    if version is None or version < 2:
+        return None
+    row = conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.operations (kind, status, options) VALUES (%s, 'running', %s)"
+            " RETURNING op_id"
+        ).format(sql.Identifier(schema)),
+        [kind, json.dumps(options)],
+    ).fetchone()
+    op_id = int(row[0]) if row else None
+    hold(conn, op_id)  # released by the caller once the end is committed
+    return op_id
+
+
+def record_end(
+    conn: psycopg.Connection,
+    schema: str,
+    op_id: int | None,
+    status: str,
+    summary: dict[str, Any] | None,
+    error: str | None,
+    started: float,
+) -> None:
+    if op_id is None:
+        return
+    if summary is not None:
+        summary = {**summary, "seconds": round(time.monotonic() - started, 3)}
+    conn.execute(
+        sql.SQL(
+            "UPDATE {}.operations SET status = %s, summary = %s, error = %s,"
+            " finished_at = clock_timestamp() WHERE op_id = %s"
+        ).format(sql.Identifier(schema)),
+        [status, json.dumps(summary, default=str) if summary is not None else None, error, op_id],
+    )

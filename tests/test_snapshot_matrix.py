@@ -23,6 +23,7 @@ from psycopg.adapt import Loader
 from recovery.db import connect
 from recovery.errors import RecoveryError
 from recovery.restore import restore
+from recovery.snapshot import checksum
 from recovery.snapshot import stores as snap
 
 from .conftest import _with_db, rows
@@ -452,15 +453,15 @@ def test_checksum_by_a_second_session_equals_the_one_verify_computes(lconn, monk
     copied (big tables only; forced here for every size): for every type of the
     matrix it is the checksum verify recomputes over the copy, by the same method."""
     seen: list[tuple[int, str, str] | None] = []
-    real = snap._SideChecksum.result
+    real = checksum.SideChecksum.result
 
     def spy(self):  # type: ignore[no-untyped-def]
         out = real(self)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
-    monkeypatch.setattr(snap._SideChecksum, "result", spy)
+    monkeypatch.setattr(checksum.SideChecksum, "MIN_PAGES", 0)
+    monkeypatch.setattr(checksum.SideChecksum, "result", spy)
     create_matrix(lconn)
     lconn.execute(
         "CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"
@@ -486,7 +487,7 @@ def test_checksum_falls_back_when_no_second_session(lconn, monkeypatch) -> None:
     def refuse(*_a, **_k):  # type: ignore[no-untyped-def]
         raise psycopg.OperationalError("too many connections")
 
-    monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
+    monkeypatch.setattr(checksum.SideChecksum, "MIN_PAGES", 0)
     monkeypatch.setattr(snap.psycopg, "connect", refuse)
     lconn.execute(
         "CREATE TABLE plain_t AS SELECT g AS id, md5(g::text) AS v"

@@ -17,6 +17,7 @@ from click.testing import Result
 
 from recovery.errors import ConflictError
 from recovery.restore import restore
+from recovery.snapshot import checksum, manifest
 from recovery.snapshot import stores as snap
 
 from .conftest import rows
@@ -171,7 +172,7 @@ TEXT_ROWS = (
 def text_rows(conn: psycopg.Connection, table: str = "t") -> list[tuple[str | None, ...]]:
     conn.rollback()
     with conn.transaction():
-        snap._set_output(conn)
+        manifest.set_output(conn)
         out = conn.execute(TEXT_ROWS.format(table)).fetchall()  # type: ignore[arg-type]
     conn.rollback()
     return out
@@ -269,21 +270,21 @@ def test_checksums_and_verify_agree_for_text_stored_columns(
     sql_exec(WRITE)
     seen: list[tuple[int, str, str] | None] = []
     if where == "db-second-session":
-        real = snap._SideChecksum.result
+        real = checksum.SideChecksum.result
 
         def spy(self):  # type: ignore[no-untyped-def]
             out = real(self)
             seen.append(out)
             return out
 
-        monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
-        monkeypatch.setattr(snap._SideChecksum, "result", spy)
+        monkeypatch.setattr(checksum.SideChecksum, "MIN_PAGES", 0)
+        monkeypatch.setattr(checksum.SideChecksum, "result", spy)
     elif where == "db-no-second-session":
 
         def refuse(*_a, **_k):  # type: ignore[no-untyped-def]
             raise psycopg.OperationalError("too many connections")
 
-        monkeypatch.setattr(snap._SideChecksum, "MIN_PAGES", 0)
+        monkeypatch.setattr(checksum.SideChecksum, "MIN_PAGES", 0)
         monkeypatch.setattr(snap.psycopg, "connect", refuse)
     store = str(tmp_path / "store") if where == "dir" else None
     info = snap.create(conn, "pre", snap.table_specs(conn, ["t"], []), store=store)
@@ -301,8 +302,8 @@ def test_checksums_and_verify_agree_for_text_stored_columns(
     if store is None:
         # The checksum recomputed over the copy is the one recorded, whoever computed it.
         with conn.transaction():
-            snap._set_output(conn)
-            assert snap._db_checksum(conn, "_recovery", item["data"]) == (
+            manifest.set_output(conn)
+            assert checksum.db_checksum(conn, "_recovery", item["data"]) == (
                 3,
                 item["checksum"],
                 item["checksum_method"],
