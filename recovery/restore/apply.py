@@ -30,24 +30,23 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from . import approval as ap
-from . import operations
-from .capture.tableinfo import Column, TableInfo
-from .db import DEFAULT_SCHEMA
-from .errors import ApprovalRequired, ConflictError, RecoveryError, first_line
-from .schema import installed_version
-from .snapshot import tabledef
-from .snapshot.stores import (
+from .. import approval as ap
+from .. import operations
+from ..capture.tableinfo import Column, TableInfo
+from ..db import DEFAULT_SCHEMA
+from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
+from ..operations import record_end, record_start
+from ..schema import installed_version
+from ..snapshot import tabledef
+from ..snapshot.stores import (
     SETTINGS,
     Progress,
     SnapshotInfo,
     db_snapshots,
     read_data,
     read_rows,
-    record_end,
-    record_start,
 )
-from .undo.engine import Run, fk_order
+from ..undo.engine import Run, fk_order
 
 _i = sql.Identifier
 
