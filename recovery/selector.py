@@ -36,6 +36,32 @@ class Selector:
     follow_cascades: bool = True
     exclude_tags: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Selector:
+        """A selector from its as_dict() form, read tolerantly (a report reads stored
+        results): a criterion may be one value or a list, under its name (`tags`) or its
+        option's (`tag`); other keys, and anything that is not a dict, are ignored."""
+        d = d if isinstance(d, dict) else {}
+
+        def many(*keys: str) -> tuple[Any, ...]:
+            out: list[Any] = []
+            for key in keys:
+                v = d.get(key)
+                out += [x for x in v if x is not None] if isinstance(v, list) else [v]
+            return tuple(x for x in out if x is not None)
+
+        return cls(
+            tags=many("tags", "tag"),
+            txids=many("txids", "txid"),
+            since=d.get("since"),
+            until=d.get("until"),
+            tables=many("tables", "table"),
+            users=many("users", "user"),
+            apps=many("apps", "app"),
+            follow_cascades=d.get("follow_cascades") is not False,
+            exclude_tags=many("exclude_tags", "exclude_tag"),
+        )
+
     def is_empty(self) -> bool:
         return not (
             self.tags

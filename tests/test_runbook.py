@@ -26,7 +26,7 @@ from psycopg import sql
 import recovery
 from recovery.cli import main
 from recovery.errors import RecoveryError
-from recovery.runbook.spec import condition_refs, evaluate, parse_condition
+from recovery.runbook.conditions import condition_refs, evaluate, parse_condition
 from tests.conftest import rows
 
 ROOT = Path(__file__).resolve().parents[1]

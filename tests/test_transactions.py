@@ -554,8 +554,8 @@ ALLOWED = {
     ): "a connection going back to SQLAlchemy's pool, which resets it with a rollback "
     "anyway: rolled back to put the settings back",
     (
-        "runbook/engine.py",
-        "_settle",
+        "runbook/state.py",
+        "settle",
     ): "run() and resume() refuse a connection with a transaction open and own it until "
     "they return: what a step left open is the run's own",
 }
@@ -629,4 +629,4 @@ def test_the_static_check_sees_calls() -> None:
         "def g(c):\n    with c.transaction() as tx:\n        raise Rollback(tx)\n"
     ) == [("f", 2, "'COMMIT'"), ("f", 3, ".rollback()")]
     found = [(f, w) for p in sorted(PACKAGE.rglob("*.py")) for f, _n, w in _calls(p.read_text())]
-    assert ("_settle", ".rollback()") in found
+    assert ("settle", ".rollback()") in found

@@ -1,11 +1,12 @@
-"""The runbook file format: parsing, validation, parameters, references and conditions.
+"""The runbook file format: YAML loading, validation and parameters.
 
 A runbook is YAML: `name`, `description`, `parameters` (name -> type, default, ...) and
-`steps` (ordered; each an `id`, a `kind` from KINDS with its arguments, and an optional
-`when`).  String values may hold `${params.NAME}`, `${steps.ID.FIELD}` and `${run.id}`;
-a `when` is a small expression language parsed here (never eval()'d).  `load()`
-reports every problem at once, each with file:line and a fix.  Nothing here touches a
-database; runbook.py runs what this module accepts.
+`steps` (ordered; each an `id`, a `kind` from steps.KINDS with its arguments, and an
+optional `when`).  String values may hold `${params.NAME}`, `${steps.ID.FIELD}` and
+`${run.id}` (values.py resolves them); a `when` is the small expression language of
+conditions.py (never eval()'d).  `load()` reports every problem at once, each with
+file:line and a fix.  Nothing here touches a database; engine.py runs what this module
+accepts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,325 +21,30 @@ import yaml
 
 from ..capture.prune import parse_duration
 from ..errors import RecoveryError
+from .conditions import condition_refs, parse_condition
+from .definition import Param, Runbook, RunbookInvalid, Step
+from .steps import KINDS, STEP_ARGS
+from .values import coerce, refs
+
+__all__ = [
+    "KINDS",
+    "Param",
+    "Runbook",
+    "RunbookInvalid",
+    "Step",
+    "bind_params",
+    "from_definition",
+    "load",
+    "loads",
+    "param_value",
+    "parse_param_args",
+]
 
 PARAM_TYPES = ("string", "int", "number", "bool", "duration", "table", "file")
 PARAM_KEYS = ("type", "default", "required", "choices", "min", "max", "pattern", "description")
 TOP_KEYS = ("name", "description", "parameters", "steps")
 STEP_KEYS = ("id", "kind", "when", "description")
 _ID = re.compile(r"[a-z][a-z0-9_]*")
-_REF = re.compile(r"\$\{([^}]*)\}")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-class RunbookInvalid(RecoveryError):
-    """A runbook with problems: `errors` holds one line per problem (file:line, fix)."""
-
-    def __init__(self, errors: list[str]) -> None:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(errors[0] + more)
-        self.errors = errors
-
-
-@dataclass
-class Param:
-    name: str
-    type: str
-    default: Any = None
-    required: bool = True
-    choices: list[Any] | None = None
-    min: float | None = None
-    max: float | None = None
-    pattern: str | None = None
-    description: str = ""
-
-
-@dataclass
-class Step:
-    id: str
-    kind: str
-    args: dict[str, Any]
-    when: str | None = None
-    cond: Any = None  # the parsed `when`
-
-
-@dataclass
-class Runbook:
-    name: str
-    description: str
-    params: dict[str, Param]
-    steps: list[Step]
-    file: str
-    definition: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-# -- conditions: a tiny language, parsed here, never eval()'d -------------------------
-_TOKEN = re.compile(
-    r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>'[^']*'|"[^"]*")"""
-    r"""|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][\w.]*))"""
-)
-_CMP: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
-_WORDS = {"true": True, "false": False, "null": None}
-
-
-def parse_condition(text: str) -> Any:
-    """Parse a `when` expression into a tree of tuples; ValueError says what is wrong."""
-    toks: list[tuple[str, str]] = []
-    pos, text = 0, str(text)
-    while pos < len(text.rstrip()):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"unexpected {text[pos:].strip()[:20]!r}")
-        kind = m.lastgroup or ""
-        toks.append((kind, m.group(kind)))
-        pos = m.end()
-    toks.append(("end", ""))
-    i = 0
-
-    def peek(*values: str) -> bool:
-        return toks[i][1] in values and toks[i][0] in ("op", "name")
-
-    def take() -> tuple[str, str]:
-        nonlocal i
-        i += 1
-        return toks[i - 1]
-
-    def expr() -> Any:
-        left = conj()
-        while peek("or"):
-            take()
-            left = ("or", left, conj())
-        return left
-
-    def conj() -> Any:
-        left = neg()
-        while peek("and"):
-            take()
-            left = ("and", left, neg())
-        return left
-
-    def neg() -> Any:
-        if peek("not"):
-            take()
-            return ("not", neg())
-        left = atom()
-        if toks[i][0] == "op" and toks[i][1] in _CMP:
-            return ("cmp", take()[1], left, atom())
-        return left
-
-    def atom() -> Any:
-        kind, value = take()
-        if kind == "num":
-            return ("lit", float(value) if "." in value else int(value))
-        if kind == "str":
-            return ("lit", value[1:-1])
-        if kind == "op" and value == "(":
-            inner = expr()
-            if take()[1] != ")":
-                raise ValueError("a '(' is not closed")
-            return inner
-        if kind == "name" and value in _WORDS:
-            return ("lit", _WORDS[value])
-        if kind == "name" and value not in ("and", "or", "not"):
-            return ("ref", value)
-        raise ValueError(f"expected a value, found {value or 'the end'!r}")
-
-    tree = expr()
-    if toks[i][0] != "end":
-        raise ValueError(f"unexpected {toks[i][1]!r}")
-    return tree
-
-
-def condition_refs(tree: Any) -> list[str]:
-    if tree[0] == "ref":
-        return [tree[1]]
-    return [r for part in tree[1:] if isinstance(part, tuple) for r in condition_refs(part)]
-
-
-def evaluate(tree: Any, lookup: Callable[[str], Any]) -> Any:
-    op = tree[0]
-    if op == "lit":
-        return tree[1]
-    if op == "ref":
-        return lookup(tree[1])
-    if op == "not":
-        return not evaluate(tree[1], lookup)
-    if op in ("and", "or"):
-        left = evaluate(tree[1], lookup)
-        if bool(left) == (op == "or"):
-            return left
-        return evaluate(tree[2], lookup)
-    a, b = evaluate(tree[2], lookup), evaluate(tree[3], lookup)
-    if tree[1] not in ("==", "!=") and (a is None or b is None):
-        return False  # a value that is not there (a skipped step) is never > or < anything
-    try:
-        return _CMP[tree[1]](a, b)
-    except TypeError:
-        raise RecoveryError(f"cannot compare {a!r} {tree[1]} {b!r}") from None
-
-
-# -- step kinds -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Kind:
-    """A step kind: its arguments, the result fields later steps may use, and whether it
-    runs in --dry-run (read-only, or it checks the dry run itself)."""
-
-    args: dict[str, tuple[str, bool]]  # argument -> (type, required)
-    fields: tuple[str, ...]
-    dry: bool
-
-
-SELECTOR = {
-    "tag": ("strs", False),
-    "txid": ("ints", False),
-    "since": ("str", False),
-    "until": ("str", False),
-    "table": ("strs", False),
-    "user": ("strs", False),
-    "app": ("strs", False),
-}
-_PLANNED = ("rows", "table_count", "tables", "conflicts", "status")
-KINDS: dict[str, Kind] = {
-    "capture_on": Kind({"tables": ("list", True)}, ("tables",), False),
-    "capture_off": Kind({"tables": ("list", True)}, ("tables",), False),
-    "mark": Kind(
-        {"name": ("str", True), "note": ("str", False)}, ("name", "at", "created_by", "note"), False
-    ),
-    "analyze_sql": Kind(
-        {"file": ("str", True)}, ("file", "statements", "tables", "est_rows", "est_bytes"), True
-    ),
-    "snapshot": Kind(
-        {
-            "name": ("str", True),
-            "tables": ("list", False),
-            "where": ("strs", False),
-            "for_sql": ("str", False),
-            "store": ("str", False),
-        },
-        ("name", "store", "created_at", "created_by", "tables", "rows", "bytes"),
-        False,
-    ),
-    "snapshot_verify": Kind(
-        {"name": ("str", True), "store": ("str", False)}, ("name", "store", "ok", "items"), True
-    ),
-    "changes": Kind(
-        dict(SELECTOR),
-        ("selector", "statements", "rows", "first", "last", "by_table", "by_tag", "by_transaction"),
-        True,
-    ),
-    "diff": Kind({**SELECTOR, "limit": ("int", False)}, ("count", "changes"), True),
-    "rollback_plan": Kind(
-        {**SELECTOR, "on_conflict": ("str", False)}, (*_PLANNED, "selector", "on_conflict"), True
-    ),
-    "rollback_apply": Kind(
-        {
-            **SELECTOR,
-            "on_conflict": ("str", False),
-            "batch_size": ("int", False),
-            "lock_timeout": ("str", False),
-            "approval": ("str", False),
-        },
-        (*_PLANNED, "op_id", "selector", "on_conflict", "undo_tag", "batches", "approval"),
-        False,
-    ),
-    "restore_plan": Kind(
-        {
-            "snapshot": ("str", True),
-            "store": ("str", False),
-            "tables": ("list", False),
-            "delete_new": ("bool", False),
-        },
-        (*_PLANNED, "snapshot", "store", "created_at"),
-        True,
-    ),
-    "restore": Kind(
-        {
-            "snapshot": ("str", True),
-            "store": ("str", False),
-            "tables": ("list", False),
-            "delete_new": ("bool", False),
-            "lock_timeout": ("str", False),
-            "approval": ("str", False),
-        },
-        (*_PLANNED, "op_id", "snapshot", "store", "tag", "approval"),
-        False,
-    ),
-    "sql_check": Kind(
-        {"query": ("str", True), "expect": ("expect", True)},
-        ("query", "expect", "actual", "rows", "ok"),
-        True,
-    ),
-    "approval": Kind(
-        {"for": ("str", True), "max_rows": ("int", False), "max_tables": ("int", False)},
-        (
-            "needed",
-            "req_id",
-            "status",
-            "rows",
-            "tables",
-            "plan_hash",
-            "requested_by",
-            "approved_by",
-        ),
-        True,
-    ),
-    "pause": Kind({"message": ("str", True)}, ("message",), True),
-    "notify": Kind(
-        {"message": ("str", True), "webhook": ("str", False)},
-        ("message", "url", "sent", "warning"),
-        True,
-    ),
-}
-_STEP_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "approval": {"for": ("rollback_plan", "restore_plan")},
-    "rollback_apply": {"approval": ("approval",)},
-    "restore": {"approval": ("approval",)},
-}
-
-
-# -- values: arguments, parameters, references ----------------------------------------
-def coerce(typ: str, value: Any) -> Any:
-    """An argument value of the given type (from YAML or a resolved reference); ValueError."""
-    if typ == "str":
-        if isinstance(value, (dict, list)):
-            raise ValueError("a text value")
-        return _text(value)
-    if typ == "int":
-        if isinstance(value, bool) or not re.fullmatch(r"-?\d+", str(value).strip()):
-            raise ValueError("a whole number")
-        return int(str(value).strip())
-    if typ == "bool":
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in _TRUE + _FALSE:
-            return str(value).lower() in _TRUE
-        raise ValueError("true or false")
-    if typ in ("list", "strs", "ints"):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
-            raise ValueError("a list of values" if typ == "list" else "a value or a list")
-        return [coerce("int" if typ == "ints" else "str", v) for v in value]
-    if typ == "expect":
-        if isinstance(value, dict):
-            if set(value) != {"rows"}:
-                raise ValueError("a value, or {rows: N}")
-            return {"rows": coerce("int", value["rows"])}
-        if isinstance(value, list):
-            raise ValueError("a value, or {rows: N}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
 
 
 def param_value(p: Param, value: Any) -> Any:
@@ -426,59 +131,6 @@ def bind_params(rb: Runbook, given: Mapping[str, Any]) -> dict[str, Any]:
             )
         else:
             out[name] = p.default
-    return out
-
-
-def refs(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [m.strip() for m in _REF.findall(value)]
-    if isinstance(value, list):
-        return [r for v in value for r in refs(v)]
-    if isinstance(value, dict):
-        return [r for v in value.values() for r in refs(v)]
-    return []
-
-
-def resolve(value: Any, lookup: Callable[[str], Any]) -> Any:
-    """Substitute ${...} references: a whole-string reference keeps the value's type."""
-    if isinstance(value, str):
-        whole = _REF.fullmatch(value.strip())
-        if whole:
-            return lookup(whole.group(1).strip())
-        return _REF.sub(lambda m: _text(lookup(m.group(1).strip())), value)
-    if isinstance(value, list):
-        return [resolve(v, lookup) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve(v, lookup) for k, v in value.items()}
-    return value
-
-
-def step_args(
-    step: Step,
-    lookup: Callable[[str], Any],
-    sql_literal: Callable[[Any], str],
-    partial: bool = False,
-) -> dict[str, Any]:
-    """A step's arguments, references resolved and types checked; absent when null."""
-    out = {}
-    for name, raw in step.args.items():
-        if name == "query" and isinstance(raw, str) and not _REF.fullmatch(raw.strip()):
-            # Values go into a query as SQL literals, never as SQL text (a query that is
-            # one reference, e.g. ${params.check_query}, is that value's text).
-            value: Any = _REF.sub(lambda m: sql_literal(lookup(m.group(1).strip())), raw)
-        else:
-            value = resolve(raw, lookup)
-        if value is None or value == "" and KINDS[step.kind].args[name][0] != "str":
-            continue
-        try:
-            out[name] = coerce(KINDS[step.kind].args[name][0], value)
-        except ValueError as exc:
-            raise RecoveryError(
-                f"step {step.id}: argument {name} must be {exc}, not {value!r}"
-            ) from None
-    missing = [a for a, (_t, req) in KINDS[step.kind].args.items() if req and a not in out]
-    if missing and not partial:
-        raise RecoveryError(f"step {step.id}: argument {missing[0]} is empty")
     return out
 
 
@@ -700,7 +352,7 @@ def _validate_steps(
                     f"step {sid}: condition {step.when!r} does not parse ({exc}):"
                     " use comparisons, and/or/not, params.X, steps.ID.FIELD",
                 )
-        for k, wanted in _STEP_ARGS.get(kind, {}).items():
+        for k, wanted in STEP_ARGS.get(kind, {}).items():
             target = args.get(k)
             if isinstance(target, str):
                 found.append((k, f"steps.{target}.args"))  # an earlier step: _check_ref
