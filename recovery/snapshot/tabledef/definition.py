@@ -3,6 +3,7 @@ constraints, indexes, sequences, partition key and partitions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -38,72 +39,14 @@ def _user_types(conn: psycopg.Connection, type_oids: list[int]) -> list[dict[str
             return
         ident = sql.Identifier(nsp, name)
         if kind == "e":
-            labels = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder",
-                    [oid],
-                )
-            ]
-            ddl: sql.Composable = sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
-                ident, sql.SQL(", ").join(sql.Literal(x) for x in labels)
-            )
+            ddl = _enum_ddl(conn, ident, oid)
         elif kind == "d":
             visit(base)
-            checks = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = %s"
-                    " AND contype = 'c' ORDER BY conname",
-                    [oid],
-                )
-            ]
-            ddl = sql.SQL("CREATE DOMAIN {} AS {}{}{}{}").format(
-                ident,
-                sql.SQL(basename),
-                sql.SQL(" DEFAULT {}").format(sql.SQL(default)) if default else sql.SQL(""),
-                sql.SQL(" NOT NULL") if notnull else sql.SQL(""),
-                sql.SQL("").join(sql.SQL(" {}").format(sql.SQL(c)) for c in checks),
-            )
+            ddl = _domain_ddl(conn, ident, oid, basename, default, notnull)
         elif kind == "c":
-            attrs = conn.execute(
-                "SELECT attname, format_type(atttypid, atttypmod), atttypid::bigint"
-                " FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
-                " ORDER BY attnum",
-                [relid],
-            ).fetchall()
-            for _n, _t, toid in attrs:
-                visit(toid)
-            ddl = sql.SQL("CREATE TYPE {} AS ({})").format(
-                ident,
-                sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _ in attrs
-                ),
-            )
+            ddl = _composite_ddl(conn, ident, relid, visit)
         elif kind == "r":
-            sub = conn.execute(
-                "SELECT rngsubtype::bigint, format_type(rngsubtype, NULL)"
-                " FROM pg_range WHERE rngtypid = %s",
-                [oid],
-            ).fetchone()
-            assert sub is not None
-            visit(sub[0])
-            # PostgreSQL 14+ creates a multirange type with the range: keep its name.
-            multi = (
-                conn.execute(
-                    "SELECT format_type(rngmultitypid, NULL) FROM pg_range WHERE rngtypid = %s",
-                    [oid],
-                ).fetchone()
-                if conn.info.server_version >= 140000
-                else None
-            )
-            ddl = sql.SQL("CREATE TYPE {} AS RANGE (subtype = {}{})").format(
-                ident,
-                sql.SQL(sub[1]),
-                sql.SQL(", multirange_type_name = {}").format(sql.SQL(multi[0]))
-                if multi
-                else sql.SQL(""),
-            )
+            ddl = _range_ddl(conn, ident, oid, visit)
         elif kind == "m":
             # A multirange comes with its range type: create that one.
             rng = conn.execute(
@@ -119,6 +62,91 @@ def _user_types(conn: psycopg.Connection, type_oids: list[int]) -> list[dict[str
     for oid in type_oids:
         visit(oid)
     return out
+
+
+def _enum_ddl(conn: psycopg.Connection, ident: sql.Identifier, oid: int) -> sql.Composable:
+    labels = [
+        r[0]
+        for r in conn.execute(
+            "SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder",
+            [oid],
+        )
+    ]
+    return sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+        ident, sql.SQL(", ").join(sql.Literal(x) for x in labels)
+    )
+
+
+def _domain_ddl(
+    conn: psycopg.Connection,
+    ident: sql.Identifier,
+    oid: int,
+    basename: str,
+    default: str | None,
+    notnull: bool,
+) -> sql.Composable:
+    checks = [
+        r[0]
+        for r in conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = %s"
+            " AND contype = 'c' ORDER BY conname",
+            [oid],
+        )
+    ]
+    return sql.SQL("CREATE DOMAIN {} AS {}{}{}{}").format(
+        ident,
+        sql.SQL(basename),
+        sql.SQL(" DEFAULT {}").format(sql.SQL(default)) if default else sql.SQL(""),
+        sql.SQL(" NOT NULL") if notnull else sql.SQL(""),
+        sql.SQL("").join(sql.SQL(" {}").format(sql.SQL(c)) for c in checks),
+    )
+
+
+def _composite_ddl(
+    conn: psycopg.Connection, ident: sql.Identifier, relid: int, visit: Callable[[int], None]
+) -> sql.Composable:
+    """CREATE TYPE of a composite type (visit() goes to its attributes' types first)."""
+    attrs = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod), atttypid::bigint"
+        " FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum",
+        [relid],
+    ).fetchall()
+    for _n, _t, toid in attrs:
+        visit(toid)
+    return sql.SQL("CREATE TYPE {} AS ({})").format(
+        ident,
+        sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _ in attrs
+        ),
+    )
+
+
+def _range_ddl(
+    conn: psycopg.Connection, ident: sql.Identifier, oid: int, visit: Callable[[int], None]
+) -> sql.Composable:
+    """CREATE TYPE of a range type (visit() goes to its subtype first)."""
+    sub = conn.execute(
+        "SELECT rngsubtype::bigint, format_type(rngsubtype, NULL)"
+        " FROM pg_range WHERE rngtypid = %s",
+        [oid],
+    ).fetchone()
+    assert sub is not None
+    visit(sub[0])
+    # PostgreSQL 14+ creates a multirange type with the range: keep its name.
+    multi = (
+        conn.execute(
+            "SELECT format_type(rngmultitypid, NULL) FROM pg_range WHERE rngtypid = %s",
+            [oid],
+        ).fetchone()
+        if conn.info.server_version >= 140000
+        else None
+    )
+    return sql.SQL("CREATE TYPE {} AS RANGE (subtype = {}{})").format(
+        ident,
+        sql.SQL(sub[1]),
+        sql.SQL(", multirange_type_name = {}").format(sql.SQL(multi[0])) if multi else sql.SQL(""),
+    )
 
 
 def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
@@ -143,28 +171,7 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
             " AND d.refobjid = %s AND d.deptype = 'a'",
             [relid],
         ).fetchall()
-        col_defs: list[sql.Composable] = []
-        for c in cols:
-            parts: list[sql.Composable] = [sql.Identifier(c["name"]), sql.SQL(c["type"])]
-            if c["collation"]:
-                parts.append(sql.SQL("COLLATE {}").format(sql.SQL(c["collation"])))
-            if c["generated"]:
-                parts.append(
-                    sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(c["generated"]))
-                )
-            if c["identity"]:
-                parts.append(
-                    sql.SQL(
-                        "GENERATED ALWAYS AS IDENTITY"
-                        if c["identity"] == "a"
-                        else "GENERATED BY DEFAULT AS IDENTITY"
-                    )
-                )
-            if c["not_null"]:
-                parts.append(sql.SQL("NOT NULL"))
-            if c["default"]:
-                parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(c["default"])))
-            col_defs.append(sql.SQL(" ").join(parts))
+        col_defs: list[sql.Composable] = [_column_def(c) for c in cols]
         col_defs += [
             sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(n), sql.SQL(d))
             for n, d, k in cons
@@ -218,6 +225,28 @@ def describe(conn: psycopg.Connection, relid: int) -> dict[str, Any]:
             "inherited": with_parent,
         }
     return out
+
+
+def _column_def(c: dict[str, Any]) -> sql.Composable:
+    """A column's definition in CREATE TABLE: type, collation, generation, NOT NULL, default."""
+    parts: list[sql.Composable] = [sql.Identifier(c["name"]), sql.SQL(c["type"])]
+    if c["collation"]:
+        parts.append(sql.SQL("COLLATE {}").format(sql.SQL(c["collation"])))
+    if c["generated"]:
+        parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(c["generated"])))
+    if c["identity"]:
+        parts.append(
+            sql.SQL(
+                "GENERATED ALWAYS AS IDENTITY"
+                if c["identity"] == "a"
+                else "GENERATED BY DEFAULT AS IDENTITY"
+            )
+        )
+    if c["not_null"]:
+        parts.append(sql.SQL("NOT NULL"))
+    if c["default"]:
+        parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(c["default"])))
+    return sql.SQL(" ").join(parts)
 
 
 def _partitioning(conn: psycopg.Connection, relid: int) -> dict[str, Any]:

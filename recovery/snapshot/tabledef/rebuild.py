@@ -131,31 +131,9 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
     with catalog_path(conn):
         part_of = definition.get("partition_of")
         if part_of:
-            parent = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", [part_of["parent"]]
-            ).fetchone()
-            if parent and parent[0]:
-                _ensure_schema(conn, definition["schema"])
-                conn.execute(
-                    sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
-                        ident,
-                        sql.SQL(part_of["parent"]),
-                        sql.SQL(part_of["bound"]),
-                        sql.SQL(" PARTITION BY {}").format(sql.SQL(definition["partition_by"]))
-                        if definition.get("partition_by")
-                        else sql.SQL(""),
-                    )
-                )
-                for con in part_of.get("constraints", []):
-                    conn.execute(sql.SQL(con))
-                for ix in definition.get("indexes", []):
-                    conn.execute(sql.SQL(ix))
-                if definition.get("partitions"):
-                    _create_partitions(conn, ident, definition["partitions"], notes)
-                return [
-                    f"recreated table {label} as a partition of {part_of['parent']} "
-                    f"({part_of['bound']})"
-                ] + notes
+            done = _as_partition(conn, definition, ident, label, part_of, notes)
+            if done is not None:
+                return done
             # (Run after the CREATE below, which holds the table's own constraints.)
             inherited = part_of.get("inherited", [])
             notes.append(
@@ -199,6 +177,41 @@ def recreate(conn: psycopg.Connection, definition: dict[str, Any]) -> list[str]:
         if definition.get("partitions"):
             _create_partitions(conn, ident, definition["partitions"], notes)
     return [f"recreated table {label} from the snapshot's definition"] + notes
+
+
+def _as_partition(
+    conn: psycopg.Connection,
+    definition: dict[str, Any],
+    ident: sql.Identifier,
+    label: str,
+    part_of: dict[str, Any],
+    notes: list[str],
+) -> list[str] | None:
+    """Recreate the table as a partition of its parent, when the parent exists (call
+    inside catalog_path); return the notes, or None when the parent is gone too."""
+    parent = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part_of["parent"]]).fetchone()
+    if not (parent and parent[0]):
+        return None
+    _ensure_schema(conn, definition["schema"])
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
+            ident,
+            sql.SQL(part_of["parent"]),
+            sql.SQL(part_of["bound"]),
+            sql.SQL(" PARTITION BY {}").format(sql.SQL(definition["partition_by"]))
+            if definition.get("partition_by")
+            else sql.SQL(""),
+        )
+    )
+    for con in part_of.get("constraints", []):
+        conn.execute(sql.SQL(con))
+    for ix in definition.get("indexes", []):
+        conn.execute(sql.SQL(ix))
+    if definition.get("partitions"):
+        _create_partitions(conn, ident, definition["partitions"], notes)
+    return [
+        f"recreated table {label} as a partition of {part_of['parent']} ({part_of['bound']})"
+    ] + notes
 
 
 _NEXTVAL = re.compile(r"^nextval\('((?:[^']|'')+)'::regclass\)$")
