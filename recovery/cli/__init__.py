@@ -1,5 +1,7 @@
-"""The `recovery` command line: thin commands over the library (`main`), plain-text
-renderings of its results (`render`), and `recovery demo` (`demo`)."""
+"""The `recovery` command line: thin commands over the library, one module per command
+group (`capture`, `journal`, `undo`, `snapshot`, `approval`, `runbook`, `ops`) on what
+they share (`common`), gathered by the `main` group; plain-text renderings of library
+results (`render`), and `recovery demo` (`demo`)."""
 
 from .main import main
 
