@@ -53,8 +53,68 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
     ) = run
     definition = dict_of(definition)
     end = finished_at or now
+    steps = _steps(step_rows, definition)
 
-    # Steps as recorded, then the runbook's steps the run never reached.
+    wanted: list[tuple[str, int, dict[str, Any]]] = []
+    for s in steps:
+        req_id = as_int(s["result"].get("req_id"))
+        if req_id is not None:
+            wanted.append((s["id"], req_id, s["result"]))
+    approvals = load_approvals(conn, schema, wanted)
+    by_req = {a["req_id"]: a for a in approvals}
+
+    timeline = _timeline(steps, by_req)
+
+    table_steps = [s for s in steps if is_table_step(s["kind"], s["result"])]
+    plans = [s for s in table_steps if is_plan(s["kind"], s["result"]) and table_rows(s["result"])]
+    applies = [
+        s for s in table_steps if not is_plan(s["kind"], s["result"]) and table_rows(s["result"])
+    ]
+    blast, applied, conflicts = _table_results(plans, applies)
+    verification, notifications = _verification(steps), _notifications(steps)
+
+    names: list[str] = []
+    tags: list[str] = []
+    for s in table_steps:
+        names += [str(t["table"]) for t in table_rows(s["result"]) if str(t["table"]) not in names]
+        tags += [t for t in tags_of(s["result"].get("selector")) if t not in tags]
+    if not tags and isinstance(dict_of(params).get("tag"), str):
+        tags.append(params["tag"])
+    window, series = load_series(conn, schema, names, tags, started_at, end)
+
+    return {
+        "report_version": REPORT_VERSION,
+        "generated_at": iso_time(now),
+        "run": {
+            "run_id": rid,
+            "name": name,
+            "description": definition.get("description"),
+            "file": file,
+            "params": params if params is not None else {},
+            "status": status,
+            "dry_run": dry_run,
+            "started_by": started_by,
+            "started_at": iso_time(started_at),
+            "finished_at": iso_time(finished_at),
+            "duration_seconds": seconds_between(started_at, end) if finished_at else None,
+            "error": error,
+        },
+        "steps": timeline,
+        "approvals": approvals,
+        "blast_radius": blast,
+        "applied": applied,
+        "conflicts": conflicts,
+        "verification": verification,
+        "notifications": notifications,
+        "affected_tables": names or sorted(n for n, pts in series.items() if pts),
+        "selected_tags": tags,
+        "window": window,
+        "series": {n: pts for n, pts in series.items() if pts or names},
+    }
+
+
+def _steps(step_rows: list[tuple[Any, ...]], definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """Steps as recorded, then the runbook's steps the run never reached."""
     steps: list[dict[str, Any]] = []
     recorded = set()
     for no, sid, kind, st, s_at, f_at, result, err in step_rows:
@@ -96,16 +156,13 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
                     "error": None,
                 }
             )
+    return steps
 
-    wanted: list[tuple[str, int, dict[str, Any]]] = []
-    for s in steps:
-        req_id = as_int(s["result"].get("req_id"))
-        if req_id is not None:
-            wanted.append((s["id"], req_id, s["result"]))
-    approvals = load_approvals(conn, schema, wanted)
-    by_req = {a["req_id"]: a for a in approvals}
 
-    timeline = [
+def _timeline(
+    steps: list[dict[str, Any]], by_req: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    return [
         {
             "no": s["no"],
             "id": s["id"],
@@ -122,27 +179,27 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
         for s in steps
     ]
 
-    table_steps = [s for s in steps if is_table_step(s["kind"], s["result"])]
-    plans = [s for s in table_steps if is_plan(s["kind"], s["result"]) and table_rows(s["result"])]
-    applies = [
-        s for s in table_steps if not is_plan(s["kind"], s["result"]) and table_rows(s["result"])
-    ]
 
-    def per_table(src: list[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
-        out = []
-        for s in src:
-            for t in table_rows(s["result"]):
-                row: dict[str, Any] = {"step_id": s["id"], "table": str(t["table"])}
-                row.update({f: as_int(t.get(f)) for f in fields})
-                out.append(row)
-        return out
+def _per_table(src: list[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for s in src:
+        for t in table_rows(s["result"]):
+            row: dict[str, Any] = {"step_id": s["id"], "table": str(t["table"])}
+            row.update({f: as_int(t.get(f)) for f in fields})
+            out.append(row)
+    return out
 
-    blast = per_table(plans or applies, ("reinsert", "restore", "delete", "conflicts"))
+
+def _table_results(
+    plans: list[dict[str, Any]], applies: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The blast radius, the changes applied and the conflicts, per table."""
+    blast = _per_table(plans or applies, ("reinsert", "restore", "delete", "conflicts"))
     for row, t in zip(blast, (t for s in plans or applies for t in table_rows(s["result"]))):
         row["total"] = sum(row[f] or 0 for f in ("reinsert", "restore", "delete"))
         if isinstance(t.get("notes"), list) and t["notes"]:  # restore: "table recreated", ...
             row["notes"] = [str(n) for n in t["notes"]]
-    applied = per_table(applies, ("inserted", "updated", "deleted", "conflicts"))
+    applied = _per_table(applies, ("inserted", "updated", "deleted", "conflicts"))
     conflicts = []
     for s in applies or plans:
         for t in table_rows(s["result"]):
@@ -162,7 +219,10 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
                         ],
                     }
                 )
+    return blast, applied, conflicts
 
+
+def _verification(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     verification = []
     for s in steps:
         r = s["result"]
@@ -183,7 +243,11 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
                     "error": s["error"],
                 }
             )
-    notifications = [
+    return verification
+
+
+def _notifications(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
         {
             "step_id": s["id"],
             "status": s["status"],
@@ -193,42 +257,3 @@ def _build(conn: psycopg.Connection, run_id: int, schema: str) -> dict[str, Any]
         for s in steps
         if s["kind"] == "notify"
     ]
-
-    names: list[str] = []
-    tags: list[str] = []
-    for s in table_steps:
-        names += [str(t["table"]) for t in table_rows(s["result"]) if str(t["table"]) not in names]
-        tags += [t for t in tags_of(s["result"].get("selector")) if t not in tags]
-    if not tags and isinstance(dict_of(params).get("tag"), str):
-        tags.append(params["tag"])
-    window, series = load_series(conn, schema, names, tags, started_at, end)
-
-    return {
-        "report_version": REPORT_VERSION,
-        "generated_at": iso_time(now),
-        "run": {
-            "run_id": rid,
-            "name": name,
-            "description": definition.get("description"),
-            "file": file,
-            "params": params if params is not None else {},
-            "status": status,
-            "dry_run": dry_run,
-            "started_by": started_by,
-            "started_at": iso_time(started_at),
-            "finished_at": iso_time(finished_at),
-            "duration_seconds": seconds_between(started_at, end) if finished_at else None,
-            "error": error,
-        },
-        "steps": timeline,
-        "approvals": approvals,
-        "blast_radius": blast,
-        "applied": applied,
-        "conflicts": conflicts,
-        "verification": verification,
-        "notifications": notifications,
-        "affected_tables": names or sorted(n for n, pts in series.items() if pts),
-        "selected_tags": tags,
-        "window": window,
-        "series": {n: pts for n, pts in series.items() if pts or names},
-    }

@@ -8,6 +8,9 @@ from typing import Any
 
 from .summary import dict_of
 
+# (title, headers, rows, text when there are no rows) of one table of the report
+Section = tuple[str, list[str], list[list[str]], str]
+
 
 def parse_iso(v: Any) -> datetime | None:
     if not isinstance(v, str):
@@ -74,166 +77,188 @@ def example_line(e: Any) -> str:
     return "".join(parts) + (f" ({'; '.join(cols)})" if cols else "")
 
 
-def report_sections(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+def report_sections(doc: dict[str, Any]) -> list[Section]:
     """(title, headers, rows, text when there are no rows) of every table of the report."""
-    tags = ", ".join(doc.get("selected_tags") or []) or "selected tag"
-    out = []
-    out.append(
-        (
-            "Timeline",
-            ["#", "step", "kind", "status", "started", "finished", "duration", "summary", "error"],
-            [
-                [
-                    cell_text(s.get("no")),
-                    cell_text(s.get("id")),
-                    cell_text(s.get("kind")),
-                    cell_text(s.get("status")),
-                    fmt_time(s.get("started_at")),
-                    fmt_time(s.get("finished_at")),
-                    fmt_duration(s.get("duration_seconds")),
-                    cell_text(s.get("summary")),
-                    cell_text(s.get("error")),
-                ]
-                for s in doc.get("steps") or []
-            ],
-            "The run recorded no step.",
+    return [
+        section(doc)
+        for section in (
+            _timeline,
+            _approvals,
+            _blast_radius,
+            _applied,
+            _conflicts,
+            _verification,
+            _notifications,
+            _per_minute,
         )
-    )
-    out.append(
-        (
-            "Approvals",
+    ]
+
+
+def _timeline(doc: dict[str, Any]) -> Section:
+    return (
+        "Timeline",
+        ["#", "step", "kind", "status", "started", "finished", "duration", "summary", "error"],
+        [
             [
-                "step",
-                "request",
-                "kind",
-                "rows",
-                "tables",
-                "requested by",
-                "requested at",
-                "approved by",
-                "approved at",
-                "status",
-                "executed by",
-                "executed at",
-            ],
-            [
-                [
-                    cell_text(a.get("step_id")),
-                    f"#{a.get('req_id')}",
-                    cell_text(a.get("kind")),
-                    cell_text(a.get("rows")),
-                    cell_text(a.get("tables")),
-                    cell_text(a.get("requested_by")),
-                    fmt_time(a.get("requested_at")),
-                    ", ".join(cell_text(x.get("by")) for x in a.get("approved") or []),
-                    ", ".join(fmt_time(x.get("at")) for x in a.get("approved") or []),
-                    cell_text(a.get("status")),
-                    cell_text(a.get("executed_by")),
-                    fmt_time(a.get("executed_at")),
-                ]
-                for a in doc.get("approvals") or []
-            ],
-            "No approval was requested.",
-        )
+                cell_text(s.get("no")),
+                cell_text(s.get("id")),
+                cell_text(s.get("kind")),
+                cell_text(s.get("status")),
+                fmt_time(s.get("started_at")),
+                fmt_time(s.get("finished_at")),
+                fmt_duration(s.get("duration_seconds")),
+                cell_text(s.get("summary")),
+                cell_text(s.get("error")),
+            ]
+            for s in doc.get("steps") or []
+        ],
+        "The run recorded no step.",
     )
+
+
+def _approvals(doc: dict[str, Any]) -> Section:
+    return (
+        "Approvals",
+        [
+            "step",
+            "request",
+            "kind",
+            "rows",
+            "tables",
+            "requested by",
+            "requested at",
+            "approved by",
+            "approved at",
+            "status",
+            "executed by",
+            "executed at",
+        ],
+        [
+            [
+                cell_text(a.get("step_id")),
+                f"#{a.get('req_id')}",
+                cell_text(a.get("kind")),
+                cell_text(a.get("rows")),
+                cell_text(a.get("tables")),
+                cell_text(a.get("requested_by")),
+                fmt_time(a.get("requested_at")),
+                ", ".join(cell_text(x.get("by")) for x in a.get("approved") or []),
+                ", ".join(fmt_time(x.get("at")) for x in a.get("approved") or []),
+                cell_text(a.get("status")),
+                cell_text(a.get("executed_by")),
+                fmt_time(a.get("executed_at")),
+            ]
+            for a in doc.get("approvals") or []
+        ],
+        "No approval was requested.",
+    )
+
+
+def _blast_radius(doc: dict[str, Any]) -> Section:
     blast = doc.get("blast_radius") or []
     notes = any(b.get("notes") for b in blast)
-    out.append(
-        (
-            "Blast radius",
-            ["step", "table", "re-insert", "restore", "delete", "total", "conflicts"]
-            + (["notes"] if notes else []),
+    return (
+        "Blast radius",
+        ["step", "table", "re-insert", "restore", "delete", "total", "conflicts"]
+        + (["notes"] if notes else []),
+        [
             [
-                [
-                    cell_text(b.get("step_id")),
-                    cell_text(b.get("table")),
-                    cell_text(b.get("reinsert")),
-                    cell_text(b.get("restore")),
-                    cell_text(b.get("delete")),
-                    cell_text(b.get("total")),
-                    cell_text(b.get("conflicts")),
-                ]
-                + (["; ".join(map(cell_text, b.get("notes") or []))] if notes else [])
-                for b in blast
-            ],
-            "No plan was made.",
-        )
+                cell_text(b.get("step_id")),
+                cell_text(b.get("table")),
+                cell_text(b.get("reinsert")),
+                cell_text(b.get("restore")),
+                cell_text(b.get("delete")),
+                cell_text(b.get("total")),
+                cell_text(b.get("conflicts")),
+            ]
+            + (["; ".join(map(cell_text, b.get("notes") or []))] if notes else [])
+            for b in blast
+        ],
+        "No plan was made.",
     )
-    out.append(
-        (
-            "Changes applied",
-            ["step", "table", "inserted", "updated", "deleted", "conflicts"],
+
+
+def _applied(doc: dict[str, Any]) -> Section:
+    return (
+        "Changes applied",
+        ["step", "table", "inserted", "updated", "deleted", "conflicts"],
+        [
             [
-                [
-                    cell_text(b.get("step_id")),
-                    cell_text(b.get("table")),
-                    cell_text(b.get("inserted")),
-                    cell_text(b.get("updated")),
-                    cell_text(b.get("deleted")),
-                    cell_text(b.get("conflicts")),
-                ]
-                for b in doc.get("applied") or []
-            ],
-            "Nothing was applied.",
-        )
+                cell_text(b.get("step_id")),
+                cell_text(b.get("table")),
+                cell_text(b.get("inserted")),
+                cell_text(b.get("updated")),
+                cell_text(b.get("deleted")),
+                cell_text(b.get("conflicts")),
+            ]
+            for b in doc.get("applied") or []
+        ],
+        "Nothing was applied.",
     )
-    out.append(
-        (
-            "Conflicts kept",
-            ["step", "table", "conflicts", "on conflict", "examples"],
+
+
+def _conflicts(doc: dict[str, Any]) -> Section:
+    return (
+        "Conflicts kept",
+        ["step", "table", "conflicts", "on conflict", "examples"],
+        [
             [
-                [
-                    cell_text(c.get("step_id")),
-                    cell_text(c.get("table")),
-                    cell_text(c.get("conflicts")),
-                    cell_text(c.get("on_conflict")),
-                    " / ".join(
-                        [example_line(e) for e in c.get("examples") or []]
-                        + [cell_text(n) for n in c.get("notes") or []]
-                    ),
-                ]
-                for c in doc.get("conflicts") or []
-            ],
-            "No conflict.",
-        )
+                cell_text(c.get("step_id")),
+                cell_text(c.get("table")),
+                cell_text(c.get("conflicts")),
+                cell_text(c.get("on_conflict")),
+                " / ".join(
+                    [example_line(e) for e in c.get("examples") or []]
+                    + [cell_text(n) for n in c.get("notes") or []]
+                ),
+            ]
+            for c in doc.get("conflicts") or []
+        ],
+        "No conflict.",
     )
-    out.append(
-        (
-            "Verification",
-            ["step", "result", "query", "expected", "actual", "error"],
+
+
+def _verification(doc: dict[str, Any]) -> Section:
+    return (
+        "Verification",
+        ["step", "result", "query", "expected", "actual", "error"],
+        [
             [
-                [
-                    cell_text(v.get("step_id")),
-                    "ok"
-                    if v.get("ok")
-                    else "FAILED"
-                    if v.get("ok") is False
-                    else cell_text(v.get("status")),
-                    cell_text(v.get("query")),
-                    cell_text(v.get("expect")),
-                    cell_text(v.get("actual")),
-                    cell_text(v.get("error")),
-                ]
-                for v in doc.get("verification") or []
-            ],
-            "No verification step.",
-        )
+                cell_text(v.get("step_id")),
+                "ok"
+                if v.get("ok")
+                else "FAILED"
+                if v.get("ok") is False
+                else cell_text(v.get("status")),
+                cell_text(v.get("query")),
+                cell_text(v.get("expect")),
+                cell_text(v.get("actual")),
+                cell_text(v.get("error")),
+            ]
+            for v in doc.get("verification") or []
+        ],
+        "No verification step.",
     )
-    out.append(
-        (
-            "Notifications",
-            ["step", "status", "message"],
+
+
+def _notifications(doc: dict[str, Any]) -> Section:
+    return (
+        "Notifications",
+        ["step", "status", "message"],
+        [
             [
-                [
-                    cell_text(n.get("step_id")),
-                    cell_text(n.get("status")),
-                    cell_text(n.get("message")),
-                ]
-                for n in doc.get("notifications") or []
-            ],
-            "No notification.",
-        )
+                cell_text(n.get("step_id")),
+                cell_text(n.get("status")),
+                cell_text(n.get("message")),
+            ]
+            for n in doc.get("notifications") or []
+        ],
+        "No notification.",
     )
+
+
+def _per_minute(doc: dict[str, Any]) -> Section:
+    tags = ", ".join(doc.get("selected_tags") or []) or "selected tag"
     minutes = []
     for table, pts in (doc.get("series") or {}).items():
         for p in pts:
@@ -248,15 +273,12 @@ def report_sections(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list
                     str(sel + oth + rep),
                 ]
             )
-    out.append(
-        (
-            "Rows changed per minute",
-            ["minute (UTC)", "table", tags, "other", "recovery", "total"],
-            minutes,
-            "No captured change of the affected tables in the window.",
-        )
+    return (
+        "Rows changed per minute",
+        ["minute (UTC)", "table", tags, "other", "recovery", "total"],
+        minutes,
+        "No captured change of the affected tables in the window.",
     )
-    return out
 
 
 def run_facts(doc: dict[str, Any]) -> list[tuple[str, str]]:
