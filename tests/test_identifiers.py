@@ -114,7 +114,7 @@ RESERVED = [
     "variadic",
 ]
 # Names that recovery/sql/schema.sql (build_capture and the generated capture
-# functions), undo_sql.py, undo.py, journal.py and restore.py declare or use.
+# functions), undo/ (net_sql, apply_sql), capture/journal.py and restore/ declare or use.
 INTERNAL = [
     "s",
     "n",
@@ -651,7 +651,7 @@ def round_trip(url: str, conn: psycopg.Connection, case: Case, via: str, store_d
             assert state(conn, case.schema, case.table) == before
 
             # A snapshot of the table, the same damage again, and a restore from it
-            # (restore.py's SQL; the directory store loads through COPY).
+            # (the restore's SQL; the directory store loads through COPY).
             snap = f"snap-{tag}"
             store = ["--store", store_dir] if via == "cli" else []
             run_cli(url, "snapshot", "create", snap, "--table", name, *store)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import click
@@ -94,47 +93,16 @@ def snapshot_create(
         raise RecoveryError("--where needs a --table")
     if dry_run and not for_sql:
         raise RecoveryError("--dry-run goes with --for-sql (it prints the blast radius)")
-    text = None
-    if for_sql:
-        try:
-            text = Path(for_sql).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecoveryError(f"cannot read {for_sql}: {exc}") from None
+    text = sqlscope.read_sql_file(for_sql) if for_sql else None
     with open_conn(c) as conn:
         specs = snap.table_specs(conn, tables, wheres) if tables else []
         source: dict[str, Any] = {"tables": list(tables), "where": list(wheres)}
         if text is not None:
-            stmts = sqlscope.analyze(conn, text, source=for_sql or "FILE")
-            sqlscope.estimate(conn, stmts)
-            more = snap.specs_for_sql(stmts)
+            stmts, more, source["for_sql"] = sqlscope.plan_for_sql(conn, text, for_sql or "FILE")
             twice = {s.relid for s in specs} & {s.relid for s in more}
             if twice:
                 raise RecoveryError("a --table is also saved by --for-sql: name it once")
             specs += more
-            source["for_sql"] = {
-                "file": for_sql,
-                "statements": [
-                    {
-                        "number": s.number,
-                        "line": s.line,
-                        "kind": s.kind,
-                        "text": s.text,
-                        "notes": s.notes,
-                        "est_rows": s.est_rows,
-                        "est_bytes": s.est_bytes,
-                        "targets": [
-                            {
-                                "table": f"{t.schema}.{t.table}",
-                                "bounded": t.bounded,
-                                "reason": t.reason,
-                                "columns": t.columns,
-                            }
-                            for t in s.targets
-                        ],
-                    }
-                    for s in stmts
-                ],
-            }
             if not c.json:
                 c.out(render.blast_radius(stmts))
             if dry_run:

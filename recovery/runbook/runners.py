@@ -7,7 +7,6 @@ import json
 import urllib.request
 from dataclasses import asdict
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pglast
@@ -44,47 +43,14 @@ def run_mark(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
     return marks.create_mark(x.conn, a["name"], note=note, schema=x.schema).to_dict()
 
 
-def _analyze(x: Execution, path: str) -> tuple[list[sqlscope.Statement], dict[str, Any]]:
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecoveryError(f"cannot read {path}: {exc}") from None
-    stmts = sqlscope.analyze(x.conn, text, source=path)
-    sqlscope.estimate(x.conn, stmts)
-    out: list[dict[str, Any]] = [
-        {
-            "number": s.number,
-            "line": s.line,
-            "kind": s.kind,
-            "text": s.text,
-            "notes": s.notes,
-            "est_rows": s.est_rows,
-            "est_bytes": s.est_bytes,
-            "targets": [
-                {
-                    "table": f"{t.schema}.{t.table}",
-                    "bounded": t.bounded,
-                    "reason": t.reason,
-                    "columns": t.columns,
-                    "est_rows": t.est_rows,
-                }
-                for t in s.targets
-            ],
-        }
-        for s in stmts
-    ]
-    tables = sorted({t["table"] for s in out for t in s["targets"]})
-    return stmts, {
-        "file": path,
-        "statements": out,
-        "tables": tables,
-        "est_rows": sum(s.est_rows or 0 for s in stmts),
-        "est_bytes": sum(s.est_bytes or 0 for s in stmts),
-    }
+def _analyze(
+    x: Execution, path: str
+) -> tuple[list[sqlscope.Statement], list[snapshot.Spec], dict[str, Any]]:
+    return sqlscope.plan_for_sql(x.conn, sqlscope.read_sql_file(path), path, totals=True)
 
 
 def run_analyze_sql(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
-    return _analyze(x, a["file"])[1]
+    return _analyze(x, a["file"])[2]
 
 
 def run_snapshot(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +60,8 @@ def run_snapshot(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
     specs = snapshot.table_specs(x.conn, tables, wheres) if tables else []
     source: dict[str, Any] = {"tables": tables, "where": wheres, "runbook_run": x.run_id}
     if a.get("for_sql"):
-        stmts, analysis = _analyze(x, a["for_sql"])
-        specs += snapshot.specs_for_sql(stmts)
-        source["for_sql"] = analysis
+        _, more, source["for_sql"] = _analyze(x, a["for_sql"])
+        specs += more
     info = snapshot.create(
         x.conn, a["name"], specs, store=a.get("store"), source=source, schema=x.schema
     )

@@ -13,7 +13,7 @@ Two stores, one manifest format:
 Rows are read in one REPEATABLE READ transaction (all tables from the same moment)
 with fixed output settings (ISO dates, exact floats, UTF8, UTC), recorded in the
 manifest and set again to restore: COPY's text form round-trips every type exactly.
-`restore.py` puts rows back.
+`recovery.restore` puts rows back.
 
 This module holds what is done with snapshots, through a store (`store.Store`: the
 database, `dbstore.py`, or a directory, `dirstore.py`): create, list, find, verify and
