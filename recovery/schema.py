@@ -100,6 +100,12 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
                     "SELECT {s}.build_capture(table_id) FROM {s}.captured WHERE enabled"
                 ).format(s=sql.Identifier(schema))
             )
+            # 3 -> 4: every journal in text form, a disabled or dropped table's too.
+            conn.execute(
+                sql.SQL("SELECT {s}.journal_as_text(table_id) FROM {s}.captured").format(
+                    s=sql.Identifier(schema)
+                )
+            )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise RecoveryError(
             f"cannot install schema {schema}: {exc.diag.message_primary}; "
@@ -112,8 +118,10 @@ def init(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> InitResult:
 # and the function they run.  on_ddl rebuilds a captured table's capture after its
 # DDL; on_type_ddl rewrites journal labels after an enum value is renamed.
 _EVENT_TRIGGERS = (
-    ("follow_ddl", ("ALTER TABLE", "CREATE TABLE"), "on_ddl"),
-    ("follow_types", ("ALTER TYPE",), "on_type_ddl"),
+    ("follow_ddl", "ddl_command_end", ("ALTER TABLE", "CREATE TABLE"), "on_ddl"),
+    ("follow_types", "ddl_command_end", ("ALTER TYPE",), "on_type_ddl"),
+    # A column dropped by DROP TYPE/DOMAIN/EXTENSION ... CASCADE: no ALTER TABLE runs.
+    ("follow_drops", "sql_drop", ("DROP TYPE", "DROP DOMAIN", "DROP EXTENSION"), "on_drop"),
 )
 
 
@@ -125,7 +133,7 @@ def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
     """
     is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     present = True
-    for suffix, tags, fn in _EVENT_TRIGGERS:
+    for suffix, event, tags, fn in _EVENT_TRIGGERS:
         name = f"{schema}_{suffix}"
         row = conn.execute(
             "SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s", [name]
@@ -139,10 +147,10 @@ def _install_event_trigger(conn: psycopg.Connection, schema: str) -> bool:
         if row is None:
             conn.execute(
                 sql.SQL(
-                    "CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ({}) "
-                    "EXECUTE FUNCTION {}.{}()"
+                    "CREATE EVENT TRIGGER {} ON {} WHEN TAG IN ({}) EXECUTE FUNCTION {}.{}()"
                 ).format(
                     sql.Identifier(name),
+                    sql.SQL("sql_drop") if event == "sql_drop" else sql.SQL("ddl_command_end"),
                     sql.SQL(", ").join(map(sql.Literal, tags)),
                     sql.Identifier(schema),
                     sql.Identifier(fn),

@@ -13,7 +13,7 @@ import json
 import psycopg
 import pytest
 
-from recovery import RecoveryError, Selector, enable_capture, init, rollback
+from recovery import RecoveryError, Selector, disable_capture, enable_capture, init, rollback
 from recovery.capture import all_tables
 
 from .test_capture import state, tagged, texts
@@ -303,3 +303,69 @@ def test_enum_value_renamed_after_capture_reads_back_as_the_same_value(conn, sql
     sql_exec("ALTER TYPE mood RENAME VALUE 'new' TO 'newer'")
     rollback(conn, Selector(tags=("bad", "bad2")))
     assert texts(conn, "t") == ['(1,calm,"{calm,blue}",blue)', "(2,blue,,calm)"]
+
+
+def test_undo_refuses_a_table_that_gained_an_inheritance_child(conn, sql_exec):
+    sql_exec("CREATE TABLE p (id int PRIMARY KEY, v int); INSERT INTO p VALUES (1, 1)")
+    enable_capture(conn, ["p"])
+    sql_exec("CREATE TABLE pc (extra int) INHERITS (p); INSERT INTO pc VALUES (2, 2, 0)")
+    tagged(sql_exec, "bad", "DELETE FROM p WHERE id = 2; UPDATE p SET v = 9 WHERE id = 1")
+    with pytest.raises(RecoveryError, match="cannot undo the changes of public.p has legacy"):
+        rollback(conn, Selector(tags=("bad",)))
+    assert texts(conn, "p") == ["(1,9)"] and texts(conn, "pc") == []
+
+
+def test_drop_type_cascade_of_a_captured_column_keeps_capture_on(conn, sql_exec):
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('calm', 'angry');"
+        "CREATE TABLE t (id int PRIMARY KEY, m mood, v text);"
+        "INSERT INTO t VALUES (1, 'calm', 'one')"
+    )
+    enable_capture(conn, ["t"])
+    sql_exec("DROP TYPE mood CASCADE")
+    assert state(conn, "public.t") == ("on", [])
+    tagged(sql_exec, "after", "UPDATE t SET v = 'x'; INSERT INTO t VALUES (2, 'two')")
+    assert sql_exec(
+        "SELECT op::text, nrows FROM _recovery.stmt WHERE tag = 'after' ORDER BY stmt_id"
+    ) == [("U", 1), ("I", 1)]
+    rollback(conn, Selector(tags=("after",)))
+    assert texts(conn, "t") == ["(1,one)"]
+
+
+def test_enum_renames_not_followed_are_applied_in_one_pass(conn, sql_exec):
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('a', 'b'); CREATE TABLE t (id int PRIMARY KEY, m mood);"
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b')"
+    )
+    enable_capture(conn, ["t"])
+    tagged(sql_exec, "bad", "UPDATE t SET m = CASE m WHEN 'a' THEN 'b'::mood ELSE 'a' END")
+    # Two renames while the follower is off, then one DDL it sees: a -> tmp, b -> a.
+    sql_exec(
+        "ALTER EVENT TRIGGER _recovery_follow_types DISABLE;"
+        "ALTER TYPE mood RENAME VALUE 'a' TO 'tmp'; ALTER TYPE mood RENAME VALUE 'b' TO 'a';"
+        "ALTER EVENT TRIGGER _recovery_follow_types ENABLE ALWAYS;"
+        "ALTER TYPE mood ADD VALUE 'c'"
+    )
+    rollback(conn, Selector(tags=("bad",)))
+    assert texts(conn, "t") == ["(1,tmp)", "(2,a)"]
+
+
+def test_init_converts_the_journal_of_a_disabled_table(conn, sql_exec):
+    sql_exec(
+        "CREATE TYPE mood AS ENUM ('calm', 'angry');"
+        "CREATE TABLE u (id int PRIMARY KEY, m mood); INSERT INTO u VALUES (1, 'calm')"
+    )
+    enable_capture(conn, ["u"])
+    tagged(sql_exec, "bad", "UPDATE u SET m = 'angry'")
+    disable_capture(conn, ["u"])
+    sql_exec(
+        "ALTER TABLE _recovery.j_1 ALTER COLUMN c2 TYPE mood USING c2::mood;"
+        "UPDATE _recovery.columns SET type_name = 'mood' WHERE jcol = 'c2';"
+        "UPDATE _recovery.meta SET value = '3' WHERE key = 'schema_version'"
+    )
+    init(conn)
+    assert sql_exec(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = '_recovery.j_1'::regclass AND attname = 'c2'"
+    ) == [("text",)]
+    sql_exec("ALTER TABLE u DROP COLUMN m; DROP TYPE mood")  # not blocked by the journal

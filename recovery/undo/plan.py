@@ -10,6 +10,8 @@ from psycopg import sql
 
 from .. import approval as ap
 from ..capture.tableinfo import TableInfo, load
+from ..capture.triggers import inheritance_problem
+from ..errors import RecoveryError
 from ..selector import Selector
 from .report import RollbackReport
 from .run import Run
@@ -85,6 +87,13 @@ def build_plan(
     conn, schema = r.conn, r.schema
     r.begin_tx()
     infos = [load(conn, schema, tid) for tid, *_ in matching]
+    for t in infos:
+        # A table that gained legacy inheritance children (or a parent) since capture
+        # began: rows written through the parent are in its journal without the table
+        # they live in, and would be put back in the wrong one.
+        problem = inheritance_problem(conn, t.relid, t.label)
+        if problem:
+            raise RecoveryError(f"cannot undo the changes of {problem}")
     r.tables = fk_order(conn, infos)
     changes = {tid: n for tid, _lo, _hi, n in matching}
     _analyze_journal(conn, schema, [t.table_id for t in r.tables])
