@@ -419,6 +419,32 @@ BEGIN
 END
 $fn$;
 
+-- Rebuild the capture of table tid after a DDL (tag: its command tag), for the event
+-- triggers.  Capture never makes the application's DDL fail: if the rebuild does (a
+-- privilege, a limit), it is undone alone (the block is a subtransaction), the table
+-- is marked stopped with the reason, its capture function skips capture from now on
+-- (its shape check no longer matches), and `capture status` says so until `capture
+-- enable` again.
+CREATE OR REPLACE FUNCTION {s}._follow(tid int, tag text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    BEGIN
+        PERFORM {s}.build_capture(tid);
+        INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
+        VALUES (tid, 'ddl', 'capture rebuilt after ' || tag,
+                (SELECT last_value FROM {s}.stmt_seq));
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE {s}.captured
+        SET stopped = format('capture could not follow %s (%s): run `recovery capture enable` again',
+                             tag, SQLERRM)
+        WHERE table_id = tid;
+        INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
+        VALUES (tid, 'ddl', 'capture stopped after ' || tag || ': ' || SQLERRM,
+                (SELECT last_value FROM {s}.stmt_seq));
+    END;
+END
+$fn$;
+
 -- Event trigger body: after DDL on a captured table (or on a partition of one),
 -- rebuild its capture so that it follows the new shape.
 CREATE OR REPLACE FUNCTION {s}.on_ddl() RETURNS event_trigger
@@ -438,25 +464,7 @@ BEGIN
             WHERE c.enabled AND (c.relid = r.objid
                   OR c.relid IN (SELECT relid FROM pg_partition_ancestors(r.objid)))
         LOOP
-            -- Capture never makes the application's DDL fail: if the rebuild does
-            -- (a privilege, a limit), it is undone alone (the block is a
-            -- subtransaction), the table is marked stopped with the reason, its
-            -- capture function skips capture from now on (its shape check no longer
-            -- matches), and `capture status` says so until `capture enable` again.
-            BEGIN
-                PERFORM {s}.build_capture(t.table_id);
-                INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
-                VALUES (t.table_id, 'ddl', 'capture rebuilt after ' || tg_tag,
-                        (SELECT last_value FROM {s}.stmt_seq));
-            EXCEPTION WHEN OTHERS THEN
-                UPDATE {s}.captured
-                SET stopped = format('capture could not follow %s (%s): run `recovery capture enable` again',
-                                     tg_tag, SQLERRM)
-                WHERE table_id = t.table_id;
-                INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
-                VALUES (t.table_id, 'ddl', 'capture stopped after ' || tg_tag || ': ' || SQLERRM,
-                        (SELECT last_value FROM {s}.stmt_seq));
-            END;
+            PERFORM {s}._follow(t.table_id, tg_tag);
         END LOOP;
     END LOOP;
 END
@@ -480,17 +488,7 @@ BEGIN
              OR c.relid IN (SELECT relid FROM pg_partition_ancestors(d.objid)))
         WHERE d.object_type = 'table column' AND d.classid = 'pg_class'::regclass
     LOOP
-        BEGIN
-            PERFORM {s}.build_capture(t.table_id);
-            INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm)
-            VALUES (t.table_id, 'ddl', 'capture rebuilt after ' || tg_tag || ' dropped a column',
-                    (SELECT last_value FROM {s}.stmt_seq));
-        EXCEPTION WHEN OTHERS THEN
-            UPDATE {s}.captured
-            SET stopped = format('capture could not follow %s (%s): run `recovery capture enable` again',
-                                 tg_tag, SQLERRM)
-            WHERE table_id = t.table_id;
-        END;
+        PERFORM {s}._follow(t.table_id, tg_tag);
     END LOOP;
 END
 $fn$;
