@@ -241,6 +241,27 @@ APPROVAL_HELP = (
 )
 
 
+def apply_options(f: F) -> F:
+    """The options of every command that writes rows back (rollback, restore)."""
+    options = [
+        click.option(
+            "--lock-timeout",
+            default="5s",
+            show_default=True,
+            help="Give up (nothing changed) when rows stay locked longer than this.",
+        ),
+        click.option(
+            "--fire-triggers",
+            is_flag=True,
+            help="Let the tables' own triggers fire on restored rows (default: suspended).",
+        ),
+        click.option("--approval", type=int, metavar="REQ", help=APPROVAL_HELP),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
 @contextmanager
 def open_conn(c: Ctx) -> Iterator[psycopg.Connection]:
     """The command's connection, its own: what is left open is committed when the command

@@ -14,7 +14,7 @@ from ..restore import restore as restore_fn
 from ..snapshot import sqlscope
 from ..snapshot import stores as snap
 from . import render
-from .common import APPROVAL_HELP, Ctx, command, confirm, open_conn
+from .common import Ctx, apply_options, command, confirm, open_conn
 
 
 @click.group("snapshot")
@@ -216,18 +216,7 @@ def snapshot_drop(c: Ctx, name: str, store: str | None) -> None:
     is_flag=True,
     help="Also delete rows added since the snapshot inside its WHERE (default: kept and reported).",
 )
-@click.option(
-    "--lock-timeout",
-    default="5s",
-    show_default=True,
-    help="Give up (nothing changed) when rows stay locked longer than this.",
-)
-@click.option(
-    "--fire-triggers",
-    is_flag=True,
-    help="Let the tables' own triggers fire on restored rows (default: suspended).",
-)
-@click.option("--approval", type=int, metavar="REQ", help=APPROVAL_HELP)
+@apply_options
 def restore_cmd(
     c: Ctx,
     snapshot: str,

@@ -11,7 +11,7 @@ from ..errors import RecoveryError
 from ..undo.engine import resume_rollback
 from ..undo.engine import rollback as rollback_fn
 from . import render
-from .common import APPROVAL_HELP, Ctx, command, confirm, make_selector, open_conn, selector_options
+from .common import Ctx, apply_options, command, confirm, make_selector, open_conn, selector_options
 
 
 @command("rollback")
@@ -39,18 +39,7 @@ from .common import APPROVAL_HELP, Ctx, command, confirm, make_selector, open_co
     metavar="OP",
     help="Continue batched undo operation OP after an interruption.",
 )
-@click.option(
-    "--lock-timeout",
-    default="5s",
-    show_default=True,
-    help="Give up (nothing changed) when rows stay locked longer than this.",
-)
-@click.option(
-    "--fire-triggers",
-    is_flag=True,
-    help="Let the tables' own triggers fire on restored rows (default: suspended).",
-)
-@click.option("--approval", type=int, metavar="REQ", help=APPROVAL_HELP)
+@apply_options
 def rollback_cmd(
     c: Ctx,
     on_conflict: str,
