@@ -419,6 +419,15 @@ BEGIN
 END
 $fn$;
 
+-- The enabled captures a relation belongs to: its own, or that of a partitioned
+-- table it is a partition of (for the event triggers).
+CREATE OR REPLACE FUNCTION {s}._captured_of(rel oid) RETURNS TABLE (table_id int)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.table_id FROM {s}.captured c
+    WHERE c.enabled AND (c.relid = rel
+          OR c.relid IN (SELECT relid FROM pg_partition_ancestors(rel)))
+$$;
+
 -- Rebuild the capture of table tid after a DDL (tag: its command tag), for the event
 -- triggers.  Capture never makes the application's DDL fail: if the rebuild does (a
 -- privilege, a limit), it is undone alone (the block is a subtransaction), the table
@@ -459,11 +468,7 @@ BEGIN
     FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
              WHERE classid = 'pg_class'::regclass AND objid IS NOT NULL
     LOOP
-        FOR t IN
-            SELECT c.table_id FROM {s}.captured c
-            WHERE c.enabled AND (c.relid = r.objid
-                  OR c.relid IN (SELECT relid FROM pg_partition_ancestors(r.objid)))
-        LOOP
+        FOR t IN SELECT table_id FROM {s}._captured_of(r.objid) LOOP
             PERFORM {s}._follow(t.table_id, tg_tag);
         END LOOP;
     END LOOP;
@@ -483,9 +488,8 @@ BEGIN
         RETURN;
     END IF;
     FOR t IN
-        SELECT DISTINCT c.table_id FROM pg_event_trigger_dropped_objects() d
-        JOIN {s}.captured c ON c.enabled AND (c.relid = d.objid
-             OR c.relid IN (SELECT relid FROM pg_partition_ancestors(d.objid)))
+        SELECT DISTINCT c.table_id FROM pg_event_trigger_dropped_objects() d,
+             LATERAL {s}._captured_of(d.objid) c
         WHERE d.object_type = 'table column' AND d.classid = 'pg_class'::regclass
     LOOP
         PERFORM {s}._follow(t.table_id, tg_tag);
