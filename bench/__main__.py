@@ -181,7 +181,7 @@ class Bench:
             figures["delete_capture"].append(self.timed(c, "DELETE FROM cap_t"))
             figures["insert_plain"].append(self.timed(c, FILL_SQL.format(t="plain_t", n=n)))
             figures["insert_capture"].append(self.timed(c, FILL_SQL.format(t="cap_t", n=n)))
-            self.cli("capture", "disable", "cap_t")
+            self.cli("capture", "disable", "cap_t", "--yes")
             c.execute("DROP TABLE cap_t")
             self.fresh(c, "classic_t")
             c.execute(CLASSIC_TRIGGER)
@@ -320,7 +320,7 @@ class Bench:
             )[1]
             rss["restore (directory)"][size] = self.cli("restore", "mem", "--store", str(store))[1]
             self.cli("snapshot", "drop", f"mem-{size}")
-            self.cli("capture", "disable", "mem_t")
+            self.cli("capture", "disable", "mem_t", "--yes")
         shutil.rmtree(store, ignore_errors=True)
         c.execute("DROP TABLE IF EXISTS mem_t")
         self.results["memory"] = {
@@ -396,7 +396,7 @@ class Bench:
                 c.execute(f"UPDATE size_t SET a = -a WHERE id % {step} = 0")
                 c.execute("RESET recovery.tag")
                 secs[size].append(self.cli("rollback", "--tag", tag)[0])
-                self.cli("capture", "disable", "size_t")
+                self.cli("capture", "disable", "size_t", "--yes")
                 c.execute("DROP TABLE size_t")
         self.results["damage_not_size"] = {
             "damaged": damaged,
@@ -820,7 +820,7 @@ class Bench:
                 tps[mode].append(float(m.group(1)))
                 wal[mode].append(float(w))
                 if mode == "capture":
-                    self.cli("capture", "disable", *tables)
+                    self.cli("capture", "disable", *tables, "--yes")
                 if mode == "noop":
                     for t in tables:
                         for i in range(len(NOOP_TRIGGERS)):

@@ -14,6 +14,8 @@ from psycopg import sql
 from .errors import RecoveryError
 
 DEFAULT_SCHEMA = "_recovery"
+# Seconds to wait for a server to answer a new connection (libpq's connect_timeout).
+CONNECT_TIMEOUT = 10
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 
@@ -63,10 +65,25 @@ def check_schema_name(name: str) -> str:
 def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
     """Open a psycopg connection with the settings recovery relies on."""
     real = resolve_url(url)
+    extra: dict[str, Any] = {}
     try:
-        conn = psycopg.connect(real, autocommit=autocommit, application_name="recovery")
+        given = psycopg.conninfo.conninfo_to_dict(real)
+    except psycopg.ProgrammingError:
+        given = {}  # reported below, by connect itself
+    # A server that accepts the connection and never answers must not hang a command
+    # (on call, a hang is worse than an error): wait CONNECT_TIMEOUT seconds unless
+    # the URL (connect_timeout=) or the environment (PGCONNECT_TIMEOUT) says otherwise.
+    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        extra["connect_timeout"] = CONNECT_TIMEOUT
+    try:
+        conn = psycopg.connect(real, autocommit=autocommit, application_name="recovery", **extra)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        if "timeout" in first.lower():
+            first += (
+                " (no answer from the server in time: check the host and port, or wait"
+                " longer with connect_timeout=N in the URL or PGCONNECT_TIMEOUT)"
+            )
         raise RecoveryError(
             _redact_all(f"cannot reach the database at {real}: {first}", real)
         ) from None

@@ -53,7 +53,7 @@ def test_enable_keeps_tables_before_a_name_that_needs_quotes(conn, sql_exec, cli
     for t in ("a", '"Mixed Table"', "b"):
         assert capture_triggers(sql_exec, t) == 5  # before, insert, update, delete, truncate
 
-    out = cli("capture", "disable", "a", "Mixed Table")
+    out = cli("capture", "disable", "a", "Mixed Table", "--yes")
     assert out.exit_code == 0, out.output
     assert captured_names(sql_exec) == ["public.b"]
     assert capture_triggers(sql_exec, "a") == capture_triggers(sql_exec, '"Mixed Table"') == 0

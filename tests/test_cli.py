@@ -319,7 +319,7 @@ def test_capture_enable_without_privilege(
     url = url_as(db_url, stranger)
     for args in (
         ("capture", "enable", "fresh"),
-        ("capture", "disable", "items"),
+        ("capture", "disable", "items", "--yes"),
         ("capture", "enable", "--all"),
     ):
         res = run_as(url, *args)
@@ -581,7 +581,7 @@ def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-u
     assert json.loads(cli("changes", "--tag", "after-fix", "--json").stdout)["rows"] == 1
 
     # Disabled: off, history kept.
-    assert cli("capture", "disable", "orders").exit_code == 0
+    assert cli("capture", "disable", "orders", "--yes").exit_code == 0
     doc = json.loads(cli("capture", "status", "--json").stdout)
     orders = next(s for s in doc if s["table"] == "public.orders")
     assert (orders["state"], orders["enabled"]) == ("off", False)
@@ -748,7 +748,7 @@ def test_prune_drops_old_chunks(cli, conn, db_url, shop):  # type: ignore[no-unt
     assert len(journal(conn)) == 2
     # orders is not captured while prune runs: its old chunk goes too, and capture
     # resumes in the new one when it is enabled again.
-    assert cli("capture", "disable", "orders").exit_code == 0
+    assert cli("capture", "disable", "orders", "--yes").exit_code == 0
 
     res = cli("prune", "--older-than", "0s", "--yes", "--json")
     assert res.exit_code == 0, res.output

@@ -662,7 +662,7 @@ def round_trip(url: str, conn: psycopg.Connection, case: Case, via: str, store_d
             assert state(conn, case.schema, case.table) == before
 
             if via == "cli":
-                run_cli(url, "capture", "disable", name)
+                run_cli(url, "capture", "disable", name, "--yes")
             else:
                 assert disable_capture(conn, [name]) == [label]
             assert state(conn, case.schema, case.table) == before
@@ -811,7 +811,7 @@ def test_cli_names_needing_quotes_after_plain_ones(cli, conn, sql_exec, names):
     assert triggers(conn, "public", "a") == CAPTURE_TRIGGERS
     assert triggers(conn, "public", "Mixed Table") == CAPTURE_TRIGGERS
 
-    ok("capture", "disable", *names)
+    ok("capture", "disable", *names, "--yes")
     assert sorted(captured(conn)) == [("public", "Mixed Table", False), ("public", "a", False)]
     assert triggers(conn, "public", "a") == triggers(conn, "public", "Mixed Table") == []
 

@@ -7,7 +7,7 @@ import click
 from ..capture import triggers as capture_mod
 from ..errors import RecoveryError
 from . import render
-from .common import Ctx, command, open_conn
+from .common import Ctx, command, confirm, open_conn
 
 
 @click.group("capture")
@@ -65,9 +65,19 @@ def capture_enable(
 @click.argument("tables", nargs=-1)
 @click.option("--all", "all_tables", is_flag=True, help="Every captured table.")
 def capture_disable(c: Ctx, tables: tuple[str, ...], all_tables: bool) -> None:
-    """Stop capturing on TABLES; what was captured is kept."""
+    """Stop capturing on TABLES; what was captured is kept.
+
+    Asks first (or needs --yes): a change made while capture is off cannot be undone.
+    """
     if bool(tables) == all_tables:
         raise RecoveryError("name the tables, or pass --all")
+    # Turning protection off is a change like any other: it asks, and without a
+    # terminal it refuses unless --yes says so.
+    confirm(
+        c,
+        f"Stop capturing {'every captured table' if all_tables else ', '.join(tables)}? "
+        "Changes made while capture is off cannot be undone.",
+    )
     with open_conn(c) as conn:
         done = capture_mod.disable(conn, None if all_tables else list(tables), schema=c.schema)
     if c.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -241,6 +242,24 @@ APPROVAL_HELP = (
 )
 
 
+# A PostgreSQL time setting as lock_timeout accepts it: a number, optionally with a
+# unit (milliseconds without one).  Checked before anything connects, so that a typo
+# is one line naming the option, not the server's "invalid value for parameter".
+_DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
+
+
+def check_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback: accept a PostgreSQL duration (5s, 500ms, 2min, 1h; plain = ms)."""
+    if value is not None and not _DURATION.match(value):
+        raise click.BadParameter(
+            f"{value!r} is not a duration: use a number with a unit, such as 5s, 500ms, "
+            "2min or 1h (0 waits forever)",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 def apply_options(f: F) -> F:
     """The options of every command that writes rows back (rollback, restore)."""
     options = [
@@ -248,6 +267,7 @@ def apply_options(f: F) -> F:
             "--lock-timeout",
             default="5s",
             show_default=True,
+            callback=check_duration,
             help="Give up (nothing changed) when rows stay locked longer than this.",
         ),
         click.option(

@@ -27,7 +27,13 @@ def changes_cmd(c: Ctx, **kw: Any) -> None:
 
 @command("diff")
 @selector_options
-@click.option("--limit", default=20, show_default=True, help="Rows shown per table.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Rows shown per table.",
+)
 def diff_cmd(c: Ctx, limit: int, **kw: Any) -> None:
     """Show changed rows with column-level before/after values."""
     sel = make_selector(kw)

@@ -129,7 +129,13 @@ def guard_cmd(
 
 
 @command("operations")
-@click.option("--limit", default=50, show_default=True, help="How many, newest first.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many, newest first.",
+)
 def operations_cmd(c: Ctx, limit: int) -> None:
     """List recorded operations: who, when, what, status."""
     with open_conn(c) as conn:

@@ -52,7 +52,13 @@ def _runbook_result(c: Ctx, res: Any) -> None:
     help="Directory of runbook files (*.yaml).",
 )
 @click.option("--runs", is_flag=True, help="List recent runs recorded in the database instead.")
-@click.option("--limit", default=20, show_default=True, help="With --runs: how many, newest first.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="With --runs: how many, newest first.",
+)
 def runbook_list(c: Ctx, directory: str, runs: bool, limit: int) -> None:
     """List runbooks (name, description, parameters), or recent runs with --runs."""
 

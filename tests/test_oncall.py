@@ -1,0 +1,146 @@
+"""On-call safety (issue 16): no hang on a silent server, no silent switch-off of capture,
+and option values checked before anything connects or changes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from recovery import db as db_mod
+from recovery.cli import main
+from tests.conftest import rows
+from tests.test_cli import assert_error
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def test_silent_server_times_out_instead_of_hanging(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.setattr(db_mod, "CONNECT_TIMEOUT", 1)  # the default (10 s), shortened
+    url = f"postgresql://postgres@127.0.0.1:{silent_server}/postgres"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(main, ["--db", url, "changes"], catch_exceptions=False)
+    elapsed = time.monotonic() - t0
+    line = assert_error(res, "cannot reach the database", "timeout", "connect_timeout")
+    assert f"127.0.0.1:{silent_server}" in line
+    assert elapsed < 6, elapsed
+
+
+def test_url_connect_timeout_wins(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.setattr(db_mod, "CONNECT_TIMEOUT", 60)  # would hang the test if used
+    url = f"postgresql://postgres@127.0.0.1:{silent_server}/postgres?connect_timeout=1"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(main, ["--db", url, "changes"], catch_exceptions=False)
+    assert_error(res, "timeout")
+    assert time.monotonic() - t0 < 6
+
+
+def _setup(conn: psycopg.Connection, cli) -> None:  # type: ignore[no-untyped-def]
+    conn.execute("CREATE TABLE acc (id int PRIMARY KEY, bal int NOT NULL)")
+    conn.execute("INSERT INTO acc SELECT g, 100 FROM generate_series(1, 5) g")
+    conn.commit()
+    assert cli("capture", "enable", "acc").exit_code == 0
+
+
+def _capture_state(conn: psycopg.Connection) -> list[tuple]:  # type: ignore[type-arg]
+    conn.rollback()
+    out = conn.execute(
+        "SELECT c.table_name, c.enabled, (SELECT count(*) FROM pg_trigger t"
+        " WHERE t.tgrelid = c.relid AND t.tgname LIKE '\\_recovery\\_capture\\_%')"
+        " FROM _recovery.captured c ORDER BY 1"
+    ).fetchall()
+    conn.rollback()
+    return out
+
+
+def test_capture_disable_asks_and_refuses_without_a_terminal(conn, cli) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    before = _capture_state(conn)
+    assert before == [("acc", True, 5)]
+    for args in (("capture", "disable", "acc"), ("capture", "disable", "--all")):
+        res = cli(*args)
+        assert_error(res, "refusing to change data without --yes")
+        assert res.stdout == ""
+        assert _capture_state(conn) == before
+    # Asked on a terminal and answered no: nothing changes either (CliRunner's input is
+    # not a terminal, so the refusal above is what a script sees; --yes is the way).
+    res = cli("capture", "disable", "acc", "--yes")
+    assert res.exit_code == 0 and res.stdout == "stopped capturing public.acc\n"
+    assert _capture_state(conn) == [("acc", False, 0)]
+
+
+@pytest.mark.parametrize("value", ["banana", "5 seconds", "-1s", "1.5.2s", ""])
+def test_lock_timeout_is_checked_before_anything_runs(conn, cli, value: str) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'bad'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    before = rows(conn, "acc")
+    ops = conn.execute("SELECT count(*) FROM _recovery.operations").fetchone()
+    conn.rollback()
+    for cmd in (("rollback", "--tag", "bad", "--yes"), ("rollback", "--tag", "bad", "--dry-run")):
+        res = cli(*cmd, "--lock-timeout", value)
+        assert_error(res, "--lock-timeout", "is not a duration", "5s")
+    assert rows(conn, "acc") == before
+    assert conn.execute("SELECT count(*) FROM _recovery.operations").fetchone() == ops
+    conn.rollback()
+
+
+@pytest.mark.parametrize("value", ["500ms", "2s", "1min", "1000", "0"])
+def test_lock_timeout_accepts_postgresql_durations(conn, cli, value: str) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'bad'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    res = cli("rollback", "--tag", "bad", "--yes", "--lock-timeout", value)
+    assert res.exit_code == 0, res.output
+    assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("diff", "--tag", "x", "--limit", "-1"),
+        ("operations", "--limit", "-5"),
+        ("runbook", "list", "--runs", "--limit", "-1"),
+    ],
+)
+def test_negative_limits_name_the_option(cli, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    res = cli(*args)
+    assert_error(res, "--limit", "x>=0")
