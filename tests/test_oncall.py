@@ -3,6 +3,7 @@ and option values checked before anything connects or changes."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -144,3 +145,17 @@ def test_lock_timeout_accepts_postgresql_durations(conn, cli, value: str) -> Non
 def test_negative_limits_name_the_option(cli, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
     res = cli(*args)
     assert_error(res, "--limit", "x>=0")
+
+
+def test_json_errors_print_a_document_on_stdout(conn, cli, silent_server: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    res = cli("changes", "--tag", "nope", "--json")
+    line = assert_error(res, "no captured change has tag 'nope'")
+    assert json.loads(res.stdout) == {"error": line[len("error: ") :], "exit_code": 1}
+    # Before any database answers, too.
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.setattr(db_mod, "CONNECT_TIMEOUT", 1)
+    url = f"postgresql://postgres@127.0.0.1:{silent_server}/postgres"
+    res = CliRunner().invoke(main, ["--db", url, "--json", "changes"], catch_exceptions=False)
+    line = assert_error(res, "timeout")
+    assert json.loads(res.stdout) == {"error": line[len("error: ") :], "exit_code": 1}

@@ -73,6 +73,7 @@ class Ctx:
     def __init__(self) -> None:
         self.db: str | None = None
         self.json = False
+        self.emitted = False  # a JSON document was printed on stdout
         self.quiet = False
         self.yes = False
         self.schema = DEFAULT_SCHEMA
@@ -84,6 +85,7 @@ class Ctx:
 
     def emit(self, doc: Any) -> None:
         click.echo(json.dumps(doc, indent=2, default=str))
+        self.emitted = True
 
 
 def global_options(f: F) -> F:
@@ -142,6 +144,16 @@ def merge(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
     return c
 
 
+def _fail(ctx: click.Context, c: Ctx, message: str, code: int) -> None:
+    """End a command with an error: one line on stderr and the exit code; with --json,
+    also a JSON document on stdout ({"error": ..., "exit_code": ...}), so that a script
+    reading stdout always gets one document."""
+    if c.json and not c.emitted:  # a command that printed its own document keeps it
+        c.emit({"error": message, "exit_code": code})
+    click.echo(f"error: {message}", err=True)
+    ctx.exit(code)
+
+
 def command(
     name: str, group: click.Group | None = None, **attrs: Any
 ) -> Callable[[Callable[..., Any]], click.Command]:
@@ -173,23 +185,22 @@ def command(
             except RecoveryError as exc:
                 if c.traceback:
                     traceback.print_exc()
-                click.echo(f"error: {exc}", err=True)
-                ctx.exit(exc.exit_code)
+                _fail(ctx, c, str(exc), exc.exit_code)
             except psycopg.errors.InsufficientPrivilege as exc:
                 if c.traceback:
                     traceback.print_exc()
-                click.echo(
-                    f"error: permission denied: {exc.diag.message_primary}; "
+                _fail(
+                    ctx,
+                    c,
+                    f"permission denied: {exc.diag.message_primary}; "
                     "run as a role with the needed privileges",
-                    err=True,
+                    1,
                 )
-                ctx.exit(1)
             except psycopg.Error as exc:
                 if c.traceback:
                     traceback.print_exc()
                 first = (str(exc).strip().splitlines() or ["database error"])[0]
-                click.echo(f"error: database error: {first}", err=True)
-                ctx.exit(1)
+                _fail(ctx, c, f"database error: {first}", 1)
 
         wrapper = global_options(wrapper)
         cmd = click.command(name, cls=click.Command, **attrs)(wrapper)
