@@ -161,3 +161,43 @@ def scalar(
     if row is None:
         raise RecoveryError(f"internal: no row from {query!r}")
     return row[0]
+
+
+def lock_holders(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA, limit: int = 3) -> str:
+    """Who holds locks that an undo or restore may be waiting for, as text for an error
+    message ("" when nobody, or when it cannot be read).
+
+    Other sessions holding a lock stronger than a plain read on an application table (a
+    transaction that wrote rows holds RowExclusiveLock on the table until it ends; SELECT
+    ... FOR UPDATE holds RowShareLock), with pid, user, application, state and since when,
+    and the start of their current or last query: what an on-call engineer needs to find
+    the blocking session and end it (pg_terminate_backend) or wait for it.
+    """
+    try:
+        with conn.transaction():
+            found = conn.execute(
+                "SELECT a.pid, a.usename, coalesce(nullif(a.application_name, ''), '-'),"
+                " coalesce(a.state, '?'), to_char(coalesce(a.xact_start, a.query_start),"
+                " 'YYYY-MM-DD\"T\"HH24:MI:SSOF'), left(regexp_replace(coalesce(a.query, ''),"
+                " '\\s+', ' ', 'g'), 60), count(*) OVER ()"
+                " FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
+                "  SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+                "  WHERE l.granted AND l.mode <> 'AccessShareLock' AND l.database = "
+                "   (SELECT oid FROM pg_database WHERE datname = current_database())"
+                "  AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)"
+                "  AND n.nspname NOT LIKE 'pg\\_%%')"
+                " ORDER BY a.xact_start NULLS LAST, a.pid LIMIT %s",
+                [schema, limit],
+            ).fetchall()
+    except psycopg.Error:
+        return ""
+    if not found:
+        return ""
+    parts = [
+        f"pid {pid} (user {user}, application {app}, {state} since {since}: {query!r})"
+        for pid, user, app, state, since, query, _ in found
+    ]
+    more = int(found[0][6]) - len(found)
+    tail = f" and {more} more" if more > 0 else ""
+    return "; held by " + ", ".join(parts) + tail

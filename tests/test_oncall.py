@@ -159,3 +159,27 @@ def test_json_errors_print_a_document_on_stdout(conn, cli, silent_server: int, m
     res = CliRunner().invoke(main, ["--db", url, "--json", "changes"], catch_exceptions=False)
     line = assert_error(res, "timeout")
     assert json.loads(res.stdout) == {"error": line[len("error: ") :], "exit_code": 1}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_lock_timeout_names_the_blocking_session(conn, cli, batched: bool) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'bad'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    blocker = psycopg.connect(
+        conn.info.dsn, password=conn.info.password, application_name="night-batch"
+    )
+    try:
+        blocker.execute("UPDATE acc SET bal = 7 WHERE id = 1")  # held, not committed
+        pid = blocker.info.backend_pid
+        args = ["rollback", "--tag", "bad", "--yes", "--lock-timeout", "300ms"]
+        if batched:
+            args += ["--batch-size", "1"]
+        res = cli(*args)
+        line = assert_error(res, "lock_timeout 300ms", f"held by pid {pid}", "night-batch")
+        assert "idle in transaction since" in line and "UPDATE acc SET bal = 7" in line
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert rows(conn, "acc") == [(1, 0), (2, 0), (3, 100), (4, 100), (5, 100)]

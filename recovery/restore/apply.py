@@ -18,7 +18,7 @@ from psycopg import sql
 from .. import approval as ap
 from .. import operations
 from ..capture.tableinfo import TableInfo
-from ..db import DEFAULT_SCHEMA
+from ..db import DEFAULT_SCHEMA, lock_holders
 from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from ..operations import record_end, record_start
 from ..schema import installed_version
@@ -110,6 +110,7 @@ def restore(
         raise RecoveryError(
             f"rows or tables to restore are locked by another transaction beyond lock_timeout "
             f"{lock_timeout}: nothing was restored; retry, or raise --lock-timeout"
+            f"{lock_holders(conn, schema)}"
         ) from None
     except BaseException as exc:
         _fail(conn, schema, op_id, report, first_line(exc), started)

@@ -7,7 +7,7 @@ import psycopg
 
 from .. import operations
 from ..capture.tableinfo import TableInfo
-from ..db import scalar
+from ..db import lock_holders, scalar
 from ..errors import ConflictError, RecoveryError, first_line
 from .record import finish, record_end, set_status
 from .report import RollbackReport, TableResult
@@ -104,6 +104,7 @@ def run_batches(r: Run, report: RollbackReport, batch_size: int, started: float)
         raise RecoveryError(
             f"a batch waited beyond lock_timeout {r.lock_timeout}: {report.batches} batch(es) "
             f"committed; resume with `recovery rollback --resume {r.op_id}`"
+            f"{lock_holders(conn, r.schema)}"
         ) from None
     except BaseException as exc:
         record_end(conn, r.schema, r.op_id, "stopped", report, first_line(exc))

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from .. import approval as ap
 from .. import operations
 from ..capture.tableinfo import load
-from ..db import DEFAULT_SCHEMA, scalar
+from ..db import DEFAULT_SCHEMA, lock_holders, scalar
 from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from ..schema import require_schema
 from ..selector import Selector, where_clause
@@ -136,6 +136,7 @@ def rollback(
         raise RecoveryError(
             f"rows or tables to undo are locked by another transaction beyond lock_timeout "
             f"{lock_timeout}: nothing was undone; retry, or raise --lock-timeout"
+            f"{lock_holders(conn, schema)}"
         ) from None
     except BaseException as exc:
         if op_id is not None:
