@@ -6,6 +6,8 @@ from __future__ import annotations
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message (its class name when it has none): for
     one-line errors and for the records of failed operations."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C): the transaction in progress was rolled back"
     return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 

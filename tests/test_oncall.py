@@ -4,7 +4,11 @@ and option values checked before anything connects or changes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -183,3 +187,68 @@ def test_lock_timeout_names_the_blocking_session(conn, cli, batched: bool) -> No
         blocker.rollback()
         blocker.close()
     assert rows(conn, "acc") == [(1, 0), (2, 0), (3, 100), (4, 100), (5, 100)]
+
+
+def test_ctrl_c_during_an_undo_says_nothing_changed(conn, cli, db_url) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'bad'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    blocker = psycopg.connect(conn.info.dsn, password=conn.info.password)
+    blocker.execute("UPDATE acc SET bal = 7 WHERE id = 2")  # the undo waits for it
+    env = {k: v for k, v in os.environ.items() if k not in ("RECOVERY_DB_URL", "PGOPTIONS")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from recovery.cli import main; main()",
+            "rollback",
+            "--tag",
+            "bad",
+            "--yes",
+            "--lock-timeout",
+            "0",
+            "--db",
+            db_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'recovery'"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone()
+            conn.rollback()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the undo never waited for the lock")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        blocker.rollback()
+        blocker.close()
+    assert proc.returncode == 1, (out, err)
+    assert err.strip().splitlines() == [
+        "error: interrupted (Ctrl-C): the transaction in progress was rolled back, so nothing"
+        " of it changed; a batched rollback keeps the batches it committed (`recovery"
+        " operations` shows it, `recovery rollback --resume OP` goes on)"
+    ]
+    assert rows(conn, "acc") == [(1, 0), (2, 0), (3, 100), (4, 100), (5, 100)]
+    rec = conn.execute(
+        "SELECT kind, status, error FROM _recovery.operations ORDER BY op_id DESC LIMIT 1"
+    ).fetchone()
+    conn.rollback()
+    assert rec == (
+        "rollback",
+        "failed",
+        "interrupted (Ctrl-C): the transaction in progress was rolled back",
+    )

@@ -201,6 +201,19 @@ def command(
                     traceback.print_exc()
                 first = (str(exc).strip().splitlines() or ["database error"])[0]
                 _fail(ctx, c, f"database error: {first}", 1)
+            except KeyboardInterrupt:
+                # Ctrl-C: every write runs in a transaction, which the server rolled
+                # back with the interrupted statement; say so instead of click's bare
+                # "Aborted!".  A batched undo keeps the batches it committed.
+                _fail(
+                    ctx,
+                    c,
+                    "interrupted (Ctrl-C): the transaction in progress was rolled back, "
+                    "so nothing of it changed; a batched rollback keeps the batches it "
+                    "committed (`recovery operations` shows it, `recovery rollback "
+                    "--resume OP` goes on)",
+                    1,
+                )
 
         wrapper = global_options(wrapper)
         cmd = click.command(name, cls=click.Command, **attrs)(wrapper)
