@@ -60,11 +60,65 @@ def hold(conn: psycopg.Connection, op_id: int | None) -> bool:
 
 
 def release(conn: psycopg.Connection, op_id: int | None) -> None:
-    """Let go of the lock of op_id (session level: outside or inside a transaction)."""
+    """Let go of the lock of op_id (session level: outside or inside a transaction), and
+    of the apply lock (claim_apply) when this session holds it."""
     if op_id is None or conn.closed:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, _key(op_id)])
+        # Only when held: unlocking a lock one does not hold draws a server WARNING.
+        conn.execute(
+            "SELECT pg_advisory_unlock(%s, 0) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND pid = pg_backend_pid() AND classid = %s::bigint::oid AND objid = 0"
+            " AND objsubid = 2 AND granted",
+            [APPLY_CLASS, APPLY_CLASS],
+        )
+
+
+# The apply lock: one undo or restore applying at a time in a database (session level,
+# held from planning to the last batch).  Two people on call pressing the button at once
+# on the same damage must not race each other: the second is told at once who runs what.
+# Coarser than per table on purpose: whether two undos touch the same rows is known only
+# after planning, and two undos running at once on the worst day are better serialised.
+APPLY_CLASS = LOCK_CLASS + 1
+
+
+def claim_apply(conn: psycopg.Connection, schema: str, op_id: int | None) -> None:
+    """Take the apply lock for op_id, or raise RecoveryError naming the operation under way
+    (its id, kind, who started it and when, its session's pid); nothing is changed then."""
+    if op_id is None:
+        return
+    with conn.transaction():
+        got = conn.execute("SELECT pg_try_advisory_lock(%s, 0)", [APPLY_CLASS]).fetchone()
+        if got and got[0]:
+            return
+        other = conn.execute(
+            sql.SQL(
+                "SELECT o.op_id, o.kind, o.requested_by,"
+                " to_char(o.started_at, 'YYYY-MM-DD\"T\"HH24:MI:SSOF'), h.pid"
+                " FROM pg_locks h"
+                " LEFT JOIN pg_locks l ON l.pid = h.pid AND l.locktype = 'advisory'"
+                "  AND l.classid = %s::bigint::oid AND l.objsubid = 2 AND l.granted"
+                " LEFT JOIN {}.operations o ON o.op_id = l.objid::bigint"
+                " WHERE h.locktype = 'advisory' AND h.classid = %s::bigint::oid"
+                " AND h.objid = 0 AND h.objsubid = 2 AND h.granted"
+                " AND h.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " ORDER BY o.op_id DESC NULLS LAST LIMIT 1"
+            ).format(sql.Identifier(schema)),
+            [LOCK_CLASS, APPLY_CLASS],
+        ).fetchone()
+    if other is None or other[0] is None:
+        who = f" (session pid {other[4]})" if other else ""
+        raise RecoveryError(
+            f"another undo or restore is under way in this database{who}: nothing was "
+            "changed; wait for it to finish (`recovery operations`), then run again"
+        )
+    op, kind, user, since, pid = other
+    raise RecoveryError(
+        f"another {kind} is under way in this database: operation {op}, started by {user} "
+        f"at {since} (session pid {pid}); nothing was changed: wait for it to finish "
+        "(`recovery operations`), then run again, and what it put back shows as already done"
+    )
 
 
 @dataclass

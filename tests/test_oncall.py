@@ -252,3 +252,78 @@ def test_ctrl_c_during_an_undo_says_nothing_changed(conn, cli, db_url) -> None: 
         "failed",
         "interrupted (Ctrl-C): the transaction in progress was rolled back",
     )
+
+
+def _wait_for_lock_wait(conn: psycopg.Connection) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'recovery'"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()
+        conn.rollback()
+        if waiting and waiting[0]:
+            return
+        time.sleep(0.1)
+    pytest.fail("the undo never waited for the lock")
+
+
+@pytest.mark.parametrize("second", ["rollback", "restore"])
+def test_a_second_undo_at_the_same_time_is_refused_at_once(conn, cli, db_url, second) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    assert cli("snapshot", "create", "before", "--table", "acc").exit_code == 0
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'dup'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    blocker = psycopg.connect(conn.info.dsn, password=conn.info.password)
+    blocker.execute("UPDATE acc SET bal = bal WHERE id = 2")  # the first undo waits here
+    env = {k: v for k, v in os.environ.items() if k not in ("RECOVERY_DB_URL", "PGOPTIONS")}
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from recovery.cli import main; main()",
+            "rollback",
+            "--tag",
+            "dup",
+            "--yes",
+            "--lock-timeout",
+            "0",
+            "--db",
+            db_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_for_lock_wait(conn)
+        op = conn.execute("SELECT max(op_id) FROM _recovery.operations").fetchone()
+        conn.rollback()
+        assert op is not None
+        t0 = time.monotonic()
+        if second == "rollback":
+            res = cli("rollback", "--tag", "dup", "--yes")
+        else:
+            res = cli("restore", "before", "--yes")
+        assert time.monotonic() - t0 < 5  # at once, not after the first one
+        line = assert_error(
+            res,
+            f"another rollback is under way in this database: operation {op[0]}",
+            "started by postgres",
+            "nothing was changed",
+        )
+        assert "session pid" in line
+        # A dry run plans without applying: it is not refused.
+        assert cli("rollback", "--tag", "dup", "--dry-run").exit_code == 0
+    finally:
+        blocker.rollback()
+        blocker.close()
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, (out, err)
+    assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]
+    # The first one is done, the second was refused: afterwards, nothing is left to do.
+    res = cli("rollback", "--tag", "dup", "--yes")
+    assert res.exit_code == 0, res.output
+    assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]

@@ -82,6 +82,8 @@ def restore(
     report = RestoreReport(op_id, info.name, info.store, "planned", dry_run, [], r.tag)
     try:
         try:
+            if not dry_run:
+                operations.claim_apply(conn, schema, op_id)
             with conn.transaction() as tx:
                 _apply(
                     r,

@@ -109,6 +109,8 @@ def rollback(
     )
     single = batch_size is None and not dry_run
     try:
+        if not dry_run:
+            operations.claim_apply(conn, schema, op_id)
         _plan_and_apply(
             r,
             report,
@@ -318,8 +320,14 @@ def resume_rollback(
             if scalar(conn, "SELECT to_regclass(%s) IS NULL", [f'"{schema}"."{r.net(t)}"'])
         ]
         if missing:
+            operations.release(conn, op_id)
             raise RecoveryError(f"the saved plan of operation {op_id} is gone: cannot resume")
         r.tables = fk_order(conn, infos)
+    try:
+        operations.claim_apply(conn, schema, op_id)
+    except RecoveryError:
+        operations.release(conn, op_id)
+        raise
     results = []
     for t in r.tables:
         saved = next(x for x in summary["tables"] if x["table_id"] == t.table_id)
