@@ -339,7 +339,7 @@ def test_viewer_reads_changes_and_changes_nothing(app_url, db_url, conn, sql_exe
     before = recovery_state(conn)
     for args in (
         ("rollback", "--tag", "deploy-9", "--yes"),
-        ("capture", "disable", "accounts"),
+        ("capture", "disable", "accounts", "--yes"),
         ("capture", "enable", "accounts"),
         ("prune", "--older-than", "0s", "--yes"),
         ("init",),
