@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import DEFAULT_SCHEMA, resolve_table
+from .db import DEFAULT_SCHEMA, resolve_table, scalar
 from .errors import RecoveryError
 from .marks import resolve_time
 
@@ -118,25 +118,40 @@ def table_ids(
     return ids
 
 
+def _require_known(
+    conn: psycopg.Connection, schema: str, column: str, what: str, values: Sequence[str]
+) -> None:
+    """Raise RecoveryError unless every value appears in the statement journal's column."""
+    if not values:
+        return
+    known = conn.execute(
+        sql.SQL("SELECT DISTINCT {c} FROM {s}.stmt WHERE {c} = ANY(%s)").format(
+            c=sql.Identifier(column), s=sql.Identifier(schema)
+        ),
+        [list(values)],
+    ).fetchall()
+    missing = sorted(set(values) - {r[0] for r in known})
+    if missing:
+        raise RecoveryError(
+            f"no captured change has {what} {missing[0]!r}: check the spelling "
+            f"(`recovery changes` lists the {what}s of captured changes)"
+        )
+
+
 def where_clause(
     conn: psycopg.Connection, sel: Selector, schema: str = DEFAULT_SCHEMA, alias: str = "st"
 ) -> sql.Composable:
     """SQL condition over the statement journal (alias `st`) that the selector means."""
     a = sql.Identifier(alias)
     conds: list[sql.Composable] = [sql.SQL("true")]
+    # One rule for "nothing found" (README, Selectors): a tag, user or application that
+    # no captured change has is bad input (a typo, most likely), exit 1; a selector whose
+    # names all exist but whose combination matches nothing is an empty answer, exit 0;
+    # a time window that ends before it starts is bad input.
+    _require_known(conn, schema, "tag", "tag", sel.tags)
+    _require_known(conn, schema, "db_user", "user", sel.users)
+    _require_known(conn, schema, "app", "application", sel.apps)
     if sel.tags:
-        known = conn.execute(
-            sql.SQL("SELECT DISTINCT tag FROM {}.stmt WHERE tag = ANY(%s)").format(
-                sql.Identifier(schema)
-            ),
-            [list(sel.tags)],
-        ).fetchall()
-        missing = sorted(set(sel.tags) - {r[0] for r in known})
-        if missing:
-            raise RecoveryError(
-                f"no captured change has tag {missing[0]!r}: check the spelling "
-                "(`recovery changes` lists the tags)"
-            )
         conds.append(sql.SQL("{}.tag = ANY({})").format(a, sql.Literal(list(sel.tags))))
     if sel.exclude_tags:
         conds.append(
@@ -154,6 +169,13 @@ def where_clause(
     if sel.until:
         until = resolve_time(conn, sel.until, "until", schema)
         conds.append(sql.SQL("{}.at < {}").format(a, sql.Literal(until)))
+        if sel.since and not scalar(
+            conn, "SELECT %s::timestamptz < %s::timestamptz", [since, until]
+        ):
+            raise RecoveryError(
+                f"--since {sel.since} is not before --until {sel.until}: the window is empty; "
+                "swap them"
+            )
     if sel.users:
         conds.append(sql.SQL("{}.db_user = ANY({})").format(a, sql.Literal(list(sel.users))))
     if sel.apps:

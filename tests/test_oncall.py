@@ -327,3 +327,30 @@ def test_a_second_undo_at_the_same_time_is_refused_at_once(conn, cli, db_url, se
     res = cli("rollback", "--tag", "dup", "--yes")
     assert res.exit_code == 0, res.output
     assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]
+
+
+def test_one_rule_for_nothing_found(conn, cli) -> None:  # type: ignore[no-untyped-def]
+    _setup(conn, cli)
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 't1'")
+        app.execute("UPDATE acc SET bal = 1 WHERE id = 1")
+    # A name no captured change has: bad input, exit 1, in every command.
+    for cmd in ("changes", "diff"):
+        for sel, needle in (
+            (("--tag", "nope"), "no captured change has tag 'nope'"),
+            (("--user", "nobody"), "no captured change has user 'nobody'"),
+            (("--app", "no-such-app"), "no captured change has application 'no-such-app'"),
+        ):
+            assert_error(cli(cmd, *sel), needle, what=(cmd, sel))
+    # A window that ends before it starts: bad input.
+    assert_error(
+        cli("changes", "--since", "2026-01-02", "--until", "2026-01-01"),
+        "--since 2026-01-02 is not before --until 2026-01-01",
+    )
+    # Names that exist, in a combination that matches nothing: an empty answer, exit 0.
+    res = cli("changes", "--tag", "t1", "--since", "2099-01-01", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["statements"] == 0
+    res = cli("changes", "--tag", "t1", "--user", "postgres", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["rows"] == 1
+    assert rows(conn, "acc")[0] == (1, 1)

@@ -645,8 +645,10 @@ def test_select_by_app(conn, sql_exec, t):
 def test_selector_errors(conn, sql_exec, t):
     bad(sql_exec, "UPDATE t SET v = 'bad' WHERE id = 1")
     state = snap(conn, "t")
-    with pytest.raises(RecoveryError, match="no captured change matches"):
+    with pytest.raises(RecoveryError, match="no captured change has application 'nobody'"):
         rollback(conn, Selector(apps=("nobody",)))
+    with pytest.raises(RecoveryError, match="no captured change matches"):
+        rollback(conn, Selector(tags=("bad",), since="2099-01-01"))
     with pytest.raises(RecoveryError, match="no captured change has tag 'nope'"):
         rollback(conn, Selector(tags=("nope",)))
     with pytest.raises(RecoveryError, match="no selector"):
