@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from recovery import db as db_mod
 from recovery.cli import main
@@ -354,3 +355,57 @@ def test_one_rule_for_nothing_found(conn, cli) -> None:  # type: ignore[no-untyp
     res = cli("changes", "--tag", "t1", "--user", "postgres", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["rows"] == 1
     assert rows(conn, "acc")[0] == (1, 1)
+
+
+def test_trigger_owner_check_is_in_the_plan(conn, cli, db_url, server_url) -> None:  # type: ignore[no-untyped-def]
+    """A role that may undo but does not own a table with triggers learns it from the dry
+    run, not at apply time after an approval."""
+    with psycopg.connect(server_url, autocommit=True) as a:
+        if not a.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rc_undoer'").fetchone():
+            a.execute("CREATE ROLE rc_undoer LOGIN")
+    _setup(conn, cli)
+    conn.execute(
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
+        " CREATE TRIGGER acc_touch BEFORE UPDATE ON acc FOR EACH ROW EXECUTE FUNCTION touch();"
+        " GRANT ALL ON SCHEMA _recovery TO rc_undoer;"
+        " GRANT ALL ON ALL TABLES IN SCHEMA _recovery TO rc_undoer;"
+        " GRANT ALL ON ALL SEQUENCES IN SCHEMA _recovery TO rc_undoer;"
+        " GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA _recovery TO rc_undoer;"
+        " GRANT SELECT, INSERT, UPDATE, DELETE ON acc TO rc_undoer"
+    )
+    conn.execute(
+        sql.SQL("GRANT TEMPORARY ON DATABASE {} TO rc_undoer").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+    conn.commit()
+    with psycopg.connect(conn.info.dsn, password=conn.info.password) as app:
+        app.execute("SET recovery.tag = 'bad'")
+        app.execute("UPDATE acc SET bal = 0 WHERE id <= 2")
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    info["user"] = "rc_undoer"
+    info.pop("password", None)
+    url = psycopg.conninfo.make_conninfo(**info)
+    before = rows(conn, "acc")
+    for mode in ("--dry-run", "--yes"):
+        res = CliRunner().invoke(
+            main, ["rollback", "--tag", "bad", mode, "--db", url], catch_exceptions=False
+        )
+        assert_error(
+            res,
+            "cannot suspend trigger acc_touch of public.acc",
+            "--fire-triggers",
+            "nothing was changed",
+            what=mode,
+        )
+    assert rows(conn, "acc") == before
+    # --fire-triggers is the way it names, and it works for that role.
+    res = CliRunner().invoke(
+        main,
+        ["rollback", "--tag", "bad", "--yes", "--fire-triggers", "--db", url],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]
+    conn.execute("DROP OWNED BY rc_undoer")
+    conn.commit()

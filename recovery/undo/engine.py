@@ -226,6 +226,7 @@ def _plan_and_apply(
     try:
         with conn.transaction() as tx:
             build_plan(r, report, where, matching, lock=single)
+            r.check_can_suspend()  # before the dry run's answer and any approval
             if dry_run:
                 if sql_out is not None:
                     # --dry-run --sql: also write the statements the undo would apply.

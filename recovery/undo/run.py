@@ -113,6 +113,32 @@ class Run:
             )
 
     # -- the table's own triggers ------------------------------------------------
+    def check_can_suspend(self) -> None:
+        """Raise RecoveryError at planning time when the undo would need to suspend a
+        table's own triggers that this role may not (only the owner can): said by the dry
+        run, before anyone approves a plan that could not be applied."""
+        if self.fire_triggers:
+            return
+        for t in self.tables:
+            res = self.results.get(t.table_id)
+            if res is None or not (res.reinsert or res.restore or res.delete or res.partial):
+                continue
+            row = self.conn.execute(
+                "SELECT tg.tgname FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid "
+                "WHERE tg.tgrelid IN (SELECT %s::oid UNION SELECT relid FROM "
+                "pg_partition_tree(%s)) AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' "
+                "AND tg.tgparentid = 0 AND tg.tgname NOT LIKE %s "
+                "AND NOT pg_has_role(current_user, c.relowner, 'USAGE') "
+                "ORDER BY tg.tgname LIMIT 1",
+                [t.relid, t.relid, self.schema.replace("_", r"\_") + r"\_capture\_%"],
+            ).fetchone()
+            if row is not None:
+                raise RecoveryError(
+                    f"cannot suspend trigger {row[0]} of {t.label} during the undo (must be "
+                    "the table's owner): run as the owner, or pass --fire-triggers to let "
+                    "it fire; nothing was changed"
+                )
+
     def suspend_triggers(self, t: TableInfo) -> None:
         """Disable the table's own triggers for this transaction, so restored rows are exact.
 
