@@ -36,6 +36,15 @@ _URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^/?#\s]*@")
 _KW_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
 
 
+# PASSWORD '...' in SQL (CREATE/ALTER ROLE), up to the closing quote or the end of a cut text.
+_SQL_PASSWORD = re.compile(r"(\bpassword\s+')[^']*('|$)", re.IGNORECASE)
+
+
+def _hide_secrets(query: str) -> str:
+    """A query text with passwords replaced by *** (SQL PASSWORD '...', URLs, keywords)."""
+    return _SQL_PASSWORD.sub(r"\1***\2", redact(query))
+
+
 def redact(text: str) -> str:
     """Return a URL, connection string or message with any password replaced by ***."""
     return _KW_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
@@ -194,8 +203,10 @@ def lock_holders(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA, limit: 
         return ""
     if not found:
         return ""
+    # Another session's query may carry a secret (ALTER ROLE ... PASSWORD '...', a URL).
     parts = [
-        f"pid {pid} (user {user}, application {app}, {state} since {since}: {query!r})"
+        f"pid {pid} (user {user}, application {app}, {state} since {since}: "
+        f"{_hide_secrets(query)!r})"
         for pid, user, app, state, since, query, _ in found
     ]
     more = int(found[0][6]) - len(found)

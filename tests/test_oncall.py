@@ -409,3 +409,21 @@ def test_trigger_owner_check_is_in_the_plan(conn, cli, db_url, server_url) -> No
     assert rows(conn, "acc") == [(i, 100) for i in range(1, 6)]
     conn.execute("DROP OWNED BY rc_undoer")
     conn.commit()
+
+
+def test_blocking_query_text_hides_passwords() -> None:
+    from recovery.db import _hide_secrets
+
+    assert _hide_secrets("ALTER ROLE app PASSWORD 'S3cret' VALID UNTIL 'x'") == (
+        "ALTER ROLE app PASSWORD '***' VALID UNTIL 'x'"
+    )
+    assert (
+        _hide_secrets("CREATE ROLE a LOGIN password 'S3cr") == "CREATE ROLE a LOGIN password '***"
+    )
+    assert _hide_secrets("SELECT dblink('postgresql://u:S3cret@h/db')") == (
+        "SELECT dblink('postgresql://u:***@h/db')"
+    )
+    assert (
+        _hide_secrets("UPDATE acc SET bal = 7 WHERE id = 1")
+        == "UPDATE acc SET bal = 7 WHERE id = 1"
+    )
