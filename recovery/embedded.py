@@ -21,6 +21,10 @@ from typing import Any
 from .errors import RecoveryError
 
 _FAST = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+# WAL capture (logical decoding) needs wal_level = logical and replication slots; every
+# throwaway cluster has them, so that both capture sources work on it.  64 slots: one
+# per database and recovery schema that captures from the WAL.
+LOGICAL = {"wal_level": "logical", "max_replication_slots": "64", "max_wal_senders": "16"}
 
 
 @dataclass
@@ -128,6 +132,8 @@ def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None 
         "-c",
         "max_connections=100",
     ]
+    for key, value in LOGICAL.items():
+        opts += ["-c", f"{key}={value}"]
     if fast:
         opts += _FAST
     subprocess.run(
@@ -182,6 +188,15 @@ def start_pgserver() -> Cluster:
         warnings.simplefilter("ignore")
         server = get_server(root / "data", cleanup_mode="delete")
         uri = server.get_uri()
+        # pgserver starts with its own options; the settings WAL capture needs are made
+        # with ALTER SYSTEM and take effect on a restart (pg_ctl restart keeps the
+        # options the server was started with).
+        if server.psql("SHOW wal_level").split()[2:3] != ["logical"]:
+            for key, value in LOGICAL.items():
+                server.psql(f"ALTER SYSTEM SET {key} = '{value}'")
+            from pgserver._commands import pg_ctl
+
+            pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
 
     def stop() -> None:
         server.cleanup()

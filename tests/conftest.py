@@ -66,8 +66,24 @@ def fresh_database(server_url: str, template: str, prefix: str = "t") -> Iterato
     try:
         yield _with_db(server_url, name)
     finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a test database, and first the replication slots of it (WAL capture's): a
+    database with a logical slot cannot be dropped."""
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE database = %s AND active_pid IS NOT NULL",
+            [name],
+        )
+        admin.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s",
+            [name],
+        )
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
