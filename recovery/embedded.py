@@ -194,7 +194,7 @@ def start_pgserver() -> Cluster:
         if server.psql("SHOW wal_level").split()[2:3] != ["logical"]:
             for key, value in LOGICAL.items():
                 server.psql(f"ALTER SYSTEM SET {key} = '{value}'")
-            from pgserver._commands import pg_ctl
+            from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
             pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
 

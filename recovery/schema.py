@@ -11,7 +11,7 @@ from psycopg import sql
 from .db import DEFAULT_SCHEMA, check_schema_name
 from .errors import RecoveryError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass
@@ -25,7 +25,7 @@ class InitResult:
 # The server-side SQL, by concern, in the order it is installed: the tables, the
 # capture generator and DDL followers, the caps the capture hooks enforce, two-person
 # approval, then the privileges over all of it.
-SQL_FILES = ("tables.sql", "capture.sql", "guard.sql", "approval.sql", "grants.sql")
+SQL_FILES = ("tables.sql", "capture.sql", "wal.sql", "guard.sql", "approval.sql", "grants.sql")
 
 
 def _schema_sql(schema: str) -> sql.Composed:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Union
+from typing import Any
 
 # One row: a COPY field per column, or None for an unchanged TOAST value.
-Values = list[Union[bytes, None]]
+Values = list[bytes | None]
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
@@ -42,9 +43,8 @@ def pg_time(us: int) -> datetime:
 def _escape(v: bytes) -> bytes:
     if _NEEDS_ESCAPE.search(v) is None:
         return v
-    return (
-        v.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
-    )
+    v = v.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
+    return v.replace(b"\r", b"\\r").replace(b"\t", b"\\t")
 
 
 def _py_tuple_values(data: bytes, pos: int) -> tuple[Values, int]:
@@ -94,7 +94,7 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
 #   ("M", transactional, prefix, content)
 #   ("T", [relids])                          TRUNCATE (not published by recovery)
 #   ("Y",) / ("O",)                          type and origin: not needed
-Message = tuple[object, ...]
+Message = tuple[Any, ...]
 
 
 def parse(data: bytes) -> Message:

@@ -1,7 +1,13 @@
-"""Capture hooks: enable, disable and report on change capture per table."""
+"""Capture hooks: enable, disable and report on change capture per table.
+
+Two sources write the same journal: the trigger source (statement triggers with
+transition tables, `sql/capture.sql`) and the WAL source (a logical replication slot
+drained into the journal, `wal.py` and `sql/wal.sql`).  Each table has one.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +17,19 @@ from psycopg import sql
 from ..db import DEFAULT_SCHEMA, resolve_table
 from ..errors import RecoveryError
 from ..schema import require_schema
+from . import wal
+
+SOURCES = ("trigger", "wal")
+
+
+def default_source() -> str:
+    """The source `capture enable` uses when none is named: RECOVERY_CAPTURE_SOURCE, else
+    the trigger source (it works on every server, needs no slot and no drain; the WAL
+    source is chosen where its cost matters, see README "Capture sources")."""
+    value = os.environ.get("RECOVERY_CAPTURE_SOURCE", "").strip() or "trigger"
+    if value not in SOURCES:
+        raise RecoveryError(f"RECOVERY_CAPTURE_SOURCE is {value!r}: use trigger or wal")
+    return value
 
 
 @dataclass
@@ -19,6 +38,7 @@ class CaptureState:
     enabled: bool
     key: list[str]
     key_source: str
+    source: str
     statements: int
     rows: int
     journal_bytes: int
@@ -125,8 +145,13 @@ def enable(
     key: Sequence[str] | None = None,
     schema: str = DEFAULT_SCHEMA,
     lock_timeout: str = "10s",
+    source: str | None = None,
 ) -> list[str]:
     """Start capturing changes on the given tables; return their qualified names.
+
+    `source` is "trigger" or "wal" (default: `default_source()`).  Enabling a table
+    captured from the other source moves it over with one continuous journal: no
+    change is journaled twice or missed.
 
     All tables or none: the work runs in one transaction (a savepoint of the
     caller's, when one is open, which the caller then commits).  Idempotent:
@@ -135,6 +160,21 @@ def enable(
     """
     if key and len(tables) != 1:
         raise RecoveryError("--key applies to one table at a time")
+    source = source or default_source()
+    if source not in SOURCES:
+        raise RecoveryError(f"unknown capture source {source!r}: use trigger or wal")
+    if source == "wal":
+        # Before anything changes: what the server lacks, and the slot (made outside the
+        # enabling transaction, so that the enabling DDL is in its stream).
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                require_schema(conn, schema)
+                problems = wal.requirements(conn)
+        else:
+            problems = wal.requirements(conn)
+        if problems:
+            raise RecoveryError(f"cannot capture from the WAL: {problems[0]}")
+        wal.ensure_slot(conn, schema)
     try:
         # The block comes first: a statement before it would open the transaction
         # outside it, and the block would then be a savepoint that nobody commits.
@@ -142,7 +182,7 @@ def enable(
             require_schema(conn, schema)
             previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
             conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-            done = [_enable_one(conn, name, key, schema) for name in tables]
+            done = [_enable_one(conn, name, key, schema, source) for name in tables]
             # Inside a caller's transaction, give it back its own lock_timeout.
             conn.execute(
                 "SELECT set_config('lock_timeout', %s, true)", [previous[0] if previous else "0"]
@@ -160,7 +200,9 @@ def enable(
     return done
 
 
-def _enable_one(conn: psycopg.Connection, name: str, key: Sequence[str] | None, schema: str) -> str:
+def _enable_one(
+    conn: psycopg.Connection, name: str, key: Sequence[str] | None, schema: str, source: str
+) -> str:
     s = sql.Identifier(schema)
     relid, nsp, rel = resolve_table(conn, name)
     label = f"{nsp}.{rel}"
@@ -182,18 +224,24 @@ def _enable_one(conn: psycopg.Connection, name: str, key: Sequence[str] | None, 
     problem = inheritance_problem(conn, relid, label)
     if problem:
         raise RecoveryError(f"cannot capture {problem}")
-    attnums, source = key_attnums(conn, relid, label, key)
+    attnums, key_src = key_attnums(conn, relid, label, key)
     # One capture id per table for its whole life, so that history before a
     # disable and after a later enable stays in one journal.
     row = conn.execute(
         sql.SQL(
-            "SELECT table_id, enabled FROM {}.captured WHERE relid = %s "
+            "SELECT table_id, enabled, source FROM {}.captured WHERE relid = %s "
             "ORDER BY table_id DESC LIMIT 1"
         ).format(s),
         [relid],
     ).fetchone()
+    if row and row[1] and row[2] == "wal" and source == "trigger":
+        _leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
     if row:
         tid = row[0]
+        conn.execute(
+            sql.SQL("UPDATE {}.captured SET source = %s WHERE table_id = %s").format(s),
+            [source, tid],
+        )
         if not row[1]:
             conn.execute(
                 sql.SQL(
@@ -201,34 +249,45 @@ def _enable_one(conn: psycopg.Connection, name: str, key: Sequence[str] | None, 
                     " disabled_at = NULL, stopped = NULL, key_attnums = %s, key_source = %s"
                     " WHERE table_id = %s"
                 ).format(s),
-                [attnums, source, tid],
+                [attnums, key_src, tid],
             )
         if key:
             conn.execute(
                 sql.SQL(
                     "UPDATE {}.captured SET key_attnums = %s, key_source = %s WHERE table_id = %s"
                 ).format(s),
-                [attnums, source, tid],
+                [attnums, key_src, tid],
             )
     else:
         new = conn.execute(
             sql.SQL(
                 "INSERT INTO {}.captured (relid, schema_name, table_name, key_attnums,"
-                " key_source) VALUES (%s, %s, %s, %s, %s) RETURNING table_id"
+                " key_source, source) VALUES (%s, %s, %s, %s, %s, %s) RETURNING table_id"
             ).format(s),
-            [relid, nsp, rel, attnums, source],
+            [relid, nsp, rel, attnums, key_src, source],
         ).fetchone()
         assert new is not None
         tid = new[0]
     conn.execute(sql.SQL("SELECT {}.build_capture(%s)").format(s), [tid])
     conn.execute(
         sql.SQL(
-            "INSERT INTO {s}.events (table_id, kind, stmt_hwm) "
-            "SELECT %s, 'enable', last_value FROM {s}.stmt_seq"
+            "INSERT INTO {s}.events (table_id, kind, detail, stmt_hwm) "
+            "SELECT %s, 'enable', %s, last_value FROM {s}.stmt_seq"
         ).format(s=s),
-        [tid],
+        [tid, f"source {source}"],
     )
     return label
+
+
+def _leave_wal(conn: psycopg.Connection, schema: str, tid: int, table: sql.Identifier) -> None:
+    """Take a table off the WAL source inside the enabling transaction, with nothing lost
+    or reordered: writers are locked out first, then everything they committed is drained
+    (on a second connection: the drain commits), then the table leaves the publication.
+    The trigger source's ids come from the same sequence, after the drained ones."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+    with wal.twin(conn) as other:
+        wal.drain(other, schema=schema)
+    conn.execute(sql.SQL("SELECT {}._release_wal(%s)").format(sql.Identifier(schema)), [tid])
 
 
 @dataclass
@@ -294,6 +353,7 @@ def disable(
     """
     s = sql.Identifier(schema)
     ids: list[tuple[int, str]] = []
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with conn.transaction():
         require_schema(conn, schema)
         if tables is None:
@@ -319,7 +379,15 @@ def disable(
                     raise RecoveryError(f"table {nsp}.{rel} is not captured")
                 ids.append((row[0], f"{nsp}.{rel}"))
         for tid, _ in ids:
-            conn.execute(sql.SQL("SELECT {}.drop_capture(%s)").format(s), [tid])
+            # The WAL source: its pending changes stay in the slot (they were published
+            # while the table was) and the next drain writes them.
+            conn.execute(
+                sql.SQL(
+                    "SELECT CASE WHEN source = 'wal' THEN {s}._release_wal(table_id) END,"
+                    " {s}.drop_capture(table_id) FROM {s}.captured WHERE table_id = %s"
+                ).format(s=s),
+                [tid],
+            )
             conn.execute(
                 sql.SQL(
                     "UPDATE {}.captured SET enabled = false, disabled_at = clock_timestamp() "
@@ -334,6 +402,8 @@ def disable(
                 ).format(s=s),
                 [tid],
             )
+    if own:
+        wal.drop_slot_if_unused(conn, schema)
     return [label for _, label in ids]
 
 
@@ -350,6 +420,7 @@ def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
     rows = conn.execute(
         sql.SQL(
             "SELECT c.table_id, c.relid, c.schema_name, c.table_name, c.enabled, c.key_source,"
+            " c.source,"
             " c.stopped, ARRAY(SELECT a.attname FROM unnest(c.key_attnums) k"
             "   JOIN pg_attribute a ON a.attrelid = c.relid AND a.attnum = k),"
             " (SELECT count(*) FROM {s}.stmt st WHERE st.table_id = c.table_id),"
@@ -361,11 +432,16 @@ def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
             " FROM {s}.captured c ORDER BY c.schema_name, c.table_name, c.table_id"
         ).format(s=s, lit=sql.Literal(schema))
     ).fetchall()
-    for tid, relid, nsp, rel, enabled, key_source, stopped, key, nstmt, nrows, size, _ in rows:
+    slot: wal.SlotState | None = None
+    for row in rows:
+        tid, relid, nsp, rel, enabled, key_source, source, stopped, key, nstmt, nrows, size, _ = row
         problems = []
         if stopped:
             problems.append(stopped)
-        if enabled:
+        if enabled and source == "wal":
+            slot = slot or wal.slot_state(conn, schema)
+            problems += _wal_problems(conn, schema, tid, relid, slot)
+        elif enabled:
             problems += _problems(conn, schema, tid, relid)
         out.append(
             CaptureState(
@@ -373,6 +449,7 @@ def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
                 enabled,
                 list(key),
                 key_source,
+                source,
                 int(nstmt),
                 int(nrows),
                 int(size),
@@ -423,4 +500,61 @@ def _problems(conn: psycopg.Connection, schema: str, tid: int, relid: int) -> li
                 f"{rname} changed shape (column added, dropped or retyped): capture stopped "
                 "there; run `recovery capture enable` again"
             )
+    return problems
+
+
+def _wal_problems(
+    conn: psycopg.Connection, schema: str, tid: int, relid: int, slot: wal.SlotState
+) -> list[str]:
+    """Say plainly why WAL capture is not working for a table, if it is not."""
+    exists = conn.execute("SELECT 1 FROM pg_class WHERE oid = %s", [relid]).fetchone()
+    if not exists:
+        return ["table was dropped: captured history is kept"]
+    since = ""
+    if slot.drained_lsn:
+        since = f" (the journal is complete up to WAL position {slot.drained_lsn})"
+    if not slot.exists:
+        return [
+            f"replication slot {slot.name} is missing: changes since the last drain{since} were "
+            "not captured; run `recovery capture enable --source wal` to capture again (rows "
+            "changed in the gap count as changed by someone else)"
+        ]
+    if slot.wal_status == "lost":
+        return [
+            f"replication slot {slot.name} lost WAL it needed (max_slot_wal_keep_size): changes "
+            f"since the last drain{since} were not captured; run `recovery capture enable "
+            "--source wal` to capture again"
+        ]
+    problems = []
+    rels = conn.execute(
+        "SELECT r.relid::regclass::text, c.relkind, c.relreplident,"
+        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgenabled = 'A'"
+        "  AND t.tgname IN (%s || '_wal_who', %s || '_wal_cap', %s || '_wal_t'))"
+        " FROM (SELECT %s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%s)) r"
+        " JOIN pg_class c ON c.oid = r.relid WHERE c.relkind IN ('r', 'p')",
+        [schema, schema, schema, relid, relid],
+    ).fetchall()
+    for rname, kind, ident, hooks in rels:
+        if ident != "f":
+            problems.append(
+                f"{rname} is not at REPLICA IDENTITY FULL: the WAL does not carry its old rows; "
+                "run `recovery capture enable` again"
+            )
+        if hooks < (3 if kind == "r" else 1):
+            problems.append(
+                f"{rname} has a WAL capture hook missing or disabled (who, cap or TRUNCATE); "
+                "run `recovery capture enable` again"
+            )
+    published = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p"
+            " ON p.oid = pr.prpubid WHERE p.pubname = {}.wal_publication() AND pr.prrelid = %s)"
+        ).format(sql.Identifier(schema)),
+        [relid],
+    ).fetchone()
+    if not published or not published[0]:
+        problems.append(
+            "the table is not in the WAL capture publication: its changes are not captured; "
+            "run `recovery capture enable` again"
+        )
     return problems

@@ -174,6 +174,20 @@ BEGIN
             END IF;
             INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
             VALUES (tid, a.attnum, 'c' || a.attnum, a.typ, 0);
+        ELSIF cur.type_name <> a.typ AND c.source = 'wal' THEN
+            -- The WAL source: the drain may still hold changes made before the retype,
+            -- written to the old version when it reaches them; so no version is ever
+            -- replaced, and the new one holds values from the statement the drain
+            -- gives the first change after this DDL (it sets since_stmt when it reads
+            -- this build's shape message; until then no statement id reaches it).
+            EXECUTE format('ALTER TABLE %I.%I ADD COLUMN %I %s', {s_lit}, jparent,
+                           'c' || a.attnum || '_w' || (SELECT count(*) FROM {s}.columns
+                                                       WHERE table_id = tid AND attnum = a.attnum),
+                           a.typ);
+            INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
+            VALUES (tid, a.attnum, 'c' || a.attnum || '_w' || (SELECT count(*) FROM {s}.columns
+                                                               WHERE table_id = tid AND attnum = a.attnum),
+                    a.typ, {s}.wal_pending());
         ELSIF cur.type_name <> a.typ THEN
             -- Retyped column: keep the old values in their old type, add a new one.
             IF cur.since_stmt > hwm THEN
@@ -196,6 +210,17 @@ BEGIN
     WHERE e.enumtypid IN (SELECT {s}.enum_of(att.atttypid) FROM pg_attribute att
                           WHERE att.attrelid = c.relid AND att.attnum > 0 AND NOT att.attisdropped)
     ON CONFLICT (enum_oid) DO NOTHING;
+
+    IF c.source = 'wal' THEN
+        -- The WAL source has its own hooks (wal.sql); the trigger source's go.
+        PERFORM {s}._drop_named_triggers(c.relid, ARRAY['_capture_b', '_capture_i', '_capture_u',
+                                                        '_capture_d', '_capture_t']);
+        PERFORM {s}._build_wal(tid, jleaf, gen);
+        PERFORM {s}._drop_capture_objects(tid, c.relid);
+        PERFORM set_config('recovery.building', '', true);
+        RETURN;
+    END IF;
+    PERFORM {s}._drop_named_triggers(c.relid, ARRAY['_wal_who', '_wal_cap', '_wal_t']);
 
     -- One capture function per relation that can be written: the table and,
     -- when partitioned, every partition (a write aimed at a partition fires only

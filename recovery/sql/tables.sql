@@ -1,5 +1,5 @@
--- The recovery schema, version 4 (1 + snapshots in 2, approvals and runbooks in 3, journal
--- values of non-built-in types stored as text in 4).
+-- The recovery schema, version 5 (1 + snapshots in 2, approvals and runbooks in 3, journal
+-- values of non-built-in types stored as text in 4, the WAL capture source in 5).
 --
 -- This text is composed with psycopg.sql before it runs: every {s} becomes the
 -- quoted schema identifier and {s_lit} the schema name as a string literal.
@@ -31,6 +31,14 @@ CREATE TABLE IF NOT EXISTS {s}.captured (
     disabled_at  timestamptz,
     stopped      text
 );
+-- Version 5: the capture source of each table, 'trigger' (statement triggers write the
+-- journal) or 'wal' (a logical replication slot is drained into it: wal.sql); for the
+-- WAL source, the replica identity each relation of the table had before capture set
+-- it to FULL (relid -> 'd', 'n', 'f' or 'i:<index name>', put back on disable), and the
+-- columns the drain maps pgoutput's values onto (the last shape message it read).
+ALTER TABLE {s}.captured ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'trigger';
+ALTER TABLE {s}.captured ADD COLUMN IF NOT EXISTS prev_identity jsonb;
+ALTER TABLE {s}.captured ADD COLUMN IF NOT EXISTS wal_shape jsonb;
 CREATE UNIQUE INDEX IF NOT EXISTS captured_relid_enabled ON {s}.captured (relid) WHERE enabled;
 
 -- Journal column of each captured attribute; a retyped column gets a new journal
