@@ -16,7 +16,8 @@ optionally `legit.sql` (untagged writes made after it) and `expected.yaml`:
       partial: {public.t: N}
 
 The runner asserts the exact end state of every table, then runs the same undo again
-and asserts that it writes nothing and changes nothing.  A new case is a new folder.
+and asserts that it writes nothing and changes nothing; every case runs under both
+capture sources (trigger and WAL).  A new case is a new folder.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def _state(conn: psycopg.Connection, tables: dict[str, Any]) -> dict[str, list[s
     return {t: _rows(conn, t) for t in tables}
 
 
+@pytest.mark.parametrize("source", ["trigger", "wal"])
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
-def test_scenario(case, conn, sql_exec):
+def test_scenario(case, source, conn, sql_exec):
     d = CASES / case
     spec = yaml.safe_load((d / "expected.yaml").read_text())
     expect = spec["expect"]
     sql_exec((d / "setup.sql").read_text())
-    enable_capture(conn, spec["capture"])
+    enable_capture(conn, spec["capture"], source=source)
     sql_exec("SET recovery.tag = 'bad';\n" + (d / "bad.sql").read_text())
     if "after_bad" in spec:
         assert _state(conn, spec["after_bad"]) == spec["after_bad"]

@@ -12,6 +12,7 @@ from ..db import DEFAULT_SCHEMA
 from ..schema import require_schema
 from ..selector import Selector, where_clause
 from .tableinfo import load
+from .wal import catch_up
 
 OPS = {"I": "insert", "U": "update", "D": "delete", "T": "truncate"}
 
@@ -41,6 +42,7 @@ def changes(
     """Count the captured changes a selector covers, per table and operation, tag, transaction.
 
     Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
+    catch_up(conn, schema)
     with conn.transaction():
         require_schema(conn, schema)
         where = where_clause(conn, selector, schema)
@@ -118,6 +120,7 @@ def diff(
     Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
     s = sql.Identifier(schema)
     out: list[RowChange] = []
+    catch_up(conn, schema)
     with conn.transaction():
         require_schema(conn, schema)
         where = where_clause(conn, selector, schema)

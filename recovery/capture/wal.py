@@ -38,6 +38,8 @@ from . import pgoutput
 DRAIN_CLASS = 0x52435657
 # A COPY buffer is sent when it holds this much.
 _FLUSH_BYTES = 4 << 20
+# The most rows in one journal statement the drain makes (see `run` in _drain).
+_RUN_ROWS = 100_000
 # Messages fetched from the server per round trip.
 _FETCH = 5000
 
@@ -127,22 +129,33 @@ def slot_exists(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
 
 
 def ensure_slot(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
-    """Create the slot when it is missing; True when it was created.
+    """Create the publication and the slot when missing; True when the slot was created.
 
     A slot cannot be created in a transaction that wrote, and its creation waits for
-    every transaction running on the server: so it is made before capture is enabled,
-    in a transaction of its own, and never inside the caller's."""
-    own = conn.info.transaction_status == TransactionStatus.IDLE
-    if not own:
-        if slot_exists(conn, schema):
-            return False
+    every transaction running on the server that has an id: so both are made before
+    capture is enabled, committed on their own (on a second connection when the
+    caller's transaction is open but has written nothing); inside a caller's
+    transaction that wrote, the slot would wait for that very transaction: refused."""
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        with conn.transaction():
+            if slot_exists(conn, schema):
+                return False
+        return _create_slot(conn, schema)
+    if slot_exists(conn, schema):
+        return False
+    wrote = conn.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL").fetchone()
+    if wrote and wrote[0]:
         raise RecoveryError(
-            "the first table captured from the WAL needs its replication slot created outside "
-            "a transaction: run `recovery capture enable --source wal` on its own"
+            "the first table captured from the WAL needs its replication slot, which cannot "
+            "be created inside a transaction that wrote: enable WAL capture before the "
+            "transaction's writes, or on its own"
         )
+    with twin(conn) as other:
+        return _create_slot(other, schema)
+
+
+def _create_slot(conn: psycopg.Connection, schema: str) -> bool:
     with conn.transaction():
-        if slot_exists(conn, schema):
-            return False
         problems = requirements(conn)
         name = slot_name(conn, schema)
     if problems:
@@ -208,7 +221,19 @@ class DrainResult:
 class _Table:
     tid: int
     shape: list[tuple[str, str]] | None  # (column name, journal column), pgoutput's order
+    key_jcols: frozenset[str] = frozenset()
     stopped: bool = False
+    _key_pos: list[int] | None = None
+
+    def key_pos(self) -> list[int]:
+        """Where the row key's values are in pgoutput's columns (for the current shape)."""
+        if self._key_pos is None:
+            self._key_pos = [i for i, (_, j) in enumerate(self.shape or []) if j in self.key_jcols]
+        return self._key_pos
+
+    def reshape(self, shape: list[tuple[str, str]]) -> None:
+        self.shape = shape
+        self._key_pos = None
 
 
 class _Ids:
@@ -344,14 +369,18 @@ def _drain(
     gen = int(row[1])
     next_full = int(row[2])
     tables: dict[int, _Table] = {}
-    for relid, tid, shape in conn.execute(
+    for relid, tid, shape, key in conn.execute(
         sql.SQL(
-            "SELECT DISTINCT ON (relid) relid, table_id, wal_shape FROM {}.captured"
-            " WHERE source = 'wal' ORDER BY relid, table_id DESC"
-        ).format(s)
+            "SELECT DISTINCT ON (c.relid) c.relid, c.table_id, c.wal_shape,"
+            " ARRAY(SELECT col.jcol FROM {s}.columns col WHERE col.table_id = c.table_id"
+            "       AND col.attnum = ANY(c.key_attnums))"
+            " FROM {s}.captured c WHERE c.source = 'wal' ORDER BY c.relid, c.table_id DESC"
+        ).format(s=s)
     ):
         tables[int(relid)] = _Table(
-            int(tid), [(str(a), str(b)) for a, b in shape] if shape is not None else None
+            int(tid),
+            [(str(a), str(b)) for a, b in shape] if shape is not None else None,
+            frozenset(key),
         )
     by_tid = {t.tid: t for t in tables.values()}
     ids = _Ids(conn, schema)
@@ -362,11 +391,21 @@ def _drain(
     fixups: list[tuple[int, int, int]] = []  # (gen, provisional id, real id) of TRUNCATEs
     stopped: dict[int, str] = {}
     who: tuple[str, str | None, str | None] = ("unknown", None, None)
+    depth = 1
     skip = False
     at: datetime | None = None
     txid = 0
     last_commit = 0
-    # the current journal statement: (tid, op, stmt id, rows so far)
+    # The current journal statement: [tid, op, stmt id, rows so far, keys of its
+    # before-images, {key: hash} of its after-images].  The WAL does not say where one
+    # SQL statement ends: consecutive changes of one table and operation in a
+    # transaction form one journal statement, and a new one starts where a row would be
+    # changed a second time, which is what the undo engine needs of a statement (every
+    # row in it changed once): a before-image whose key is among the run's before-
+    # images, or equals one of its after-images (the row this run produced, changed
+    # again; a key swapped within one statement has another row's image there), or an
+    # after-image whose key is among its after-images.  Runs are also cut every
+    # _RUN_ROWS rows, which bounds the memory of those sets.
     run: list[Any] | None = None
     shape_prefix = f"recovery.shape:{schema}"
     trunc_prefix = f"recovery.truncate:{schema}"
@@ -375,7 +414,7 @@ def _drain(
         nonlocal run
         if run is not None and run[3] > 0:
             out.stmts.append(
-                (gen, run[2], run[0], run[1], txid, at, who[0], who[1], who[2], 0, run[3])
+                (gen, run[2], run[0], run[1], txid, at, who[0], who[1], who[2], depth, run[3])
             )
             result.statements += 1
         run = None
@@ -404,13 +443,6 @@ def _drain(
                     stop(t, "the drain met a change before the table's shape message")
                     continue
                 op = chr(kind)
-                if run is None or run[0] != t.tid or run[1] != op:
-                    close_run()
-                    if t.tid not in chunks:
-                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
-                        chunks.add(t.tid)
-                    run = [t.tid, op, ids.next(), 0]
-                cols = tuple(j for _, j in t.shape)
                 old, new = m[2], m[3]
                 if op != "I" and m[4] != "O":
                     stop(
@@ -419,21 +451,45 @@ def _drain(
                         "before-images were lost from here on",
                     )
                     continue
+                cols = tuple(j for _, j in t.shape)
                 n = len(cols)
                 if (old is not None and len(old) != n) or (new is not None and len(new) != n):
                     stop(t, "the WAL's columns do not match the journal's (shape changed unseen)")
                     continue
+                if new is not None and old is not None and None in new:
+                    # unchanged TOAST: the value is the old row's
+                    new = [o if v is None else v for v, o in zip(new, old)]
+                kp = t.key_pos()
+                bkey = bline = akey = aline = None
+                if old is not None:
+                    bkey = tuple(old[i] for i in kp)
+                    bline = b"\t".join(old)
+                if new is not None:
+                    akey = tuple(new[i] for i in kp)
+                    aline = b"\t".join(new)
+                if (
+                    run is None
+                    or run[0] != t.tid
+                    or run[1] != op
+                    or run[3] >= _RUN_ROWS
+                    or (bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline)))
+                    or (akey is not None and akey in run[5])
+                ):
+                    close_run()
+                    if t.tid not in chunks:
+                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
+                        chunks.add(t.tid)
+                    run = [t.tid, op, ids.next(), 0, set(), {}]
                 run[3] += 1
                 head = f"{gen}\t{run[2]}\t{run[3]}\t".encode()
-                if old is not None:
-                    out.add(t.tid, cols, head + b"B\t" + b"\t".join(old) + b"\n")
+                if bline is not None:
+                    run[4].add(bkey)
+                    out.add(t.tid, cols, head + b"B\t" + bline + b"\n")
                     result.rows += 1
-                if new is not None:
-                    if None in new:
-                        # unchanged TOAST: the value is the old row's
-                        new = [o if v is None else v for v, o in zip(new, old)]
-                    out.add(t.tid, cols, head + b"A\t" + b"\t".join(new) + b"\n")
-                    if old is None:
+                if aline is not None:
+                    run[5][akey] = hash(aline)
+                    out.add(t.tid, cols, head + b"A\t" + aline + b"\n")
+                    if bline is None:
                         result.rows += 1
                 continue
             m = pgoutput.parse(data)
@@ -443,6 +499,7 @@ def _drain(
                 at = pgoutput.pg_time(m[2])
                 txid = _widen(m[3], next_full)
                 who = ("unknown", None, None)
+                depth = 1
                 run = None
             elif tag == "C":
                 if not skip:
@@ -456,14 +513,16 @@ def _drain(
                 prefix, content = m[2], m[3]
                 if prefix == "recovery.who":
                     close_run()
-                    user, app, tg = json.loads(bytes(content))
-                    who = (str(user), app, tg or None)
+                    doc = json.loads(bytes(content))
+                    who = (str(doc[0]), doc[1], doc[2] or None)
+                    depth = int(doc[3]) if len(doc) > 3 else 1
                 elif prefix == shape_prefix:
                     close_run()
                     doc = json.loads(bytes(content))
                     t2 = by_tid.get(int(doc["t"]))
                     if t2 is not None:
-                        t2.shape = [(str(a), str(b)) for a, b in doc["c"]]
+                        shape = [(str(a), str(b)) for a, b in doc["c"]]
+                        t2.reshape(shape)
                         shapes_changed.add(t2.tid)
                         # Journal columns added by this DDL hold values from here on.
                         conn.execute(
@@ -471,7 +530,7 @@ def _drain(
                                 "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
                                 " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
                             ).format(s=s),
-                            [ids.peek(), t2.tid, [j for _, j in t2.shape]],
+                            [ids.peek(), t2.tid, [j for _, j in shape]],
                         )
                 elif prefix == trunc_prefix:
                     close_run()
@@ -535,17 +594,31 @@ def _drain(
 def catch_up(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> DrainResult:
     """Drain before reading the journal, so that no committed change is missed.
 
-    For every command that reads the journal.  Errors name what to do."""
+    For every command that reads the journal.  Does nothing where the schema is not
+    installed (the command's own check says so).  Errors name what to do."""
+    try:
+        with conn.transaction():
+            present = conn.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL", [f'"{schema}".wal_slot()']
+            ).fetchone()
+            if present and present[0]:
+                present = conn.execute(
+                    sql.SQL(
+                        "SELECT {}.wal_slot() IN (SELECT slot_name FROM pg_replication_slots)"
+                    ).format(sql.Identifier(schema))
+                ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return DrainResult()  # no access to the schema: the command's own check says so
+    if not present or not present[0]:
+        return DrainResult()
     try:
         return drain(conn, schema=schema)
     except psycopg.errors.InsufficientPrivilege as exc:
-        conn.rollback()
         raise RecoveryError(
             f"cannot read the WAL capture slot: {exc.diag.message_primary}; run this as the "
             "recovery schema's owner, or keep `recovery capture follow` running"
         ) from None
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
-        conn.rollback()
         raise RecoveryError(f"WAL capture: {exc.diag.message_primary}") from None
 
 

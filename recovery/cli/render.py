@@ -8,6 +8,7 @@ from typing import Any
 from ..approval import Request
 from ..capture.journal import ChangesSummary, RowChange
 from ..capture.triggers import CaptureState
+from ..capture.wal import SlotState
 from ..marks import Mark
 from ..operations import Operation
 from ..restore import RestoreReport
@@ -21,11 +22,12 @@ def capture_status(states: Sequence[CaptureState]) -> str:
     if not states:
         return "no table is captured: `recovery capture enable TABLE`"
     out = table(
-        ["table", "state", "key", "statements", "rows", "journal"],
+        ["table", "state", "source", "key", "statements", "rows", "journal"],
         [
             [
                 s.table,
                 s.state,
+                s.source,
                 ",".join(s.key) + ("" if s.key_source == "primary key" else " (--key)"),
                 s.statements,
                 s.rows,
@@ -36,6 +38,16 @@ def capture_status(states: Sequence[CaptureState]) -> str:
     )
     notes = [f"{s.table}: {p}" for s in states for p in s.problems]
     return out + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def slot_state(slot: SlotState) -> str:
+    if not slot.exists:
+        return f"\nWAL capture slot {slot.name} is missing (see the notes above)"
+    drained = f", journal complete up to {slot.drained_lsn}" if slot.drained_lsn else ""
+    return (
+        f"\nWAL capture slot {slot.name}: {size(slot.lag_bytes or 0)} of WAL behind"
+        f"{drained} ({slot.wal_status})"
+    )
 
 
 def changes(c: ChangesSummary) -> str:

@@ -12,3 +12,6 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
 -- Read-only helpers that the viewing commands (diff, capture status) call: harmless,
 -- and unreachable without USAGE on the schema, which only granted roles have.
 GRANT EXECUTE ON FUNCTION {s}.shape(oid), {s}.storage_type(oid, int) TO PUBLIC;
+-- The WAL source's names (every command that reads the journal looks for the slot
+-- first; a database without WAL capture has none, and the command goes on).
+GRANT EXECUTE ON FUNCTION {s}.wal_slot(), {s}.wal_publication() TO PUBLIC;

@@ -109,7 +109,10 @@ $$;
 -- pgoutput's columns goes to from this point of the stream on.
 --   who:  a BEFORE ... FOR EACH STATEMENT trigger whose WHEN is false once the
 --         transaction said who it is (and under which tag): it emits one
---         transactional message (user, application, tag) per transaction and tag.
+--         transactional message (user, application, tag, trigger depth) per
+--         transaction and tag.  A statement run by a trigger (a foreign-key cascade)
+--         says so too, and the statement after it again: the drain journals the
+--         cascaded changes at their depth, as the trigger source does.
 --   cap:  an AFTER ... FOR EACH ROW trigger whose WHEN is true only in a session that
 --         set a blast-radius cap: others pay one expression per row, nothing queued.
 --   truncate: TRUNCATE's rows are not in the WAL: a BEFORE TRUNCATE trigger copies them
@@ -150,9 +153,11 @@ BEGIN
         'BEGIN IF pg_catalog.current_setting(''wal_level'') OPERATOR(pg_catalog.=) ''logical'' THEN '
         'PERFORM pg_catalog.pg_logical_emit_message(true, ''recovery.who'', '
         'pg_catalog.json_build_array(SESSION_USER, pg_catalog.current_setting(''application_name'', true), '
-        'pg_catalog.current_setting(''recovery.tag'', true))::pg_catalog.text); END IF; '
-        'PERFORM pg_catalog.set_config(''recovery.said'', pg_catalog.concat(''='', '
-        'pg_catalog.current_setting(''recovery.tag'', true)), true); RETURN NULL; END');
+        'pg_catalog.current_setting(''recovery.tag'', true), pg_catalog.pg_trigger_depth())::pg_catalog.text); '
+        'END IF; '
+        'PERFORM pg_catalog.set_config(''recovery.said'', CASE WHEN pg_catalog.pg_trigger_depth() '
+        'OPERATOR(pg_catalog.>) 1 THEN ''cascade'' ELSE pg_catalog.concat(''='', '
+        'pg_catalog.current_setting(''recovery.tag'', true)) END, true); RETURN NULL; END');
     EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, 'cap_' || tid || '_who');
     EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                    'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
@@ -176,7 +181,8 @@ BEGIN
         PERFORM {s}._ensure_wal_trigger(rel.oid, {s_lit} || '_wal_who',
             'BEFORE INSERT OR UPDATE OR DELETE',
             'FOR EACH STATEMENT WHEN (pg_catalog.current_setting(''recovery.said'', true) IS DISTINCT '
-            'FROM pg_catalog.concat(''='', pg_catalog.current_setting(''recovery.tag'', true)))',
+            'FROM pg_catalog.concat(''='', pg_catalog.current_setting(''recovery.tag'', true)) '
+            'OR pg_catalog.pg_trigger_depth() > 0)',
             'cap_' || tid || '_who');
         IF rel.relkind = 'r' THEN
             PERFORM {s}._ensure_wal_trigger(rel.oid, {s_lit} || '_wal_cap',

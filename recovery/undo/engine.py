@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from .. import approval as ap
 from .. import operations
 from ..capture.tableinfo import load
+from ..capture.wal import catch_up
 from ..db import DEFAULT_SCHEMA, lock_holders, scalar
 from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from ..schema import require_schema
@@ -187,6 +188,7 @@ def _start(
     """The selector's WHERE clause, the statements it matches per table, and the
     operation's record (none for a dry run), committed unless a transaction is open."""
     op_id = None
+    catch_up(conn, schema)  # the WAL source: every committed change is in the journal first
     with conn.transaction():
         require_schema(conn, schema)
         where = where_clause(conn, selector, schema)
@@ -275,6 +277,7 @@ def resume_rollback(
     operations.refuse_in_transaction(
         conn, f"resuming undo operation {op_id}", "a transaction per batch"
     )
+    catch_up(conn, schema)
     with conn.transaction():
         require_schema(conn, schema)
         row = conn.execute(
