@@ -692,7 +692,10 @@ class Bench:
                         str(work / "restored.log"),
                         "-o",
                         f"-c port={port} -c listen_addresses=127.0.0.1"
-                        f" -c unix_socket_directories={work}",
+                        f" -c unix_socket_directories={work} "
+                        # the primary's settings (recovery needs at least its
+                        # max_wal_senders; WAL capture its wal_level)
+                        + " ".join(f"-c {k}={v}" for k, v in embedded.LOGICAL.items()),
                         "start",
                     ]
                 ),

@@ -85,8 +85,11 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
-def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None = None) -> Cluster:
-    """Start a cluster from the machine's binaries in a new temporary directory."""
+def start_local(
+    bindir: Path, *, fast: bool = True, conf: dict[str, str] | None = None, logical: bool = True
+) -> Cluster:
+    """Start a cluster from the machine's binaries in a new temporary directory
+    (`logical=False`: the server's default wal_level, without logical decoding)."""
     root = Path(tempfile.mkdtemp(prefix="recovery-pg-"))
     data = root / "data"
     if os.geteuid() == 0:
@@ -132,7 +135,7 @@ def start_local(bindir: Path, *, fast: bool = True, conf: dict[str, str] | None 
         "-c",
         "max_connections=100",
     ]
-    for key, value in LOGICAL.items():
+    for key, value in LOGICAL.items() if logical else ():
         opts += ["-c", f"{key}={value}"]
     if fast:
         opts += _FAST

@@ -540,9 +540,13 @@ def test_capture_status(cli, conn, db_url, shop, sql_exec):  # type: ignore[no-u
     res = cli("capture", "status")
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["table", "state", "key", "statements", "rows", "journal"]
-    assert re.fullmatch(r"public\.items\s+on\s+id\s+2\s+5\s+\d+ (B|kB|MB)", lines[2]), lines
-    assert re.fullmatch(r"public\.orders\s+on\s+id\s+0\s+0\s+\d+ (B|kB|MB)", lines[3]), lines
+    assert lines[0].split() == ["table", "state", "source", "key", "statements", "rows", "journal"]
+    assert re.fullmatch(r"public\.items\s+on\s+trigger\s+id\s+2\s+5\s+\d+ (B|kB|MB)", lines[2]), (
+        lines
+    )
+    assert re.fullmatch(r"public\.orders\s+on\s+trigger\s+id\s+0\s+0\s+\d+ (B|kB|MB)", lines[3]), (
+        lines
+    )
 
     doc = json.loads(cli("capture", "status", "--json").stdout)
     by = {s["table"]: s for s in doc}

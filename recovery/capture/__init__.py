@@ -5,6 +5,7 @@
 table onto its journal columns; `prune` drops old journal chunks.
 """
 
+from .eligible import inheritance_problem, key_attnums
 from .triggers import (
     AllTables,
     CaptureState,
@@ -12,8 +13,6 @@ from .triggers import (
     disable,
     enable,
     enable_all,
-    inheritance_problem,
-    key_attnums,
     status,
 )
 

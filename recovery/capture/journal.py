@@ -11,8 +11,8 @@ from psycopg import sql
 from ..db import DEFAULT_SCHEMA
 from ..schema import require_schema
 from ..selector import Selector, where_clause
+from .drain import catch_up
 from .tableinfo import load
-from .wal import catch_up
 
 OPS = {"I": "insert", "U": "update", "D": "delete", "T": "truncate"}
 

@@ -17,7 +17,8 @@ from psycopg import sql
 from ..db import DEFAULT_SCHEMA, resolve_table
 from ..errors import RecoveryError
 from ..schema import require_schema
-from . import wal
+from . import drain, wal
+from .eligible import inheritance_problem, key_attnums
 
 SOURCES = ("trigger", "wal")
 
@@ -49,93 +50,6 @@ class CaptureState:
         if not self.enabled:
             return "off"
         return "stopped" if self.problems else "on"
-
-
-def key_attnums(
-    conn: psycopg.Connection, relid: int, table: str, key: Sequence[str] | None
-) -> tuple[list[int], str]:
-    if not key:
-        row = conn.execute(
-            "SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = %s AND i.indisprimary",
-            [relid],
-        ).fetchone()
-        if row is None:
-            raise RecoveryError(
-                f"table {table} has no primary key: add one, or pass --key COL[,COL] "
-                "naming unique NOT NULL columns"
-            )
-        return list(row[0]), "primary key"
-    attnums = []
-    for col in key:
-        row = conn.execute(
-            "SELECT attnum, attnotnull FROM pg_attribute WHERE attrelid = %s AND attname = %s "
-            "AND attnum > 0 AND NOT attisdropped",
-            [relid, col],
-        ).fetchone()
-        if row is None:
-            raise RecoveryError(f"--key column {col!r} not found in table {table}")
-        if not row[1]:
-            raise RecoveryError(
-                f"--key column {col!r} of {table} allows NULL: add NOT NULL, or choose "
-                "other columns"
-            )
-        attnums.append(int(row[0]))
-    unique = conn.execute(
-        "SELECT 1 FROM pg_index WHERE indrelid = %s AND indisunique AND indpred IS NULL "
-        "AND indexprs IS NULL AND (SELECT array_agg(k ORDER BY k) FROM unnest(indkey::int2[]) k)"
-        " = (SELECT array_agg(k ORDER BY k) FROM unnest(%s::int2[]) k)",
-        [relid, attnums],
-    ).fetchone()
-    if unique is None:
-        raise RecoveryError(
-            f"--key {','.join(key)} is not unique in {table}: create a unique index on exactly "
-            "those columns, or choose a primary key"
-        )
-    return attnums, "--key"
-
-
-def inheritance_problem(conn: psycopg.Connection, relid: int, label: str) -> str | None:
-    """Say why a table in a legacy (INHERITS) hierarchy cannot be captured, if it is in one.
-
-    Statement triggers fire only on the table a statement names, and transition
-    tables carry the rows of every child in the parent's shape, without the table
-    they came from: a write aimed at a child is not seen by the parent's capture, a
-    write through the parent is not seen by a child's, and a row put back through
-    the parent would land in the parent.  Rather than capture such a table in part,
-    recovery refuses it and says so.  (Declarative partitions are captured whole.)
-    """
-    children = [
-        r[0]
-        for r in conn.execute(
-            "SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p "
-            "ON p.oid = i.inhparent WHERE i.inhparent = %s AND p.relkind = 'r' ORDER BY 1",
-            [relid],
-        )
-    ]
-    if children:
-        more = f" and {len(children) - 3} more" if len(children) > 3 else ""
-        return (
-            f"{label} has legacy inheritance children ({', '.join(children[:3])}{more}): "
-            "writes aimed at a child are not captured by the parent's hooks, and a row "
-            "put back through the parent would land in the parent; convert the hierarchy "
-            "to declarative partitioning (ATTACH PARTITION) to capture it"
-        )
-    parents = [
-        r[0]
-        for r in conn.execute(
-            "SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class p "
-            "ON p.oid = i.inhparent WHERE i.inhrelid = %s AND p.relkind = 'r' ORDER BY 1",
-            [relid],
-        )
-    ]
-    if parents:
-        return (
-            f"{label} inherits from {', '.join(parents)} (legacy inheritance): writes "
-            "made through the parent (UPDATE of the parent reaching its rows) are not "
-            "captured by its hooks; convert the hierarchy to declarative partitioning "
-            "(ATTACH PARTITION) to capture it"
-        )
-    return None
 
 
 def enable(
@@ -235,7 +149,7 @@ def _enable_one(
         [relid],
     ).fetchone()
     if row and row[1] and row[2] == "wal" and source == "trigger":
-        _leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
+        drain.leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
     if row:
         tid = row[0]
         conn.execute(
@@ -277,17 +191,6 @@ def _enable_one(
         [tid, f"source {source}"],
     )
     return label
-
-
-def _leave_wal(conn: psycopg.Connection, schema: str, tid: int, table: sql.Identifier) -> None:
-    """Take a table off the WAL source inside the enabling transaction, with nothing lost
-    or reordered: writers are locked out first, then everything they committed is drained
-    (on a second connection: the drain commits), then the table leaves the publication.
-    The trigger source's ids come from the same sequence, after the drained ones."""
-    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
-    with wal.twin(conn) as other:
-        wal.drain(other, schema=schema)
-    conn.execute(sql.SQL("SELECT {}._release_wal(%s)").format(sql.Identifier(schema)), [tid])
 
 
 @dataclass
@@ -403,7 +306,7 @@ def disable(
                 [tid],
             )
     if own:
-        wal.drop_slot_if_unused(conn, schema)
+        drain.drop_slot_if_unused(conn, schema)
     return [label for _, label in ids]
 
 
@@ -440,7 +343,7 @@ def _status(conn: psycopg.Connection, schema: str) -> list[CaptureState]:
             problems.append(stopped)
         if enabled and source == "wal":
             slot = slot or wal.slot_state(conn, schema)
-            problems += _wal_problems(conn, schema, tid, relid, slot)
+            problems += wal.table_problems(conn, schema, tid, relid, slot)
         elif enabled:
             problems += _problems(conn, schema, tid, relid)
         out.append(
@@ -500,61 +403,4 @@ def _problems(conn: psycopg.Connection, schema: str, tid: int, relid: int) -> li
                 f"{rname} changed shape (column added, dropped or retyped): capture stopped "
                 "there; run `recovery capture enable` again"
             )
-    return problems
-
-
-def _wal_problems(
-    conn: psycopg.Connection, schema: str, tid: int, relid: int, slot: wal.SlotState
-) -> list[str]:
-    """Say plainly why WAL capture is not working for a table, if it is not."""
-    exists = conn.execute("SELECT 1 FROM pg_class WHERE oid = %s", [relid]).fetchone()
-    if not exists:
-        return ["table was dropped: captured history is kept"]
-    since = ""
-    if slot.drained_lsn:
-        since = f" (the journal is complete up to WAL position {slot.drained_lsn})"
-    if not slot.exists:
-        return [
-            f"replication slot {slot.name} is missing: changes since the last drain{since} were "
-            "not captured; run `recovery capture enable --source wal` to capture again (rows "
-            "changed in the gap count as changed by someone else)"
-        ]
-    if slot.wal_status == "lost":
-        return [
-            f"replication slot {slot.name} lost WAL it needed (max_slot_wal_keep_size): changes "
-            f"since the last drain{since} were not captured; run `recovery capture enable "
-            "--source wal` to capture again"
-        ]
-    problems = []
-    rels = conn.execute(
-        "SELECT r.relid::regclass::text, c.relkind, c.relreplident,"
-        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgenabled = 'A'"
-        "  AND t.tgname IN (%s || '_wal_who', %s || '_wal_cap', %s || '_wal_t'))"
-        " FROM (SELECT %s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%s)) r"
-        " JOIN pg_class c ON c.oid = r.relid WHERE c.relkind IN ('r', 'p')",
-        [schema, schema, schema, relid, relid],
-    ).fetchall()
-    for rname, kind, ident, hooks in rels:
-        if ident != "f":
-            problems.append(
-                f"{rname} is not at REPLICA IDENTITY FULL: the WAL does not carry its old rows; "
-                "run `recovery capture enable` again"
-            )
-        if hooks < (3 if kind == "r" else 1):
-            problems.append(
-                f"{rname} has a WAL capture hook missing or disabled (who, cap or TRUNCATE); "
-                "run `recovery capture enable` again"
-            )
-    published = conn.execute(
-        sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p"
-            " ON p.oid = pr.prpubid WHERE p.pubname = {}.wal_publication() AND pr.prrelid = %s)"
-        ).format(sql.Identifier(schema)),
-        [relid],
-    ).fetchone()
-    if not published or not published[0]:
-        problems.append(
-            "the table is not in the WAL capture publication: its changes are not captured; "
-            "run `recovery capture enable` again"
-        )
     return problems

@@ -1,50 +1,27 @@
-"""The WAL capture source: a logical replication slot drained into the journal.
-
-A table captured from the WAL has nothing on its write path but the WAL itself (at
-`REPLICA IDENTITY FULL`, so that the old row travels whole) and three hooks that are
-idle in an ordinary transaction (`sql/wal.sql`).  `drain()` reads the slot with
-`pg_logical_slot_peek_binary_changes` (pgoutput, protocol 1) and writes the journal
-the trigger source writes: the same `j_<id>` rows and `stmt` rows, so that nothing
-downstream knows which source captured a change.  Design and measurements:
-docs/WAL_CAPTURE.md.
-
-Crash safety: the journal rows of the transactions a drain read and the commit LSN of
-the last of them commit together; the slot moves past them only after that commit,
-and a transaction at or below the recorded LSN is skipped when the slot delivers it
-again.  A drain killed at any moment loses nothing and writes nothing twice.
+"""The WAL capture source's slot: what the server must have, the slot and publication,
+and their state (`capture status`).  The drain that empties the slot into the journal
+is `drain.py`; the server side (hooks, publication, replica identity) `sql/wal.sql`.
+Design and measurements: docs/WAL_CAPTURE.md.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
-from psycopg.types.json import Jsonb
 
 from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
-from . import pgoutput
 
 # Advisory lock class of the drain (one drain at a time per schema): "RCVW".
 DRAIN_CLASS = 0x52435657
-# A COPY buffer is sent when it holds this much.
-_FLUSH_BYTES = 4 << 20
-# The most rows in one journal statement the drain makes (see `run` in _drain).
-_RUN_ROWS = 100_000
-# Messages fetched from the server per round trip.
-_FETCH = 5000
 
 
-def _lsn(text: str | None) -> int:
+def lsn_value(text: str | None) -> int:
     if not text:
         return 0
     hi, lo = text.split("/")
@@ -55,7 +32,7 @@ def lsn_text(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
-def _key(schema: str) -> int:
+def lock_key(schema: str) -> int:
     # a stable 31-bit key per schema name for the advisory lock
     h = 0
     for ch in schema.encode():
@@ -177,451 +154,6 @@ def _create_slot(conn: psycopg.Connection, schema: str) -> bool:
     return True
 
 
-def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
-    """Drop the slot and the publication once no table is captured from the WAL (a slot
-    nobody drains keeps WAL forever).  Drains first; True when they were dropped."""
-    s = sql.Identifier(schema)
-    with conn.transaction():
-        row = conn.execute(
-            sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM {}.captured WHERE enabled AND source = 'wal')"
-            ).format(s)
-        ).fetchone()
-    if row and row[0]:
-        return False
-    if slot_exists(conn, schema):
-        drain(conn, schema=schema)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, _key(schema)])
-        conn.execute(
-            sql.SQL(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                " WHERE slot_name = {s}.wal_slot()"
-            ).format(s=s)
-        )
-        pub = conn.execute(sql.SQL("SELECT {}.wal_publication()").format(s)).fetchone()
-        assert pub is not None
-        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(pub[0])))
-        conn.execute(sql.SQL("DELETE FROM {}.meta WHERE key = 'wal_lsn'").format(s))
-    return True
-
-
-@dataclass
-class DrainResult:
-    """What one drain wrote: source transactions, journal statements and rows."""
-
-    transactions: int = 0
-    statements: int = 0
-    rows: int = 0
-    lsn: str | None = None  # the WAL position the journal is complete up to
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Table:
-    tid: int
-    shape: list[tuple[str, str]] | None  # (column name, journal column), pgoutput's order
-    key_jcols: frozenset[str] = frozenset()
-    stopped: bool = False
-    _key_pos: list[int] | None = None
-
-    def key_pos(self) -> list[int]:
-        """Where the row key's values are in pgoutput's columns (for the current shape)."""
-        if self._key_pos is None:
-            self._key_pos = [i for i, (_, j) in enumerate(self.shape or []) if j in self.key_jcols]
-        return self._key_pos
-
-    def reshape(self, shape: list[tuple[str, str]]) -> None:
-        self.shape = shape
-        self._key_pos = None
-
-
-class _Ids:
-    """Statement ids from the shared sequence, fetched in growing blocks."""
-
-    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
-        self.conn = conn
-        self.q = sql.SQL("SELECT nextval({}) FROM generate_series(1, %s)").format(
-            sql.Literal(f'"{schema}".stmt_seq')
-        )
-        self.pool: deque[int] = deque()
-        self.block = 16
-
-    def next(self) -> int:
-        if not self.pool:
-            self.pool.extend(r[0] for r in self.conn.execute(self.q, [self.block]))
-            self.block = min(self.block * 4, 10000)
-        return self.pool.popleft()
-
-    def peek(self) -> int:
-        value = self.next()
-        self.pool.appendleft(value)
-        return value
-
-
-class _Writer:
-    """Journal rows as COPY text, buffered per table and column list."""
-
-    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
-        self.conn = conn
-        self.schema = schema
-        self.buffers: dict[tuple[int, tuple[str, ...]], bytearray] = {}
-        self.size = 0
-        self.stmts: list[tuple[Any, ...]] = []
-
-    def add(self, tid: int, cols: tuple[str, ...], line: bytes) -> None:
-        buf = self.buffers.get((tid, cols))
-        if buf is None:
-            buf = self.buffers[(tid, cols)] = bytearray()
-        buf += line
-        self.size += len(line)
-        if self.size >= _FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        for (tid, cols), buf in self.buffers.items():
-            if not buf:
-                continue
-            target = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier(self.schema, f"j_{tid}"),
-                sql.SQL(", ").join(
-                    map(sql.Identifier, ("rec_gen", "rec_stmt", "rec_ord", "rec_img", *cols))
-                ),
-            )
-            with self.conn.cursor().copy(target) as cp:
-                cp.write(bytes(buf))
-        self.buffers.clear()
-        self.size = 0
-        if self.stmts:
-            target = sql.SQL(
-                "COPY {} (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)"
-                " FROM STDIN"
-            ).format(sql.Identifier(self.schema, "stmt"))
-            with self.conn.cursor().copy(target) as cp:
-                for row in self.stmts:
-                    cp.write_row(row)
-            self.stmts.clear()
-
-
-def _widen(xid: int, next_full: int) -> int:
-    """A 32-bit xid as the 64-bit one txid_current() reports, by the epoch of next_full."""
-    epoch = next_full >> 32
-    if xid > (next_full & 0xFFFFFFFF):
-        epoch -= 1
-    return (epoch << 32) | xid
-
-
-def drain(
-    conn: psycopg.Connection,
-    *,
-    schema: str = DEFAULT_SCHEMA,
-    progress: Callable[[int], None] | None = None,
-) -> DrainResult:
-    """Write everything committed to WAL-captured tables so far into the journal.
-
-    Cheap when nothing is captured from the WAL (one catalog lookup).  In a
-    transaction of its own (then the slot is moved past what it wrote); inside a
-    caller's open transaction it writes there and leaves the slot alone, so that a
-    rollback of the caller's transaction loses nothing (the next drain writes it again).
-    """
-    s = sql.Identifier(schema)
-    own = conn.info.transaction_status == TransactionStatus.IDLE
-    with conn.transaction():
-        if not slot_exists(conn, schema):
-            return DrainResult()
-    if own:
-        # Decoding reads only flushed WAL, and a transaction committed with
-        # synchronous_commit = off may not be flushed yet: a commit of our own with
-        # synchronous_commit = on flushes everything before it.
-        with conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = on")
-            conn.execute(sql.SQL("SELECT {}.wal_flush()").format(s))
-    with conn.transaction():
-        upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-        assert upto_row is not None
-        upto = str(upto_row[0])
-        result = _drain(conn, schema, upto, progress)
-    if own:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, _key(schema)])
-            conn.execute(sql.SQL("SELECT {}.wal_advance(%s::pg_lsn)").format(s), [upto])
-    result.lsn = upto
-    return result
-
-
-def _drain(
-    conn: psycopg.Connection,
-    schema: str,
-    upto: str,
-    progress: Callable[[int], None] | None,
-) -> DrainResult:
-    s = sql.Identifier(schema)
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, _key(schema)])
-    row = conn.execute(
-        sql.SQL(
-            "SELECT (SELECT value FROM {s}.meta WHERE key = 'wal_lsn'),"
-            " (SELECT value::int FROM {s}.meta WHERE key = 'gen'),"
-            " txid_snapshot_xmax(txid_current_snapshot())"
-        ).format(s=s)
-    ).fetchone()
-    assert row is not None
-    applied = _lsn(row[0])
-    gen = int(row[1])
-    next_full = int(row[2])
-    tables: dict[int, _Table] = {}
-    for relid, tid, shape, key in conn.execute(
-        sql.SQL(
-            "SELECT DISTINCT ON (c.relid) c.relid, c.table_id, c.wal_shape,"
-            " ARRAY(SELECT col.jcol FROM {s}.columns col WHERE col.table_id = c.table_id"
-            "       AND col.attnum = ANY(c.key_attnums))"
-            " FROM {s}.captured c WHERE c.source = 'wal' ORDER BY c.relid, c.table_id DESC"
-        ).format(s=s)
-    ):
-        tables[int(relid)] = _Table(
-            int(tid),
-            [(str(a), str(b)) for a, b in shape] if shape is not None else None,
-            frozenset(key),
-        )
-    by_tid = {t.tid: t for t in tables.values()}
-    ids = _Ids(conn, schema)
-    out = _Writer(conn, schema)
-    result = DrainResult()
-    chunks: set[int] = set()
-    shapes_changed: set[int] = set()
-    fixups: list[tuple[int, int, int]] = []  # (gen, provisional id, real id) of TRUNCATEs
-    stopped: dict[int, str] = {}
-    who: tuple[str, str | None, str | None] = ("unknown", None, None)
-    depth = 1
-    skip = False
-    at: datetime | None = None
-    txid = 0
-    last_commit = 0
-    # The current journal statement: [tid, op, stmt id, rows so far, keys of its
-    # before-images, {key: hash} of its after-images].  The WAL does not say where one
-    # SQL statement ends: consecutive changes of one table and operation in a
-    # transaction form one journal statement, and a new one starts where a row would be
-    # changed a second time, which is what the undo engine needs of a statement (every
-    # row in it changed once): a before-image whose key is among the run's before-
-    # images, or equals one of its after-images (the row this run produced, changed
-    # again; a key swapped within one statement has another row's image there), or an
-    # after-image whose key is among its after-images.  Runs are also cut every
-    # _RUN_ROWS rows, which bounds the memory of those sets.
-    run: list[Any] | None = None
-    shape_prefix = f"recovery.shape:{schema}"
-    trunc_prefix = f"recovery.truncate:{schema}"
-
-    def close_run() -> None:
-        nonlocal run
-        if run is not None and run[3] > 0:
-            out.stmts.append(
-                (gen, run[2], run[0], run[1], txid, at, who[0], who[1], who[2], depth, run[3])
-            )
-            result.statements += 1
-        run = None
-
-    def stop(t: _Table, why: str) -> None:
-        if not t.stopped:
-            t.stopped = True
-            stopped[t.tid] = why
-
-    cur = conn.cursor("recovery_wal_drain", binary=True)
-    cur.execute(sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(s), [upto])
-    while True:
-        batch = cur.fetchmany(_FETCH)
-        if not batch:
-            break
-        for (data,) in batch:
-            kind = data[0]
-            if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
-                if skip:
-                    continue
-                m = pgoutput.parse(data)
-                t = tables.get(m[1])
-                if t is None or t.stopped:
-                    continue
-                if t.shape is None:
-                    stop(t, "the drain met a change before the table's shape message")
-                    continue
-                op = chr(kind)
-                old, new = m[2], m[3]
-                if op != "I" and m[4] != "O":
-                    stop(
-                        t,
-                        "the WAL carried no whole old row (replica identity is not FULL): "
-                        "before-images were lost from here on",
-                    )
-                    continue
-                cols = tuple(j for _, j in t.shape)
-                n = len(cols)
-                if (old is not None and len(old) != n) or (new is not None and len(new) != n):
-                    stop(t, "the WAL's columns do not match the journal's (shape changed unseen)")
-                    continue
-                if new is not None and old is not None and None in new:
-                    # unchanged TOAST: the value is the old row's
-                    new = [o if v is None else v for v, o in zip(new, old)]
-                kp = t.key_pos()
-                bkey = bline = akey = aline = None
-                if old is not None:
-                    bkey = tuple(old[i] for i in kp)
-                    bline = b"\t".join(old)
-                if new is not None:
-                    akey = tuple(new[i] for i in kp)
-                    aline = b"\t".join(new)
-                if (
-                    run is None
-                    or run[0] != t.tid
-                    or run[1] != op
-                    or run[3] >= _RUN_ROWS
-                    or (bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline)))
-                    or (akey is not None and akey in run[5])
-                ):
-                    close_run()
-                    if t.tid not in chunks:
-                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
-                        chunks.add(t.tid)
-                    run = [t.tid, op, ids.next(), 0, set(), {}]
-                run[3] += 1
-                head = f"{gen}\t{run[2]}\t{run[3]}\t".encode()
-                if bline is not None:
-                    run[4].add(bkey)
-                    out.add(t.tid, cols, head + b"B\t" + bline + b"\n")
-                    result.rows += 1
-                if aline is not None:
-                    run[5][akey] = hash(aline)
-                    out.add(t.tid, cols, head + b"A\t" + aline + b"\n")
-                    if bline is None:
-                        result.rows += 1
-                continue
-            m = pgoutput.parse(data)
-            tag = m[0]
-            if tag == "B":
-                skip = m[1] <= applied
-                at = pgoutput.pg_time(m[2])
-                txid = _widen(m[3], next_full)
-                who = ("unknown", None, None)
-                depth = 1
-                run = None
-            elif tag == "C":
-                if not skip:
-                    close_run()
-                    result.transactions += 1
-                    last_commit = max(last_commit, m[1])
-                    if progress is not None:
-                        progress(result.rows)
-                run = None
-            elif tag == "M" and not skip:
-                prefix, content = m[2], m[3]
-                if prefix == "recovery.who":
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    who = (str(doc[0]), doc[1], doc[2] or None)
-                    depth = int(doc[3]) if len(doc) > 3 else 1
-                elif prefix == shape_prefix:
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    t2 = by_tid.get(int(doc["t"]))
-                    if t2 is not None:
-                        shape = [(str(a), str(b)) for a, b in doc["c"]]
-                        t2.reshape(shape)
-                        shapes_changed.add(t2.tid)
-                        # Journal columns added by this DDL hold values from here on.
-                        conn.execute(
-                            sql.SQL(
-                                "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
-                                " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
-                            ).format(s=s),
-                            [ids.peek(), t2.tid, [j for _, j in shape]],
-                        )
-                elif prefix == trunc_prefix:
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
-            elif tag == "R" and not skip:
-                t3 = tables.get(m[1])
-                if t3 is not None and t3.shape is not None and not t3.stopped:
-                    if list(m[5]) != [a for a, _ in t3.shape]:
-                        stop(
-                            t3,
-                            "the table's columns changed while capture could not follow: "
-                            "run `recovery capture enable` again",
-                        )
-    cur.close()
-    close_run()
-    out.flush()
-    for g, provisional, real in fixups:
-        hit = conn.execute(
-            sql.SQL(
-                "UPDATE {}.stmt SET stmt_id = %s WHERE gen = %s AND stmt_id = %s RETURNING table_id"
-            ).format(s),
-            [real, g, provisional],
-        ).fetchone()
-        if hit is not None:
-            conn.execute(
-                sql.SQL("UPDATE {} SET rec_stmt = %s WHERE rec_gen = %s AND rec_stmt = %s").format(
-                    sql.Identifier(schema, f"j_{hit[0]}")
-                ),
-                [real, g, provisional],
-            )
-            result.statements += 1
-    for tid in shapes_changed:
-        conn.execute(
-            sql.SQL("UPDATE {}.captured SET wal_shape = %s WHERE table_id = %s").format(s),
-            [Jsonb([list(x) for x in by_tid[tid].shape or []]), tid],
-        )
-    for tid, why in stopped.items():
-        conn.execute(
-            sql.SQL("UPDATE {}.captured SET stopped = %s WHERE table_id = %s").format(s),
-            [f"WAL capture stopped: {why}", tid],
-        )
-        conn.execute(
-            sql.SQL("INSERT INTO {}.events (table_id, kind, detail) VALUES (%s, 'wal', %s)").format(
-                s
-            ),
-            [tid, f"capture stopped: {why}"],
-        )
-        result.problems.append(why)
-    if last_commit:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.meta (key, value) VALUES ('wal_lsn', %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ).format(s),
-            [lsn_text(last_commit)],
-        )
-    return result
-
-
-def catch_up(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> DrainResult:
-    """Drain before reading the journal, so that no committed change is missed.
-
-    For every command that reads the journal.  Does nothing where the schema is not
-    installed (the command's own check says so).  Errors name what to do."""
-    try:
-        with conn.transaction():
-            present = conn.execute(
-                "SELECT to_regprocedure(%s) IS NOT NULL", [f'"{schema}".wal_slot()']
-            ).fetchone()
-            if present and present[0]:
-                present = conn.execute(
-                    sql.SQL(
-                        "SELECT {}.wal_slot() IN (SELECT slot_name FROM pg_replication_slots)"
-                    ).format(sql.Identifier(schema))
-                ).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
-        return DrainResult()  # no access to the schema: the command's own check says so
-    if not present or not present[0]:
-        return DrainResult()
-    try:
-        return drain(conn, schema=schema)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise RecoveryError(
-            f"cannot read the WAL capture slot: {exc.diag.message_primary}; run this as the "
-            "recovery schema's owner, or keep `recovery capture follow` running"
-        ) from None
-    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
-        raise RecoveryError(f"WAL capture: {exc.diag.message_primary}") from None
-
-
 @dataclass
 class SlotState:
     """The slot as `capture status` shows it."""
@@ -649,20 +181,58 @@ def slot_state(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> SlotSt
     return SlotState(str(row[0]), bool(row[1]), row[2], row[3], row[4])
 
 
-def follow(
-    conn: psycopg.Connection,
-    *,
-    schema: str = DEFAULT_SCHEMA,
-    interval: float = 1.0,
-    stop: Callable[[], bool] = lambda: False,
-) -> Iterator[tuple[DrainResult, SlotState]]:
-    """Drain continuously: one drain every `interval` seconds until `stop()` is true;
-    yields what each drain wrote and the slot's lag after it."""
-    while not stop():
-        started = time.monotonic()
-        result = catch_up(conn, schema)
-        with conn.transaction():
-            state = slot_state(conn, schema)
-        yield result, state
-        while not stop() and time.monotonic() - started < interval:
-            time.sleep(min(0.1, interval))
+def table_problems(
+    conn: psycopg.Connection, schema: str, tid: int, relid: int, slot: SlotState
+) -> list[str]:
+    """Say plainly why WAL capture is not working for a table, if it is not."""
+    exists = conn.execute("SELECT 1 FROM pg_class WHERE oid = %s", [relid]).fetchone()
+    if not exists:
+        return ["table was dropped: captured history is kept"]
+    since = ""
+    if slot.drained_lsn:
+        since = f" (the journal is complete up to WAL position {slot.drained_lsn})"
+    if not slot.exists:
+        return [
+            f"replication slot {slot.name} is missing: changes since the last drain{since} were "
+            "not captured; run `recovery capture enable --source wal` to capture again (rows "
+            "changed in the gap count as changed by someone else)"
+        ]
+    if slot.wal_status == "lost":
+        return [
+            f"replication slot {slot.name} lost WAL it needed (max_slot_wal_keep_size): changes "
+            f"since the last drain{since} were not captured; run `recovery capture enable "
+            "--source wal` to capture again"
+        ]
+    found = []
+    rels = conn.execute(
+        "SELECT r.relid::regclass::text, c.relkind, c.relreplident,"
+        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgenabled = 'A'"
+        "  AND t.tgname IN (%s || '_wal_who', %s || '_wal_cap', %s || '_wal_t'))"
+        " FROM (SELECT %s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%s)) r"
+        " JOIN pg_class c ON c.oid = r.relid WHERE c.relkind IN ('r', 'p')",
+        [schema, schema, schema, relid, relid],
+    ).fetchall()
+    for rname, kind, ident, hooks in rels:
+        if ident != "f":
+            found.append(
+                f"{rname} is not at REPLICA IDENTITY FULL: the WAL does not carry its old rows; "
+                "run `recovery capture enable` again"
+            )
+        if hooks < (3 if kind == "r" else 1):
+            found.append(
+                f"{rname} has a WAL capture hook missing or disabled (who, cap or TRUNCATE); "
+                "run `recovery capture enable` again"
+            )
+    published = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p"
+            " ON p.oid = pr.prpubid WHERE p.pubname = {}.wal_publication() AND pr.prrelid = %s)"
+        ).format(sql.Identifier(schema)),
+        [relid],
+    ).fetchone()
+    if not published or not published[0]:
+        found.append(
+            "the table is not in the WAL capture publication: its changes are not captured; "
+            "run `recovery capture enable` again"
+        )
+    return found

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from ..capture import drain, wal
 from ..capture import triggers as capture_mod
-from ..capture import wal
 from ..errors import RecoveryError
 from . import render
 from .common import Ctx, command, confirm, open_conn
@@ -171,7 +171,7 @@ def capture_follow(c: Ctx, interval: float, once: bool) -> None:
                         "TABLE --source wal` first"
                     )
             most = 0
-            for result, state in wal.follow(
+            for result, state in drain.follow(
                 conn, schema=c.schema, interval=interval, stop=lambda: stopping
             ):
                 lag = state.lag_bytes or 0

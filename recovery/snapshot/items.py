@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..capture.triggers import key_attnums
+from ..capture.eligible import key_attnums
 from ..errors import RecoveryError
 from .spec import Spec
 from .tabledef import catalog_path, describe

@@ -16,8 +16,8 @@ from psycopg.types.json import Jsonb
 
 from .. import approval as ap
 from .. import operations
+from ..capture.drain import catch_up
 from ..capture.tableinfo import load
-from ..capture.wal import catch_up
 from ..db import DEFAULT_SCHEMA, lock_holders, scalar
 from ..errors import ApprovalRequired, ConflictError, RecoveryError, first_line
 from ..schema import require_schema

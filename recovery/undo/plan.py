@@ -9,8 +9,8 @@ import psycopg
 from psycopg import sql
 
 from .. import approval as ap
+from ..capture.eligible import inheritance_problem
 from ..capture.tableinfo import TableInfo, load
-from ..capture.triggers import inheritance_problem
 from ..errors import RecoveryError
 from ..selector import Selector
 from .report import RollbackReport

@@ -1,0 +1,417 @@
+"""The WAL capture source: slot, hooks, drain, and the undo on top of it.
+
+Every test asserts exact end states (rows as text) and, where the journal itself is
+the point, the exact journal rows.  The scenario runner (test_scenarios.py) runs every
+undo case under both sources as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from recovery import Selector, capture_status, disable_capture, enable_capture, rollback
+from recovery.capture.drain import drain
+from recovery.db import connect
+
+BAD = Selector(tags=("bad",))
+
+
+def snap(conn: psycopg.Connection, table: str) -> list[str]:
+    conn.rollback()
+    out = [r[0] for r in conn.execute(f"SELECT x::text, x.* FROM {table} x ORDER BY 2, 1")]
+    conn.rollback()
+    return out
+
+
+def journal(conn: psycopg.Connection, tid: int = 1) -> list[tuple]:  # type: ignore[type-arg]
+    """Every journal row of capture id tid with its statement: (stmt order, op, tag,
+    rec_ord, image, the row as text), after a drain."""
+    drain(conn)
+    rows = conn.execute(
+        "SELECT dense_rank() OVER (ORDER BY s.stmt_id), s.op::text, s.tag, j.rec_ord,"
+        " j.rec_img::text, (j.c1, j.c2, j.c3)::text"
+        f" FROM _recovery.j_{tid} j JOIN _recovery.stmt s ON s.stmt_id = j.rec_stmt"
+        " ORDER BY s.stmt_id, j.rec_ord, j.rec_img"
+    ).fetchall()
+    conn.rollback()
+    return rows
+
+
+@pytest.fixture
+def acc(conn, sql_exec):  # type: ignore[no-untyped-def]
+    sql_exec("CREATE TABLE acc (id int PRIMARY KEY, v text, n int)")
+    sql_exec("INSERT INTO acc SELECT g, 'v' || g, g * 10 FROM generate_series(1, 6) g")
+    enable_capture(conn, ["acc"], source="wal")
+    return "acc"
+
+
+def test_enable_sets_identity_publication_slot_and_disable_puts_them_back(conn, sql_exec):
+    sql_exec("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    sql_exec("CREATE TABLE b (id int NOT NULL, v text)")
+    sql_exec("CREATE UNIQUE INDEX b_id ON b (id)")
+    sql_exec("ALTER TABLE b REPLICA IDENTITY USING INDEX b_id")
+    enable_capture(conn, ["a"], source="wal")
+    enable_capture(conn, ["b"], key=["id"], source="wal")
+    conn.rollback()
+    assert sql_exec(
+        "SELECT relname, relreplident::text FROM pg_class WHERE relname IN ('a', 'b') ORDER BY 1"
+    ) == [("a", "f"), ("b", "f")]
+    assert sql_exec(
+        "SELECT tablename::text FROM pg_publication_tables "
+        "WHERE pubname = _recovery.wal_publication() ORDER BY 1"
+    ) == [("a",), ("b",)]
+    states = {s.table: s for s in capture_status(conn)}
+    assert {t: (s.source, s.state, s.problems) for t, s in states.items()} == {
+        "public.a": ("wal", "on", []),
+        "public.b": ("wal", "on", []),
+    }
+    disable_capture(conn, ["a"])
+    assert sql_exec("SELECT relreplident::text FROM pg_class WHERE relname = 'a'") == [("d",)]
+    assert sql_exec(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = _recovery.wal_slot()"
+    ) == [(1,)]
+    disable_capture(conn, ["b"])
+    assert sql_exec(
+        "SELECT c.relreplident::text, i.relname::text FROM pg_class c JOIN pg_index x "
+        "ON x.indrelid = c.oid AND x.indisreplident JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE c.relname = 'b'"
+    ) == [("i", "b_id")]
+    # The last WAL-captured table gone: no slot holds WAL, no publication is left.
+    assert sql_exec(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = _recovery.wal_slot()"
+    ) == [(0,)]
+    assert sql_exec("SELECT count(*) FROM pg_publication") == [(0,)]
+    # No hook is left on either table.
+    assert sql_exec(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('a'::regclass, 'b'::regclass)"
+        " AND NOT tgisinternal"
+    ) == [(0,)]
+
+
+def test_journal_rows_who_and_order(conn, sql_exec, acc):
+    with psycopg.connect(conn.info.dsn, autocommit=True) as app:
+        app.execute("SET application_name = 'billing'")
+        app.execute(
+            "BEGIN; SET LOCAL recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id <= 2;"
+            " UPDATE acc SET v = 'x' WHERE id = 1; DELETE FROM acc WHERE id = 6;"
+            " SET LOCAL recovery.tag = 'other'; INSERT INTO acc VALUES (7, 'v7', 70); COMMIT"
+        )
+        app.execute("UPDATE acc SET n = 99 WHERE id = 3")
+    assert journal(conn) == [
+        (1, "U", "bad", 1, "A", "(1,v1,0)"),
+        (1, "U", "bad", 1, "B", "(1,v1,10)"),
+        (1, "U", "bad", 2, "A", "(2,v2,0)"),
+        (1, "U", "bad", 2, "B", "(2,v2,20)"),
+        # the same row again: a statement of its own
+        (2, "U", "bad", 1, "A", "(1,x,0)"),
+        (2, "U", "bad", 1, "B", "(1,v1,0)"),
+        (3, "D", "bad", 1, "B", "(6,v6,60)"),
+        (4, "I", "other", 1, "A", "(7,v7,70)"),
+        (5, "U", None, 1, "A", "(3,v3,99)"),
+        (5, "U", None, 1, "B", "(3,v3,30)"),
+    ]
+    who = conn.execute(
+        "SELECT DISTINCT db_user, app, depth FROM _recovery.stmt ORDER BY 1"
+    ).fetchall()
+    assert who == [(conn.info.user, "billing", 1)]
+    # one transaction id for the first transaction, as txid_current() reports it
+    txids = conn.execute("SELECT count(DISTINCT txid) FROM _recovery.stmt").fetchone()
+    assert txids == (2,)
+
+
+def test_bad_deploy_interleaved_with_legit_writes_cli(cli, conn, sql_exec, acc):
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET v = 'broken', n = -1 WHERE id <= 4")
+    sql_exec("UPDATE acc SET n = 1000 WHERE id = 2")  # a legitimate later write, other column
+    sql_exec("UPDATE acc SET v = 'legit' WHERE id = 3")  # a later write of the same column
+    sql_exec("INSERT INTO acc VALUES (8, 'v8', 80)")
+    r = cli("rollback", "--tag", "bad", "--on-conflict", "skip", "--yes")
+    assert r.exit_code == 0, r.output
+    assert snap(conn, "acc") == [
+        "(1,v1,10)",
+        "(2,v2,1000)",
+        "(3,legit,30)",
+        "(4,v4,40)",
+        "(5,v5,50)",
+        "(6,v6,60)",
+        "(8,v8,80)",
+    ]
+    # planned again: nothing left to do
+    again = cli("--json", "rollback", "--tag", "bad", "--on-conflict", "skip", "--dry-run")
+    doc = json.loads(again.output)
+    assert [(t["reinsert"], t["restore"], t["delete"]) for t in doc["tables"]] == [(0, 0, 0)]
+
+
+def test_unchanged_toast_value_is_taken_from_the_old_row(conn, sql_exec):
+    sql_exec("CREATE TABLE doc (id int PRIMARY KEY, big text, n int)")
+    sql_exec("ALTER TABLE doc ALTER COLUMN big SET STORAGE EXTERNAL")  # out of line, uncompressed
+    sql_exec("INSERT INTO doc VALUES (1, repeat('abc\\t', 200000), 1), (2, 'small', 2)")
+    enable_capture(conn, ["doc"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE doc SET n = n + 100")
+    drain(conn)
+    images = conn.execute(
+        "SELECT j.rec_img::text, j.c1, md5(j.c2), j.c3 FROM _recovery.j_1 j ORDER BY 2, 1"
+    ).fetchall()
+    conn.rollback()
+    big = sql_exec("SELECT md5(repeat('abc\\t', 200000))")[0][0]
+    assert images == [
+        ("A", 1, big, 101),
+        ("B", 1, big, 1),
+        ("A", 2, sql_exec("SELECT md5('small')")[0][0], 102),
+        ("B", 2, sql_exec("SELECT md5('small')")[0][0], 2),
+    ]
+    rollback(conn, BAD)
+    assert sql_exec("SELECT id, md5(big), n FROM doc ORDER BY 1") == [
+        (1, big, 1),
+        (2, sql_exec("SELECT md5('small')")[0][0], 2),
+    ]
+
+
+def test_truncate_is_journaled_in_commit_order_and_undone(conn, sql_exec, acc):
+    sql_exec("UPDATE acc SET n = 11 WHERE id = 1")
+    sql_exec("SET recovery.tag = 'bad'; TRUNCATE acc")
+    sql_exec("INSERT INTO acc VALUES (9, 'new', 90)")
+    rows = journal(conn)
+    assert [r[:3] for r in rows if r[4] == "B"][:2] == [(1, "U", None), (2, "T", "bad")]
+    assert len([r for r in rows if r[1] == "T"]) == 6
+    rollback(conn, BAD)
+    assert snap(conn, "acc") == [
+        "(1,v1,11)",
+        "(2,v2,20)",
+        "(3,v3,30)",
+        "(4,v4,40)",
+        "(5,v5,50)",
+        "(6,v6,60)",
+        "(9,new,90)",
+    ]
+    # no provisional statement id is left behind
+    assert sql_exec("SELECT count(*) FROM _recovery.stmt WHERE stmt_id < 0") == [(0,)]
+
+
+def test_partitioned_table_through_parent_and_partition(conn, sql_exec):
+    sql_exec(
+        "CREATE TABLE o (region text, id int, v text, PRIMARY KEY (region, id))"
+        " PARTITION BY LIST (region);"
+        " CREATE TABLE o_eu PARTITION OF o FOR VALUES IN ('eu');"
+        " CREATE TABLE o_us (id int NOT NULL, v text, region text NOT NULL);"
+        " ALTER TABLE o ATTACH PARTITION o_us FOR VALUES IN ('us');"
+        " INSERT INTO o SELECT r, g, 'v' || g FROM generate_series(1, 3) g, "
+        " unnest(ARRAY['eu', 'us']) r"
+    )
+    enable_capture(conn, ["o"], source="wal")
+    sql_exec("CREATE TABLE o_ap PARTITION OF o FOR VALUES IN ('ap')")  # after enable
+    assert sql_exec(
+        "SELECT relname::text, relreplident::text FROM pg_class WHERE relname ~ '^o(_|$)' "
+        "AND relkind IN ('r', 'p') ORDER BY 1"
+    ) == [("o", "f"), ("o_ap", "f"), ("o_eu", "f"), ("o_us", "f")]
+    sql_exec(
+        "SET recovery.tag = 'bad'; UPDATE o SET v = 'bad' WHERE id = 1;"
+        " UPDATE o_us SET v = 'direct' WHERE id = 2; DELETE FROM o_eu WHERE id = 3;"
+        " INSERT INTO o VALUES ('ap', 1, 'a1'); UPDATE o SET region = 'ap' WHERE region = 'us'"
+        " AND id = 3"
+    )
+    rollback(conn, BAD)
+    assert snap(conn, "o") == [
+        "(eu,1,v1)",
+        "(eu,2,v2)",
+        "(eu,3,v3)",
+        "(us,1,v1)",
+        "(us,2,v2)",
+        "(us,3,v3)",
+    ]
+
+
+def test_backlog_spanning_schema_changes_is_journaled_by_each_change_s_columns(conn, sql_exec):
+    sql_exec("CREATE TABLE s (id int PRIMARY KEY, a text, b int, c int)")
+    sql_exec("INSERT INTO s SELECT g, 'a' || g, g, g FROM generate_series(1, 4) g")
+    enable_capture(conn, ["s"], source="wal")
+    # nothing drains in between: the slot holds every change and DDL in order
+    sql_exec("SET recovery.tag = 'bad'; UPDATE s SET b = -b WHERE id = 1")
+    sql_exec("ALTER TABLE s RENAME COLUMN a TO title")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE s SET title = 'T' WHERE id = 2")
+    sql_exec("ALTER TABLE s ALTER COLUMN b TYPE bigint")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE s SET b = 5000000000 WHERE id = 3")
+    sql_exec("ALTER TABLE s DROP COLUMN c")
+    sql_exec("ALTER TABLE s ADD COLUMN d text DEFAULT 'dd'")
+    sql_exec(
+        "SET recovery.tag = 'bad'; UPDATE s SET d = 'changed' WHERE id = 4;"
+        " DELETE FROM s WHERE id = 2"
+    )
+    rollback(conn, BAD)
+    assert snap(conn, "s") == ["(1,a1,1,dd)", "(2,a2,2,dd)", "(3,a3,3,dd)", "(4,a4,4,dd)"]
+
+
+def test_moving_between_sources_keeps_one_journal(conn, sql_exec, cli):
+    sql_exec("CREATE TABLE m (id int PRIMARY KEY, v text)")
+    sql_exec("INSERT INTO m SELECT g, 'v' || g FROM generate_series(1, 3) g")
+    enable_capture(conn, ["m"], source="trigger")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE m SET v = 'a' WHERE id = 1")
+    enable_capture(conn, ["m"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE m SET v = 'b' WHERE id IN (1, 2)")
+    enable_capture(conn, ["m"], source="trigger")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE m SET v = 'c' WHERE id IN (1, 3)")
+    conn.rollback()
+    got = conn.execute(
+        "SELECT s.op::text, (j.c1, j.c2)::text FROM _recovery.j_1 j JOIN _recovery.stmt s"
+        " ON s.stmt_id = j.rec_stmt WHERE j.rec_img = 'A' ORDER BY s.stmt_id, j.rec_ord"
+    ).fetchall()
+    conn.rollback()
+    assert got == [
+        ("U", "(1,a)"),
+        ("U", "(1,b)"),
+        ("U", "(2,b)"),
+        ("U", "(1,c)"),
+        ("U", "(3,c)"),
+    ]
+    r = cli("capture", "status")
+    assert "trigger" in r.output and r.exit_code == 0
+    rollback(conn, BAD)
+    assert snap(conn, "m") == ["(1,v1)", "(2,v2)", "(3,v3)"]
+
+
+def test_caps_hold_on_wal_captured_tables(conn, sql_exec, acc):
+    with pytest.raises(psycopg.Error) as exc:
+        sql_exec("SET recovery.max_rows = '3'; UPDATE acc SET n = 0")
+    assert exc.value.sqlstate == "RC001"
+    assert snap(conn, "acc")[0] == "(1,v1,10)"
+    # an uncapped session is not limited
+    sql_exec("UPDATE acc SET n = 0")
+    assert sql_exec("SELECT count(*) FROM acc WHERE n = 0") == [(6,)]
+
+
+def test_cascaded_changes_keep_their_depth(conn, sql_exec):
+    sql_exec(
+        "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (id int PRIMARY KEY,"
+        " p int REFERENCES p ON DELETE CASCADE);"
+        " INSERT INTO p VALUES (1), (2); INSERT INTO c VALUES (10, 1), (11, 1), (20, 2)"
+    )
+    enable_capture(conn, ["p", "c"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; DELETE FROM p WHERE id = 1; DELETE FROM c WHERE id = 20")
+    drain(conn)
+    got = conn.execute(
+        "SELECT c.table_name, s.op::text, s.depth, s.nrows FROM _recovery.stmt s"
+        " JOIN _recovery.captured c USING (table_id) ORDER BY s.stmt_id"
+    ).fetchall()
+    conn.rollback()
+    # the cascade deleted rows 10 and 11 in one statement, run by the foreign key's trigger
+    assert got == [("p", "D", 1, 1), ("c", "D", 2, 2), ("c", "D", 1, 1)]
+    rollback(conn, Selector(tables=("p",)), on_conflict="fail")
+    assert snap(conn, "p") == ["(1)", "(2)"]
+    assert snap(conn, "c") == ["(10,1)", "(11,1)"]
+
+
+def test_drain_killed_at_any_moment_loses_and_duplicates_nothing(conn, sql_exec, db_url):
+    sql_exec("CREATE TABLE big (id int PRIMARY KEY, v text)")
+    sql_exec("INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 60000) g")
+    enable_capture(conn, ["big"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE big SET v = v || '!'")
+    sql_exec("SET recovery.tag = 'bad'; DELETE FROM big WHERE id % 3 = 0")
+    env = dict(os.environ, RECOVERY_DB_URL=db_url)
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "recovery", "capture", "follow", "--once"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    drain(conn)
+    stats = conn.execute(
+        "SELECT s.op::text, j.rec_img::text, count(*), count(DISTINCT (j.rec_stmt, j.rec_ord)),"
+        " count(DISTINCT j.c1) FROM _recovery.j_1 j JOIN _recovery.stmt s"
+        " ON s.stmt_id = j.rec_stmt GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    nrows = conn.execute("SELECT op::text, sum(nrows) FROM _recovery.stmt GROUP BY 1 ORDER BY 1")
+    assert stats == [
+        ("D", "B", 20000, 20000, 20000),
+        ("U", "A", 60000, 60000, 60000),
+        ("U", "B", 60000, 60000, 60000),
+    ]
+    assert nrows.fetchall() == [("D", 20000), ("U", 60000)]
+    conn.rollback()
+    rollback(conn, BAD, require_approval=False)
+    assert sql_exec("SELECT count(*), count(*) FILTER (WHERE v = 'v' || id) FROM big") == [
+        (60000, 60000)
+    ]
+
+
+def test_follow_drains_and_stops_on_sigterm(conn, sql_exec, db_url, acc):
+    env = dict(os.environ, RECOVERY_DB_URL=db_url)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "recovery", "capture", "follow", "--interval", "0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        sql_exec("UPDATE acc SET n = 1 WHERE id = 1")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            n = sql_exec("SELECT count(*) FROM _recovery.stmt")[0][0]
+            if n:
+                break
+            time.sleep(0.1)
+        assert n == 1
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert "drained 1 row(s) in 1 statement(s) from 1 transaction(s)" in out
+
+
+def test_status_reports_a_missing_slot(conn, sql_exec, acc, cli):
+    sql_exec("SELECT pg_drop_replication_slot(_recovery.wal_slot())")
+    r = cli("capture", "status")
+    assert r.exit_code == 0
+    assert "replication slot recovery_" in r.output and "is missing" in r.output
+    states = capture_status(conn)
+    assert states[0].state == "stopped"
+    # capture comes back with enable
+    enable_capture(conn, ["acc"], source="wal")
+    assert capture_status(conn)[0].state == "on"
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id = 1")
+    rollback(conn, BAD)
+    assert snap(conn, "acc")[0] == "(1,v1,10)"
+
+
+def test_wal_source_refused_where_the_server_lacks_logical_decoding(tmp_path):
+    from recovery import embedded
+
+    bindir = embedded.find_bindir()
+    if bindir is None or os.environ.get("RECOVERY_TEST_DSN"):
+        pytest.skip("needs the machine's PostgreSQL binaries")
+    cluster = embedded.start_local(bindir, logical=False)
+    try:
+        from click.testing import CliRunner
+
+        from recovery.cli import main
+        from recovery.schema import init
+
+        with connect(cluster.url) as c:
+            init(c)
+            c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            c.commit()
+        r = CliRunner().invoke(
+            main, ["capture", "enable", "t", "--source", "wal", "--db", cluster.url]
+        )
+        assert r.exit_code == 1
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "wal_level" in lines[0] and "logical" in lines[0], r.output
+        with connect(cluster.url) as c:
+            assert c.execute("SELECT count(*) FROM _recovery.captured").fetchone() == (0,)
+            assert c.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"
+            ).fetchone() == (0,)
+    finally:
+        cluster.stop()
