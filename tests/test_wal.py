@@ -415,3 +415,68 @@ def test_wal_source_refused_where_the_server_lacks_logical_decoding(tmp_path):
             ).fetchone() == (0,)
     finally:
         cluster.stop()
+
+
+def test_lost_slot_is_reported_and_capture_recovers(tmp_path):
+    from click.testing import CliRunner
+
+    from recovery import embedded
+    from recovery.cli import main
+    from recovery.schema import init
+
+    bindir = embedded.find_bindir()
+    if bindir is None or os.environ.get("RECOVERY_TEST_DSN"):
+        pytest.skip("needs the machine's PostgreSQL binaries")
+    cluster = embedded.start_local(bindir, conf={"max_slot_wal_keep_size": "1MB"})
+    url = cluster.url
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, [*args, "--db", url])
+
+    try:
+        with connect(url) as c:
+            init(c)
+            c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            c.execute("CREATE TABLE junk (id int, v text)")
+            c.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+            c.commit()
+            enable_capture(c, ["t"], source="wal")
+            c.execute("SET recovery.tag = 'lost'")
+            c.execute("UPDATE t SET v = 'x' WHERE id = 1")
+            c.commit()
+            c.execute("RESET recovery.tag")
+            # far more WAL than max_slot_wal_keep_size, then checkpoints remove it
+            for _ in range(3):
+                c.execute(
+                    "INSERT INTO junk SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g"
+                )
+                c.commit()
+                c.execute("SELECT pg_switch_wal()")
+                c.execute("CHECKPOINT")
+                c.commit()
+            assert c.execute("SELECT wal_status FROM pg_replication_slots").fetchone() == ("lost",)
+        r = run("capture", "status")
+        assert r.exit_code == 0
+        assert "lost WAL it needed" in r.output
+        r = run("rollback", "--tag", "lost", "--yes")
+        assert r.exit_code == 1
+        assert "were not captured" in r.output and "capture enable" in r.output
+        assert len(r.output.strip().splitlines()) == 1
+        r = run("capture", "enable", "t", "--source", "wal")
+        assert r.exit_code == 0, r.output
+        with connect(url) as c:
+            assert c.execute("SELECT wal_status FROM pg_replication_slots").fetchone() != ("lost",)
+            gap = c.execute(
+                "SELECT detail FROM _recovery.events WHERE kind = 'wal' AND detail LIKE "
+                "'%recreated%'"
+            ).fetchall()
+            assert len(gap) == 1 and "were not captured" in gap[0][0]
+            c.execute("SET recovery.tag = 'bad'")
+            c.execute("UPDATE t SET v = 'y' WHERE id = 2")
+            c.commit()
+        r = run("rollback", "--tag", "bad", "--yes")
+        assert r.exit_code == 0, r.output
+        with connect(url) as c:
+            assert c.execute("SELECT * FROM t ORDER BY 1").fetchall() == [(1, "x"), (2, "b")]
+    finally:
+        cluster.stop()

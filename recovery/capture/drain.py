@@ -200,130 +200,135 @@ def _drain(
             t.stopped = True
             stopped[t.tid] = why
 
-    cur = conn.cursor("recovery_wal_drain", binary=True)
-    cur.execute(sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(s), [upto])
-    while True:
-        batch = cur.fetchmany(_FETCH)
-        if not batch:
-            break
-        for (data,) in batch:
-            kind = data[0]
-            if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
-                if skip:
+    with conn.cursor("recovery_wal_drain", binary=True) as cur:
+        cur.execute(sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(s), [upto])
+        while True:
+            batch = cur.fetchmany(_FETCH)
+            if not batch:
+                break
+            for (data,) in batch:
+                kind = data[0]
+                if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
+                    if skip:
+                        continue
+                    m = pgoutput.parse(data)
+                    t = tables.get(m[1])
+                    if t is None or t.stopped:
+                        continue
+                    if t.shape is None:
+                        stop(t, "the drain met a change before the table's shape message")
+                        continue
+                    op = chr(kind)
+                    old, new = m[2], m[3]
+                    if op != "I" and m[4] != "O":
+                        stop(
+                            t,
+                            "the WAL carried no whole old row (replica identity is not FULL): "
+                            "before-images were lost from here on",
+                        )
+                        continue
+                    cols = tuple(j for _, j in t.shape)
+                    n = len(cols)
+                    if (old is not None and len(old) != n) or (new is not None and len(new) != n):
+                        stop(
+                            t, "the WAL's columns do not match the journal's (shape changed unseen)"
+                        )
+                        continue
+                    if new is not None and old is not None and None in new:
+                        # unchanged TOAST: the value is the old row's
+                        new = [o if v is None else v for v, o in zip(new, old)]
+                    kp = t.key_pos()
+                    bkey = bline = akey = aline = None
+                    if old is not None:
+                        bkey = tuple(old[i] for i in kp)
+                        bline = b"\t".join(old)
+                    if new is not None:
+                        akey = tuple(new[i] for i in kp)
+                        aline = b"\t".join(new)
+                    if (
+                        run is None
+                        or run[0] != t.tid
+                        or run[1] != op
+                        or run[3] >= _RUN_ROWS
+                        or (
+                            bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline))
+                        )
+                        or (akey is not None and akey in run[5])
+                    ):
+                        close_run()
+                        if t.tid not in chunks:
+                            conn.execute(
+                                sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen]
+                            )
+                            chunks.add(t.tid)
+                        run = [t.tid, op, ids.next(), 0, set(), {}]
+                    run[3] += 1
+                    head = f"{gen}\t{run[2]}\t{run[3]}\t".encode()
+                    if bline is not None:
+                        run[4].add(bkey)
+                        out.add(t.tid, cols, head + b"B\t" + bline + b"\n")
+                        result.rows += 1
+                    if aline is not None:
+                        run[5][akey] = hash(aline)
+                        out.add(t.tid, cols, head + b"A\t" + aline + b"\n")
+                        if bline is None:
+                            result.rows += 1
                     continue
                 m = pgoutput.parse(data)
-                t = tables.get(m[1])
-                if t is None or t.stopped:
-                    continue
-                if t.shape is None:
-                    stop(t, "the drain met a change before the table's shape message")
-                    continue
-                op = chr(kind)
-                old, new = m[2], m[3]
-                if op != "I" and m[4] != "O":
-                    stop(
-                        t,
-                        "the WAL carried no whole old row (replica identity is not FULL): "
-                        "before-images were lost from here on",
-                    )
-                    continue
-                cols = tuple(j for _, j in t.shape)
-                n = len(cols)
-                if (old is not None and len(old) != n) or (new is not None and len(new) != n):
-                    stop(t, "the WAL's columns do not match the journal's (shape changed unseen)")
-                    continue
-                if new is not None and old is not None and None in new:
-                    # unchanged TOAST: the value is the old row's
-                    new = [o if v is None else v for v, o in zip(new, old)]
-                kp = t.key_pos()
-                bkey = bline = akey = aline = None
-                if old is not None:
-                    bkey = tuple(old[i] for i in kp)
-                    bline = b"\t".join(old)
-                if new is not None:
-                    akey = tuple(new[i] for i in kp)
-                    aline = b"\t".join(new)
-                if (
-                    run is None
-                    or run[0] != t.tid
-                    or run[1] != op
-                    or run[3] >= _RUN_ROWS
-                    or (bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline)))
-                    or (akey is not None and akey in run[5])
-                ):
-                    close_run()
-                    if t.tid not in chunks:
-                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
-                        chunks.add(t.tid)
-                    run = [t.tid, op, ids.next(), 0, set(), {}]
-                run[3] += 1
-                head = f"{gen}\t{run[2]}\t{run[3]}\t".encode()
-                if bline is not None:
-                    run[4].add(bkey)
-                    out.add(t.tid, cols, head + b"B\t" + bline + b"\n")
-                    result.rows += 1
-                if aline is not None:
-                    run[5][akey] = hash(aline)
-                    out.add(t.tid, cols, head + b"A\t" + aline + b"\n")
-                    if bline is None:
-                        result.rows += 1
-                continue
-            m = pgoutput.parse(data)
-            tag = m[0]
-            if tag == "B":
-                skip = m[1] <= applied
-                at = pgoutput.pg_time(m[2])
-                txid = _widen(m[3], next_full)
-                who = ("unknown", None, None)
-                depth = 1
-                run = None
-            elif tag == "C":
-                if not skip:
-                    close_run()
-                    if result.statements > counted:  # a transaction that changed a table
-                        result.transactions += 1
-                        counted = result.statements
-                    last_commit = max(last_commit, m[1])
-                    if progress is not None:
-                        progress(result.rows)
-                run = None
-            elif tag == "M" and not skip:
-                prefix, content = m[2], m[3]
-                if prefix == "recovery.who":
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    who = (str(doc[0]), doc[1], doc[2] or None)
-                    depth = int(doc[3]) if len(doc) > 3 else 1
-                elif prefix == shape_prefix:
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    t2 = by_tid.get(int(doc["t"]))
-                    if t2 is not None:
-                        shape = [(str(a), str(b)) for a, b in doc["c"]]
-                        t2.reshape(shape)
-                        shapes_changed.add(t2.tid)
-                        # Journal columns added by this DDL hold values from here on.
-                        conn.execute(
-                            sql.SQL(
-                                "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
-                                " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
-                            ).format(s=s),
-                            [ids.peek(), t2.tid, [j for _, j in shape]],
-                        )
-                elif prefix == trunc_prefix:
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
-            elif tag == "R" and not skip:
-                t3 = tables.get(m[1])
-                if t3 is not None and t3.shape is not None and not t3.stopped:
-                    if list(m[5]) != [a for a, _ in t3.shape]:
-                        stop(
-                            t3,
-                            "the table's columns changed while capture could not follow: "
-                            "run `recovery capture enable` again",
-                        )
-    cur.close()
+                tag = m[0]
+                if tag == "B":
+                    skip = m[1] <= applied
+                    at = pgoutput.pg_time(m[2])
+                    txid = _widen(m[3], next_full)
+                    who = ("unknown", None, None)
+                    depth = 1
+                    run = None
+                elif tag == "C":
+                    if not skip:
+                        close_run()
+                        if result.statements > counted:  # a transaction that changed a table
+                            result.transactions += 1
+                            counted = result.statements
+                        last_commit = max(last_commit, m[1])
+                        if progress is not None:
+                            progress(result.rows)
+                    run = None
+                elif tag == "M" and not skip:
+                    prefix, content = m[2], m[3]
+                    if prefix == "recovery.who":
+                        close_run()
+                        doc = json.loads(bytes(content))
+                        who = (str(doc[0]), doc[1], doc[2] or None)
+                        depth = int(doc[3]) if len(doc) > 3 else 1
+                    elif prefix == shape_prefix:
+                        close_run()
+                        doc = json.loads(bytes(content))
+                        t2 = by_tid.get(int(doc["t"]))
+                        if t2 is not None:
+                            shape = [(str(a), str(b)) for a, b in doc["c"]]
+                            t2.reshape(shape)
+                            shapes_changed.add(t2.tid)
+                            # Journal columns added by this DDL hold values from here on.
+                            conn.execute(
+                                sql.SQL(
+                                    "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
+                                    " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
+                                ).format(s=s),
+                                [ids.peek(), t2.tid, [j for _, j in shape]],
+                            )
+                    elif prefix == trunc_prefix:
+                        close_run()
+                        doc = json.loads(bytes(content))
+                        fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
+                elif tag == "R" and not skip:
+                    t3 = tables.get(m[1])
+                    if t3 is not None and t3.shape is not None and not t3.stopped:
+                        if list(m[5]) != [a for a, _ in t3.shape]:
+                            stop(
+                                t3,
+                                "the table's columns changed while capture could not follow: "
+                                "run `recovery capture enable` again",
+                            )
     close_run()
     out.flush()
     for g, provisional, real in fixups:
@@ -397,7 +402,15 @@ def catch_up(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> DrainRes
             "recovery schema's owner, or keep `recovery capture follow` running"
         ) from None
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
-        raise RecoveryError(f"WAL capture: {exc.diag.message_primary}") from None
+        with conn.transaction():
+            state = slot_state(conn, schema)
+        since = f" after WAL position {state.drained_lsn}" if state.drained_lsn else ""
+        raise RecoveryError(
+            f"WAL capture: {exc.diag.message_primary}: changes to WAL-captured tables{since} "
+            "were not captured; run `recovery capture enable TABLE... --source wal` for the "
+            "tables `recovery capture status` shows as stopped to capture again, then this "
+            "command (rows changed in the gap show as conflicts)"
+        ) from None
 
 
 def follow(

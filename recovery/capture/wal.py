@@ -115,10 +115,10 @@ def ensure_slot(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
     transaction that wrote, the slot would wait for that very transaction: refused."""
     if conn.info.transaction_status == TransactionStatus.IDLE:
         with conn.transaction():
-            if slot_exists(conn, schema):
+            if _usable(conn, schema):
                 return False
         return _create_slot(conn, schema)
-    if slot_exists(conn, schema):
+    if _usable(conn, schema):
         return False
     wrote = conn.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL").fetchone()
     if wrote and wrote[0]:
@@ -131,18 +131,44 @@ def ensure_slot(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
         return _create_slot(other, schema)
 
 
+def _usable(conn: psycopg.Connection, schema: str) -> bool:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {}.wal_slot()"
+            " AND wal_status IS DISTINCT FROM 'lost')"
+        ).format(sql.Identifier(schema))
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _create_slot(conn: psycopg.Connection, schema: str) -> bool:
+    s = sql.Identifier(schema)
     with conn.transaction():
         problems = requirements(conn)
         name = slot_name(conn, schema)
+        drained = conn.execute(
+            sql.SQL(
+                "SELECT coalesce((SELECT value FROM {s}.meta WHERE key = 'wal_lsn'),"
+                " 'the start of WAL capture') FROM {s}.captured WHERE enabled AND source = 'wal'"
+                " LIMIT 1"
+            ).format(s=s)
+        ).fetchone()
     if problems:
         raise RecoveryError(problems[0])
     with conn.transaction():
-        conn.execute(sql.SQL("SELECT {}.wal_prepare()").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SELECT {}.wal_prepare()").format(s))
     prev = conn.autocommit
     conn.autocommit = True
     try:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
+        # A slot that lost WAL it needed can never be read again: replaced.
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE slot_name = %s AND wal_status = 'lost'",
+            [name],
+        )
+        created = conn.execute(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", [name]
+        ).fetchone()
     except psycopg.errors.DuplicateObject:
         return False  # made meanwhile by another enable
     except psycopg.Error as exc:
@@ -151,6 +177,18 @@ def _create_slot(conn: psycopg.Connection, schema: str) -> bool:
         ) from None
     finally:
         conn.autocommit = prev
+    if drained is not None and created is not None:
+        # The journal was complete up to `drained`; nothing between it and the new slot
+        # was captured for the WAL-captured tables: say so where the history is read.
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("INSERT INTO {}.events (kind, detail) VALUES ('wal', %s)").format(s),
+                [
+                    f"replication slot {name} recreated at {created[0]}: changes to "
+                    f"WAL-captured tables between {drained[0]} (the last drained WAL position) "
+                    f"and {created[0]} were not captured"
+                ],
+            )
     return True
 
 
