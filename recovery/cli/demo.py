@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..capture import wal
 from ..capture.journal import changes, diff
 from ..capture.triggers import enable
 from ..db import connect, redact, resolve_url
@@ -244,6 +245,12 @@ def run_demo(
         finally:
             if not keep or cluster is not None:
                 with psycopg.connect(admin_url, autocommit=True) as admin:
+                    # its WAL capture slot first: a database with a slot cannot be dropped
+                    admin.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                        " WHERE database = %s",
+                        [dbname],
+                    )
                     admin.execute(
                         sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                             sql.Identifier(dbname)
@@ -269,10 +276,20 @@ def _story(
         timings["build shop"] = time.monotonic() - t0
         say(f"built a shop with {total:,} rows (customers, orders, order_items, payments)")
         init(conn)
+        conn.commit()
+        # The WAL source where this server has what it needs (the embedded one does),
+        # else the trigger source; the demo says which.
+        with conn.transaction():
+            source = "trigger" if wal.requirements(conn) else "wal"
         t0 = time.monotonic()
-        enable(conn, list(TABLES))
+        enable(conn, list(TABLES), source=source)
         timings["capture enable"] = time.monotonic() - t0
-        say("recovery init; recovery capture enable " + " ".join(TABLES))
+        say(f"recovery init; recovery capture enable {' '.join(TABLES)} --source {source}")
+        say(
+            "  (capture from the WAL: logical decoding, nearly free for the writers)"
+            if source == "wal"
+            else "  (capture by triggers: this server has no wal_level=logical)"
+        )
         _shadow(shadow)
 
         say(f"\n== the bad deploy ({TAG}), interleaved with legitimate traffic ==")

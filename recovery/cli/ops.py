@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..capture import wal
 from ..capture.prune import parse_duration
 from ..capture.prune import prune as prune_fn
 from ..errors import CapExceeded, RecoveryError
@@ -21,8 +22,15 @@ def init_cmd(c: Ctx) -> None:
     """Install or upgrade the recovery schema (idempotent)."""
     with open_conn(c) as conn:
         res = init_fn(conn, c.schema)
+        conn.commit()
+        with conn.transaction():
+            wal_problems = wal.requirements(conn)
     if c.json:
-        c.emit(res.__dict__)
+        c.emit(
+            dict(
+                res.__dict__, wal_capture={"available": not wal_problems, "problems": wal_problems}
+            )
+        )
         return
     if res.previous_version is None:
         c.out(f"installed schema {res.schema} version {res.version}")
@@ -35,6 +43,12 @@ def init_cmd(c: Ctx) -> None:
             "note: not a superuser, so no event trigger: after ALTER TABLE on a captured "
             "table, capture stops there until `recovery capture enable` is run again"
         )
+    if wal_problems:
+        c.out("WAL capture (capture enable --source wal) is not available here:")
+        for p in wal_problems:
+            c.out(f"  - {p}")
+    else:
+        c.out("WAL capture (capture enable --source wal) is available here")
 
 
 @command("mark")
