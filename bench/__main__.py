@@ -32,6 +32,8 @@ import psycopg
 
 from recovery import embedded
 
+from . import wal as wal_section
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE_SQL = (
     "CREATE TABLE {t} (id int PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL,"
@@ -1051,6 +1053,7 @@ def report(results: dict[str, Any]) -> str:
             f"TPS without capture: {_fmt(pg['tps']['none'], '')}.",
             "",
         ]
+    lines += wal_section.report(results)
     return "\n".join(lines)
 
 
@@ -1065,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         help="Comma-separated sections to run (capture, memory, "
-        "undo_kinds, damage, snapshots, pitr, floors, pgbench); default all.",
+        "undo_kinds, damage, snapshots, pitr, floors, pgbench, wal); default all.",
     )
     ap.add_argument(
         "--write", action="store_true", help="Write docs/BENCHMARKS.md and bench/results.json."
@@ -1097,6 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
             "pitr": b.pitr,
             "floors": b.floors,
             "pgbench": lambda: b.pgbench(args.pgbench_seconds),
+            "wal": lambda: wal_section.run(b, args.pgbench_seconds),
         }
         only = args.only.split(",") if args.only else list(sections)
         unknown = [x for x in only if x not in sections]
