@@ -480,3 +480,28 @@ def test_lost_slot_is_reported_and_capture_recovers(tmp_path):
             assert c.execute("SELECT * FROM t ORDER BY 1").fetchall() == [(1, "x"), (2, "b")]
     finally:
         cluster.stop()
+
+
+def test_composite_key_quoted_names_generated_identity_and_table_renames(conn, sql_exec):
+    sql_exec(
+        'CREATE SCHEMA "Sales Dept"; CREATE TABLE "Sales Dept"."Order Lines" ('
+        ' "Order ID" int, "line#" int, n int GENERATED ALWAYS AS IDENTITY,'
+        ' "Qty" int, total int GENERATED ALWAYS AS ("Qty" * 10) STORED, "s" text,'
+        ' PRIMARY KEY ("Order ID", "line#"));'
+        ' INSERT INTO "Sales Dept"."Order Lines" ("Order ID", "line#", "Qty", s)'
+        " SELECT o, l, o + l, 'x' FROM generate_series(1, 2) o, generate_series(1, 2) l"
+    )
+    enable_capture(conn, ['"Sales Dept"."Order Lines"'], source="wal")
+    before = snap(conn, '"Sales Dept"."Order Lines"')
+    sql_exec(
+        'SET recovery.tag = \'bad\'; UPDATE "Sales Dept"."Order Lines" SET "Qty" = 0,'
+        " s = E'tab\\there' WHERE \"line#\" = 1"
+    )
+    sql_exec('ALTER TABLE "Sales Dept"."Order Lines" RENAME TO "Lines"')
+    sql_exec('ALTER TABLE "Sales Dept"."Lines" SET SCHEMA public')
+    sql_exec(
+        'SET recovery.tag = \'bad\'; DELETE FROM "Lines" WHERE "Order ID" = 2 AND "line#" = 2;'
+        ' INSERT INTO "Lines" ("Order ID", "line#", "Qty", s) VALUES (3, 1, 5, \'new\')'
+    )
+    rollback(conn, BAD)
+    assert snap(conn, '"Lines"') == before

@@ -74,7 +74,7 @@ def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) 
         pub = conn.execute(sql.SQL("SELECT {}.wal_publication()").format(s)).fetchone()
         assert pub is not None
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(pub[0])))
-        conn.execute(sql.SQL("DELETE FROM {}.meta WHERE key = 'wal_lsn'").format(s))
+        conn.execute(sql.SQL("DELETE FROM {}.meta WHERE key IN ('wal_lsn', 'wal_at')").format(s))
     return True
 
 
@@ -172,6 +172,7 @@ def _drain(
     at: datetime | None = None
     txid = 0
     last_commit = 0
+    last_at: datetime | None = None
     # The current journal statement: [tid, op, stmt id, rows so far, keys of its
     # before-images, {key: hash} of its after-images].  The WAL does not say where one
     # SQL statement ends: consecutive changes of one table and operation in a
@@ -290,6 +291,7 @@ def _drain(
                             result.transactions += 1
                             counted = result.statements
                         last_commit = max(last_commit, m[1])
+                        last_at = at
                         if progress is not None:
                             progress(result.rows)
                     run = None
@@ -371,14 +373,25 @@ def _drain(
             ).format(s),
             [lsn_text(last_commit)],
         )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.meta (key, value) VALUES ('wal_at', %s::timestamptz::text)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ).format(s),
+            [last_at],
+        )
     return result
 
 
-def catch_up(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> DrainResult:
+def catch_up(
+    conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA, *, required: bool = True
+) -> DrainResult:
     """Drain before reading the journal, so that no committed change is missed.
 
     For every command that reads the journal.  Does nothing where the schema is not
-    installed (the command's own check says so).  Errors name what to do."""
+    installed (the command's own check says so).  Errors name what to do.  With
+    `required=False` (the commands that only show the journal: a viewer's role may not
+    drain), a role without the right to drain reads what was drained last."""
     try:
         with conn.transaction():
             present = conn.execute(
@@ -397,6 +410,8 @@ def catch_up(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> DrainRes
     try:
         return drain(conn, schema=schema)
     except psycopg.errors.InsufficientPrivilege as exc:
+        if not required:
+            return DrainResult(problems=[f"not drained: {exc.diag.message_primary}"])
         raise RecoveryError(
             f"cannot read the WAL capture slot: {exc.diag.message_primary}; run this as the "
             "recovery schema's owner, or keep `recovery capture follow` running"

@@ -42,7 +42,7 @@ def changes(
     """Count the captured changes a selector covers, per table and operation, tag, transaction.
 
     Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
-    catch_up(conn, schema)
+    catch_up(conn, schema, required=False)
     with conn.transaction():
         require_schema(conn, schema)
         where = where_clause(conn, selector, schema)
@@ -120,7 +120,7 @@ def diff(
     Reads only, in a transaction of its own or a savepoint of the caller's (left open)."""
     s = sql.Identifier(schema)
     out: list[RowChange] = []
-    catch_up(conn, schema)
+    catch_up(conn, schema, required=False)
     with conn.transaction():
         require_schema(conn, schema)
         where = where_clause(conn, selector, schema)

@@ -201,7 +201,7 @@ class SlotState:
     lag_bytes: int | None = None
     wal_status: str | None = None
     drained_lsn: str | None = None
-    oldest_undrained: str | None = None
+    drained_at: str | None = None  # commit time of the last transaction drained
 
 
 def slot_state(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> SlotState:
@@ -210,13 +210,14 @@ def slot_state(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> SlotSt
         sql.SQL(
             "SELECT {s}.wal_slot(), r.slot_name IS NOT NULL,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint,"
-            " r.wal_status, (SELECT value FROM {s}.meta WHERE key = 'wal_lsn')"
+            " r.wal_status, (SELECT value FROM {s}.meta WHERE key = 'wal_lsn'),"
+            " (SELECT value FROM {s}.meta WHERE key = 'wal_at')"
             " FROM (SELECT 1) one LEFT JOIN pg_replication_slots r"
             " ON r.slot_name = {s}.wal_slot()"
         ).format(s=s)
     ).fetchone()
     assert row is not None
-    return SlotState(str(row[0]), bool(row[1]), row[2], row[3], row[4])
+    return SlotState(str(row[0]), bool(row[1]), row[2], row[3], row[4], row[5])
 
 
 def table_problems(
@@ -228,7 +229,10 @@ def table_problems(
         return ["table was dropped: captured history is kept"]
     since = ""
     if slot.drained_lsn:
-        since = f" (the journal is complete up to WAL position {slot.drained_lsn})"
+        since = (
+            f" (the journal is complete up to WAL position {slot.drained_lsn}, committed "
+            f"{slot.drained_at})"
+        )
     if not slot.exists:
         return [
             f"replication slot {slot.name} is missing: changes since the last drain{since} were "

@@ -43,7 +43,12 @@ def capture_status(states: Sequence[CaptureState]) -> str:
 def slot_state(slot: SlotState) -> str:
     if not slot.exists:
         return f"\nWAL capture slot {slot.name} is missing (see the notes above)"
-    drained = f", journal complete up to {slot.drained_lsn}" if slot.drained_lsn else ""
+    drained = ""
+    if slot.drained_lsn:
+        drained = (
+            f"; the journal is complete up to {slot.drained_lsn} (a commit of "
+            f"{slot.drained_at}): anything undrained is newer"
+        )
     return (
         f"\nWAL capture slot {slot.name}: {size(slot.lag_bytes or 0)} of WAL behind"
         f"{drained} ({slot.wal_status})"

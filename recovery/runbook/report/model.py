@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from ...capture.drain import catch_up
 from ...db import DEFAULT_SCHEMA
 from ...schema import require_schema
 from .queries import load_approvals, load_run, load_series
@@ -31,6 +32,7 @@ def build(conn: psycopg.Connection, run_id: int, *, schema: str = DEFAULT_SCHEMA
 
     Reads only, in a transaction of its own or a savepoint of the caller's (left open).
     """
+    catch_up(conn, schema, required=False)  # the WAL source: what was committed, drained
     with conn.transaction():
         require_schema(conn, schema)
         return _build(conn, run_id, schema)
