@@ -46,6 +46,8 @@ from .walrows import DrainResult, Ids, Table, Writer
 _RUN_ROWS = 100_000
 # Messages fetched from the server per round trip.
 _FETCH = 5000
+# ... and at most about this many bytes of them.
+_FETCH_BYTES = 16 << 20
 
 
 def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
@@ -104,17 +106,23 @@ def drain(
     with conn.transaction():
         if not slot_exists(conn, schema):
             return DrainResult()
+    upto: str | None = None
     if own:
         # Decoding reads only flushed WAL, and a transaction committed with
         # synchronous_commit = off may not be flushed yet: a commit of our own with
-        # synchronous_commit = on flushes everything before it.
+        # synchronous_commit = on flushes everything before it.  The drain goes up to
+        # the end of that transaction's message: a record boundary, flushed, so no
+        # transaction can straddle it (the slot is later moved exactly there; a
+        # position in the middle of a commit record would skip that transaction).
         with conn.transaction():
             conn.execute("SET LOCAL synchronous_commit = on")
-            conn.execute(sql.SQL("SELECT {}.wal_flush()").format(s))
+            row = conn.execute(sql.SQL("SELECT {}.wal_flush()::text").format(s)).fetchone()
+            upto = str(row[0]) if row else None
     with conn.transaction():
-        upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-        assert upto_row is not None
-        upto = str(upto_row[0])
+        if upto is None:  # inside a caller's transaction: what is flushed; the slot stays
+            upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+            assert upto_row is not None
+            upto = str(upto_row[0])
         result = _drain(conn, schema, upto, progress)
     if own:
         with conn.transaction():
@@ -201,10 +209,15 @@ def _drain(
             t.stopped = True
             stopped[t.tid] = why
 
+    fetch = _FETCH
     with conn.cursor("recovery_wal_drain", binary=True) as cur:
         cur.execute(sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(s), [upto])
         while True:
-            batch = cur.fetchmany(_FETCH)
+            batch = cur.fetchmany(fetch)
+            # Bounded memory whatever the rows' size: fewer messages per round trip
+            # when they are large.
+            nbytes = sum(len(r[0]) for r in batch)
+            fetch = max(1, min(_FETCH, fetch * 2, fetch * _FETCH_BYTES // max(nbytes, 1)))
             if not batch:
                 break
             for (data,) in batch:

@@ -36,9 +36,11 @@ $fn$;
 
 -- Flushes the WAL up to here when its transaction commits with synchronous_commit on
 -- (a transaction that wrote no WAL is not flushed; this writes a message).
-CREATE OR REPLACE FUNCTION {s}.wal_flush() RETURNS void
+-- Returns the end of that message: a record boundary.
+DROP FUNCTION IF EXISTS {s}.wal_flush();
+CREATE FUNCTION {s}.wal_flush() RETURNS pg_lsn
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT FROM pg_logical_emit_message(true, 'recovery.flush', '')
+    SELECT pg_logical_emit_message(true, 'recovery.flush', '')
 $$;
 
 -- since_stmt of a journal column version the drain has not reached yet: above every
