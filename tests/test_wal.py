@@ -505,3 +505,31 @@ def test_composite_key_quoted_names_generated_identity_and_table_renames(conn, s
     )
     rollback(conn, BAD)
     assert snap(conn, '"Lines"') == before
+
+
+def test_the_undo_s_own_writes_are_captured_after_its_drain(conn, sql_exec, acc):
+    """The drain marks its session with a replication origin (PostgreSQL 16: pgoutput
+    then skips the journal rows it wrote); the undo that follows on the same connection
+    must not carry it, or its writes would escape capture."""
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id <= 2")
+    report = rollback(conn, BAD)
+    assert snap(conn, "acc")[:2] == ["(1,v1,10)", "(2,v2,20)"]
+    assert conn.execute("SELECT pg_replication_origin_session_is_setup()").fetchone() == (False,)
+    conn.rollback()
+    drain(conn)
+    undo_tag = f"recovery-undo-{report.op_id}"
+    rows = conn.execute(
+        "SELECT s.op::text, j.rec_img::text, (j.c1, j.c2, j.c3)::text FROM _recovery.j_1 j"
+        " JOIN _recovery.stmt s ON s.stmt_id = j.rec_stmt WHERE s.tag = %s ORDER BY 3, 2",
+        [undo_tag],
+    ).fetchall()
+    conn.rollback()
+    assert rows == [
+        ("U", "B", "(1,v1,0)"),
+        ("U", "A", "(1,v1,10)"),
+        ("U", "B", "(2,v2,0)"),
+        ("U", "A", "(2,v2,20)"),
+    ]
+    # and it can be undone in turn
+    rollback(conn, Selector(tags=(undo_tag,)))
+    assert snap(conn, "acc")[:2] == ["(1,v1,0)", "(2,v2,0)"]

@@ -1,4 +1,5 @@
-/* The hot loop of pgoutput.py, in C: `tuple_values(data, pos)`.
+/* The hot loops of pgoutput.py, in C: `tuple_values(data, pos)` and
+ * `change(data, key_pos)`.
  *
  * Reads one pgoutput TupleData (Int16 column count, then per column a kind
  * byte: 't' Int32 length + text, 'n' NULL, 'u' unchanged TOAST) and returns
@@ -10,6 +11,14 @@
  * buffer always raises ValueError (the Python version returns a short last
  * value when only the final text value is cut off), and a negative `pos`
  * is rejected instead of being counted from the end.
+ *
+ * change() (reference: pgoutput._py_change) reads a whole I/U/D message and
+ * builds each row's COPY line straight into one bytes object: the fields are
+ * first scanned into a small array of (pointer, length, escaped length)
+ * without any Python object, then the line is allocated at its exact size
+ * and filled.  Only the key fields become bytes objects of their own.
+ * Truncated or corrupt input is always ValueError (never IndexError or
+ * struct.error as in the reference), and nothing is read out of bounds.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,12 +27,56 @@
 
 typedef struct {
     PyObject *null_field; /* b"\\N", shared by every NULL column */
+    PyObject *kind_o;     /* "O" */
+    PyObject *kind_k;     /* "K" */
+    PyObject *kind_none;  /* "" */
 } module_state;
 
 /* The second byte of the COPY text escape for each byte that needs one, else 0. */
 static const unsigned char escape_char[256] = {
     ['\\'] = '\\', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
 };
+
+static inline uint32_t
+read_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8)
+           | (uint32_t)p[3];
+}
+
+/* Signed like the ">h" of the Python version. */
+static inline int16_t
+read_i16(const unsigned char *p)
+{
+    return (int16_t)(((uint16_t)p[0] << 8) | p[1]);
+}
+
+/* How many bytes of src[0:len] need a COPY escape (each becomes two). */
+static inline Py_ssize_t
+count_escapes(const unsigned char *src, Py_ssize_t len)
+{
+    Py_ssize_t extra = 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        extra += escape_char[src[i]] != 0;
+    return extra;
+}
+
+/* Write the COPY escape of src[0:len] at dst; returns the end of what was written. */
+static inline char *
+escape_into(char *dst, const unsigned char *src, Py_ssize_t len)
+{
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = src[i];
+        if (escape_char[c]) {
+            *dst++ = '\\';
+            *dst++ = (char)escape_char[c];
+        }
+        else {
+            *dst++ = (char)c;
+        }
+    }
+    return dst;
+}
 
 static PyObject *
 truncated(Py_ssize_t at)
@@ -38,26 +91,14 @@ truncated(Py_ssize_t at)
 static PyObject *
 copy_field(const unsigned char *src, Py_ssize_t len)
 {
-    Py_ssize_t extra = 0;
-    for (Py_ssize_t i = 0; i < len; i++)
-        extra += escape_char[src[i]] != 0;
+    Py_ssize_t extra = count_escapes(src, len);
     if (extra == 0)
         return PyBytes_FromStringAndSize((const char *)src, len);
     /* extra <= len and len < 2**32, so len + extra cannot overflow. */
     PyObject *out = PyBytes_FromStringAndSize(NULL, len + extra);
     if (out == NULL)
         return NULL;
-    char *dst = PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < len; i++) {
-        unsigned char c = src[i];
-        if (escape_char[c]) {
-            *dst++ = '\\';
-            *dst++ = (char)escape_char[c];
-        }
-        else {
-            *dst++ = (char)c;
-        }
-    }
+    escape_into(PyBytes_AS_STRING(out), src, len);
     return out;
 }
 
@@ -71,7 +112,7 @@ parse_tuple(module_state *st, const unsigned char *buf, Py_ssize_t size, Py_ssiz
     if (pos > size || size - pos < 2)
         return truncated(pos);
     /* Signed like the ">h" of the Python version: a negative count is no columns. */
-    int16_t n = (int16_t)(((uint16_t)buf[pos] << 8) | buf[pos + 1]);
+    int16_t n = read_i16(buf + pos);
     pos += 2;
 
     PyObject *values = PyList_New(n > 0 ? n : 0);
@@ -85,8 +126,7 @@ parse_tuple(module_state *st, const unsigned char *buf, Py_ssize_t size, Py_ssiz
         if (kind == 't') {
             if (size - pos < 4)
                 goto fail_truncated;
-            uint32_t ln = ((uint32_t)buf[pos] << 24) | ((uint32_t)buf[pos + 1] << 16)
-                          | ((uint32_t)buf[pos + 2] << 8) | (uint32_t)buf[pos + 3];
+            uint32_t ln = read_u32(buf + pos);
             pos += 4;
             /* Compare against what is left, never pos + ln (could overflow on 32-bit). */
             if ((uint64_t)ln > (uint64_t)(size - pos))

@@ -17,6 +17,7 @@ again.  A drain killed at any moment loses nothing and writes nothing twice.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -44,6 +45,7 @@ from .walrows import DrainResult, Ids, Table, Writer
 
 # The most rows in one journal statement the drain makes (see `run` in _drain).
 _RUN_ROWS = 100_000
+_REL = struct.Struct(">I")  # the relation oid after a change message's first byte
 # Messages fetched from the server per round trip.
 _FETCH = 5000
 # ... and at most about this many bytes of them.
@@ -118,12 +120,23 @@ def drain(
             conn.execute("SET LOCAL synchronous_commit = on")
             row = conn.execute(sql.SQL("SELECT {}.wal_flush()::text").format(s)).fetchone()
             upto = str(row[0]) if row else None
-    with conn.transaction():
-        if upto is None:  # inside a caller's transaction: what is flushed; the slot stays
-            upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-            assert upto_row is not None
-            upto = str(upto_row[0])
-        result = _drain(conn, schema, upto, progress)
+    if upto is None:  # inside a caller's transaction: what is flushed; the slot stays
+        upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        assert upto_row is not None
+        upto = str(upto_row[0])
+        with conn.transaction():
+            result = _drain(conn, schema, upto, progress)
+    else:
+        # Our own session only, and never left set: the origin would hide this
+        # connection's later writes (an undo's) from WAL capture.
+        with conn.transaction():
+            conn.execute(sql.SQL("SELECT {}.wal_origin_begin()").format(s))
+        try:
+            with conn.transaction():
+                result = _drain(conn, schema, upto, progress)
+        finally:
+            with conn.transaction():
+                conn.execute(sql.SQL("SELECT {}.wal_origin_end()").format(s))
     if own:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, lock_key(schema)])
@@ -199,7 +212,7 @@ def _drain(
         nonlocal run
         if run is not None and run[3] > 0:
             out.stmts.append(
-                (gen, run[2], run[0], run[1], txid, at, who[0], who[1], who[2], depth, run[3])
+                (gen, run[2], run[0], chr(run[1]), txid, at, who[0], who[1], who[2], depth, run[3])
             )
             result.statements += 1
         run = None
@@ -225,44 +238,33 @@ def _drain(
                 if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
                     if skip:
                         continue
-                    m = pgoutput.parse(data)
-                    t = tables.get(m[1])
+                    t = tables.get(_REL.unpack_from(data, 1)[0])
                     if t is None or t.stopped:
                         continue
                     if t.shape is None:
                         stop(t, "the drain met a change before the table's shape message")
                         continue
-                    op = chr(kind)
-                    old, new = m[2], m[3]
-                    if op != "I" and m[4] != "O":
+                    try:
+                        _, okind, bline, aline, bkey, akey, n = pgoutput.change(data, t.key_pos())
+                    except (ValueError, IndexError) as exc:
+                        stop(t, f"a change in the WAL could not be read ({exc})")
+                        continue
+                    if kind != 0x49 and okind != "O":
                         stop(
                             t,
                             "the WAL carried no whole old row (replica identity is not FULL): "
                             "before-images were lost from here on",
                         )
                         continue
-                    cols = tuple(j for _, j in t.shape)
-                    n = len(cols)
-                    if (old is not None and len(old) != n) or (new is not None and len(new) != n):
+                    if n != len(t.shape):
                         stop(
                             t, "the WAL's columns do not match the journal's (shape changed unseen)"
                         )
                         continue
-                    if new is not None and old is not None and None in new:
-                        # unchanged TOAST: the value is the old row's
-                        new = [o if v is None else v for v, o in zip(new, old)]
-                    kp = t.key_pos()
-                    bkey = bline = akey = aline = None
-                    if old is not None:
-                        bkey = tuple(old[i] for i in kp)
-                        bline = b"\t".join(old)
-                    if new is not None:
-                        akey = tuple(new[i] for i in kp)
-                        aline = b"\t".join(new)
                     if (
                         run is None
                         or run[0] != t.tid
-                        or run[1] != op
+                        or run[1] != kind
                         or run[3] >= _RUN_ROWS
                         or (
                             bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline))
@@ -275,18 +277,27 @@ def _drain(
                                 sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen]
                             )
                             chunks.add(t.tid)
-                        run = [t.tid, op, ids.next(), 0, set(), {}]
+                        run = [t.tid, kind, ids.next(), 0, set(), {}]
                     run[3] += 1
-                    head = f"{gen}\t{run[2]}\t{run[3]}\t".encode()
+                    head = b"%d\t%d\t%d\t" % (gen, run[2], run[3])
+                    buf = out.buffer(t)
+                    before = len(buf)
                     if bline is not None:
                         run[4].add(bkey)
-                        out.add(t.tid, cols, head + b"B\t" + bline + b"\n")
+                        buf += head
+                        buf += b"B\t"
+                        buf += bline
+                        buf += b"\n"
                         result.rows += 1
                     if aline is not None:
                         run[5][akey] = hash(aline)
-                        out.add(t.tid, cols, head + b"A\t" + aline + b"\n")
+                        buf += head
+                        buf += b"A\t"
+                        buf += aline
+                        buf += b"\n"
                         if bline is None:
                             result.rows += 1
+                    out.grew(len(buf) - before)
                     continue
                 m = pgoutput.parse(data)
                 tag = m[0]

@@ -149,3 +149,64 @@ def parse(data: bytes) -> Message:
         (nrel,) = _LEN.unpack_from(data, 1)
         return ("T", [_REL.unpack_from(data, 6 + 4 * i)[0] for i in range(nrel)])
     return (chr(kind),)
+
+
+def _py_change(
+    data: bytes, key_pos: tuple[int, ...]
+) -> tuple[
+    int, str, bytes | None, bytes | None, tuple[bytes, ...] | None, tuple[bytes, ...] | None, int
+]:
+    """One INSERT, UPDATE or DELETE message as the drain needs it, in one call:
+    (relid, old_kind, old_line, new_line, old_key, new_key, ncols).
+
+    old_kind is "O" (whole old row), "K" (key only) or "" (none); a line is the row's
+    COPY fields joined by tabs; an unchanged TOAST value of the new row is taken from
+    the old row (ValueError when there is none); a key is the fields at key_pos; ncols
+    the number of columns (ValueError when the old and new rows differ in it)."""
+    kind = data[0]
+    (relid,) = _REL.unpack_from(data, 1)
+    old: Values | None = None
+    new: Values | None = None
+    old_kind = ""
+    if kind == 0x49:  # 'I'
+        new, _ = tuple_values(data, 6)
+    elif kind == 0x55:  # 'U'
+        pos = 6
+        if data[5] in (0x4B, 0x4F):
+            old_kind = chr(data[5])
+            old, pos = tuple_values(data, 6)
+            pos += 1
+        new, _ = tuple_values(data, pos)
+    elif kind == 0x44:  # 'D'
+        old_kind = chr(data[5])
+        old, _ = tuple_values(data, 6)
+    else:
+        raise ValueError(f"pgoutput: not a change message: {chr(kind)!r}")
+    if old is not None and new is not None and len(old) != len(new):
+        raise ValueError("pgoutput: old and new rows differ in their number of columns")
+    if new is not None and None in new:
+        if old is None:
+            raise ValueError("pgoutput: an unchanged TOAST value without the old row")
+        new = [o if v is None else v for v, o in zip(new, old)]
+    if old is not None and None in old:
+        raise ValueError("pgoutput: an unchanged TOAST value in an old row")
+    row = new if new is not None else old
+    assert row is not None
+    return (
+        relid,
+        old_kind,
+        b"\t".join(old) if old is not None else None,  # type: ignore[arg-type]
+        b"\t".join(new) if new is not None else None,  # type: ignore[arg-type]
+        tuple(old[i] for i in key_pos) if old is not None else None,  # type: ignore[misc]
+        tuple(new[i] for i in key_pos) if new is not None else None,  # type: ignore[misc]
+        len(row),
+    )
+
+
+change = _py_change
+try:  # the C version, when the extension was built
+    from ._pgoutput import change as _c_change  # type: ignore[import-not-found, unused-ignore]
+
+    change = _c_change
+except ImportError:  # pragma: no cover - depends on the build
+    pass

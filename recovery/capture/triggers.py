@@ -306,6 +306,10 @@ def disable(
                 [tid],
             )
     if own:
+        # What the slot still holds of these tables goes to the journal now (it was
+        # published while they were captured), before anything could capture them anew;
+        # then the slot goes if no table is captured from the WAL any more.
+        drain.catch_up(conn, schema)
         drain.drop_slot_if_unused(conn, schema)
     return [label for _, label in ids]
 

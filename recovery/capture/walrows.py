@@ -31,17 +31,21 @@ class Table:
     shape: list[tuple[str, str]] | None  # (column name, journal column), pgoutput's order
     key_jcols: frozenset[str] = frozenset()
     stopped: bool = False
-    _key_pos: list[int] | None = None
+    _key_pos: tuple[int, ...] | None = None
+    buf: bytearray | None = None  # Writer.buffer() of the current shape
 
-    def key_pos(self) -> list[int]:
+    def key_pos(self) -> tuple[int, ...]:
         """Where the row key's values are in pgoutput's columns (for the current shape)."""
         if self._key_pos is None:
-            self._key_pos = [i for i, (_, j) in enumerate(self.shape or []) if j in self.key_jcols]
+            self._key_pos = tuple(
+                i for i, (_, j) in enumerate(self.shape or []) if j in self.key_jcols
+            )
         return self._key_pos
 
     def reshape(self, shape: list[tuple[str, str]]) -> None:
         self.shape = shape
         self._key_pos = None
+        self.buf = None
 
 
 class Ids:
@@ -77,12 +81,17 @@ class Writer:
         self.size = 0
         self.stmts: list[tuple[Any, ...]] = []
 
-    def add(self, tid: int, cols: tuple[str, ...], line: bytes) -> None:
-        buf = self.buffers.get((tid, cols))
-        if buf is None:
-            buf = self.buffers[(tid, cols)] = bytearray()
-        buf += line
-        self.size += len(line)
+    def buffer(self, t: Table) -> bytearray:
+        """The buffer of table t's rows in its current columns (kept across flushes)."""
+        if t.buf is None:
+            cols = tuple(j for _, j in t.shape or [])
+            t.buf = self.buffers.get((t.tid, cols))
+            if t.buf is None:
+                t.buf = self.buffers[(t.tid, cols)] = bytearray()
+        return t.buf
+
+    def grew(self, n: int) -> None:
+        self.size += n
         if self.size >= _FLUSH_BYTES:
             self.flush()
 
@@ -97,8 +106,8 @@ class Writer:
                 ),
             )
             with self.conn.cursor().copy(target) as cp:
-                cp.write(bytes(buf))
-        self.buffers.clear()
+                cp.write(buf)
+            buf.clear()
         self.size = 0
         if self.stmts:
             target = sql.SQL(

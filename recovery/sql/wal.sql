@@ -58,9 +58,49 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
     SET bytea_output = 'hex' AS $$
     SELECT p.data FROM pg_logical_slot_peek_binary_changes(
-        {s}.wal_slot(), upto, NULL, 'proto_version', '1',
-        'publication_names', {s}.wal_publication(), 'messages', 'true') p
+        {s}.wal_slot(), upto, NULL, VARIADIC ARRAY['proto_version', '1',
+        'publication_names', {s}.wal_publication(), 'messages', 'true']
+        || CASE WHEN current_setting('server_version_num')::int >= 160000
+                     AND NOT EXISTS (SELECT 1 FROM pg_replication_origin
+                                     WHERE roname <> {s}.wal_slot())
+                THEN ARRAY['origin', 'none'] ELSE ARRAY[]::text[] END) p
 $$;
+
+-- The drain's own writes (the journal rows it copies in) are WAL the slot must read
+-- past.  From PostgreSQL 16 pgoutput skips a change that has a replication origin
+-- before decoding it (origin = none above), so the drain marks its session with one
+-- while it writes: the next drain does not decode the previous one's journal rows.
+-- True when the session has the origin; false where it cannot (PostgreSQL 15, or an
+-- owner that may not use origins): the drain then works the same, only slower.  Where
+-- any other replication origin exists (a subscription applies changes here), every
+-- origin's changes are read (origin = none would drop what the subscription applied,
+-- which capture must see), and the drain's own rows are read past as on 15.
+CREATE OR REPLACE FUNCTION {s}.wal_origin_begin() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF current_setting('server_version_num')::int < 160000 THEN
+        RETURN false;
+    END IF;
+    IF pg_replication_origin_oid({s}.wal_slot()) IS NULL THEN
+        PERFORM pg_replication_origin_create({s}.wal_slot());
+    END IF;
+    IF NOT pg_replication_origin_session_is_setup() THEN
+        PERFORM pg_replication_origin_session_setup({s}.wal_slot());
+    END IF;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    RETURN false;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}.wal_origin_end() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF pg_replication_origin_session_is_setup() THEN
+        PERFORM pg_replication_origin_session_reset();
+    END IF;
+END
+$fn$;
 
 -- Drops the triggers named <schema><suffix> from a table and its partitions.
 CREATE OR REPLACE FUNCTION {s}._drop_named_triggers(root oid, suffixes text[]) RETURNS void
