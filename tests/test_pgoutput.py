@@ -1,5 +1,5 @@
-"""pgoutput messages: the C `tuple_values` against the Python reference, and `parse`
-on messages a real server wrote.
+"""pgoutput messages: the C `tuple_values` and `change` against the Python references,
+and `parse` on messages a real server wrote.
 
 The differential half builds TupleData buffers itself (random values, escapes, NULLs,
 unchanged TOAST markers, MB values, 0 and 1600 columns) and requires the two versions
@@ -23,12 +23,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recovery.capture import pgoutput
-from recovery.capture.pgoutput import Values, _py_tuple_values
+from recovery.capture.pgoutput import Values, _py_change, _py_tuple_values
 
 try:
     from recovery.capture._pgoutput import tuple_values as _c_tuple_values  # type: ignore[import-not-found]
 except ImportError:  # not built (no compiler at install time): only the Python half runs
     _c_tuple_values = None
+try:
+    from recovery.capture._pgoutput import change as _c_change  # type: ignore[import-not-found]
+except ImportError:
+    _c_change = None
 
 TupleFn = Callable[[bytes, int], "tuple[Values, int]"]
 # One column as a TupleData carries it: ("t", text), ("n", None) or ("u", None).
@@ -314,6 +318,452 @@ def test_no_leak_on_success_or_error_paths() -> None:
         tracemalloc.stop()
     # A leaked value per call would be MBs here; allow for interpreter noise.
     assert grown < 100_000
+
+
+# --- change(): one I/U/D message, C against the Python reference ---------------------
+
+Change = tuple[
+    int, str, bytes | None, bytes | None, tuple[bytes, ...] | None, tuple[bytes, ...] | None, int
+]
+ChangeFn = Callable[[bytes, "tuple[int, ...]"], Change]
+
+
+def c_change() -> ChangeFn:
+    if _c_change is None:
+        pytest.skip("recovery.capture._pgoutput is not built")
+    fn: ChangeFn = _c_change
+    return fn
+
+
+def change_message(
+    kind: str, relid: int, old: list[Column] | None, new: list[Column] | None, tag: str = "O"
+) -> bytes:
+    """An INSERT ("I" relid "N" new), UPDATE ("U" relid [tag old] "N" new) or DELETE
+    ("D" relid tag old) message."""
+    out = kind.encode() + struct.pack(">I", relid)
+    if old is not None:
+        out += tag.encode() + encode(old)
+    if new is not None:
+        out += b"N" + encode(new)
+    return out
+
+
+def without_unchanged(rng: random.Random, cols: list[Column]) -> list[Column]:
+    return [("t", random_value(rng)) if k == "u" else (k, v) for k, v in cols]
+
+
+def random_key_pos(rng: random.Random, n: int) -> tuple[int, ...]:
+    """0 to 3 positions in any order, repeats and negative (from the end) included."""
+    if n == 0:
+        return ()
+    pos = [rng.randrange(n) for _ in range(rng.randrange(4))]
+    return tuple(p - n if rng.random() < 0.1 else p for p in pos)
+
+
+def random_change(rng: random.Random, n: int | None = None) -> tuple[bytes, tuple[int, ...]]:
+    """A well-formed message (now and then one of the reference's ValueErrors: a 'u'
+    without the old row or in it), the odd trailing byte after it, and a key_pos."""
+    if n is None:
+        n = rng.choice([0, 1, 2, 3, 5, 10, 40])
+    kind = rng.choice("IUD")
+    relid = rng.choice([0, 1, 255, 256, 16384, 2**31, 2**32 - 1])
+    tag = rng.choice("OK")
+
+    def row(unchanged_ok: bool) -> list[Column]:
+        cols = random_columns(rng, n)
+        return cols if unchanged_ok or rng.random() < 0.03 else without_unchanged(rng, cols)
+
+    old: list[Column] | None = None
+    new: list[Column] | None = None
+    if kind == "I":
+        new = row(False)
+    elif kind == "U":
+        if rng.random() < 0.7:
+            old = row(False)
+        new = row(old is not None)
+    else:
+        old = row(False)
+    data = change_message(kind, relid, old, new, tag)
+    if rng.random() < 0.2:  # not read by either version
+        data += rng.randbytes(rng.choice([1, 5]))
+    return data, random_key_pos(rng, n)
+
+
+def expected_change(
+    kind: str,
+    relid: int,
+    old: list[Column] | None,
+    new: list[Column] | None,
+    tag: str,
+    key: tuple[int, ...],
+) -> Change:
+    """What change() must return for a valid message, written independently of both."""
+    old_v = copy_text(old) if old is not None else None
+    new_v = copy_text(new) if new is not None else None
+    if new_v is not None and old_v is not None:
+        new_v = [o if v is None else v for v, o in zip(new_v, old_v)]
+
+    def line(v: Values | None) -> bytes | None:
+        return None if v is None else b"\t".join(x for x in v if x is not None)
+
+    def keys(v: Values | None) -> tuple[bytes, ...] | None:
+        return None if v is None else tuple(v[i] or b"" for i in key)
+
+    row = new if new is not None else old
+    assert row is not None
+    return (
+        relid,
+        tag if old is not None else "",
+        line(old_v),
+        line(new_v),
+        keys(old_v),
+        keys(new_v),
+        len(row),
+    )
+
+
+def check_change_same(data: bytes, key_pos: tuple[int, ...]) -> None:
+    """Both return the same, or both raise the same class (and, for ValueError, the same
+    message: a well-formed message has no truncation to be reported differently)."""
+    c = c_change()
+    try:
+        py = _py_change(data, key_pos)
+    except (ValueError, IndexError, TypeError) as err:
+        with pytest.raises(type(err)) as c_err:
+            c(data, key_pos)
+        if isinstance(err, ValueError):
+            assert str(c_err.value) == str(err)
+        return
+    got = c(data, key_pos)
+    assert got == py
+    assert type(got) is tuple and len(got) == 7
+    assert type(got[0]) is int and type(got[1]) is str and type(got[6]) is int
+    for i in (2, 3):
+        assert got[i] is None or type(got[i]) is bytes
+    for i in (4, 5):
+        k = got[i]
+        assert k is None or (type(k) is tuple and all(type(v) is bytes for v in k))
+
+
+def test_the_module_uses_the_c_change_when_built() -> None:
+    assert pgoutput.change is c_change()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_changes_agree(seed: int) -> None:
+    rng = random.Random(5000 + seed)
+    for _ in range(200):
+        data, key_pos = random_change(rng)
+        check_change_same(data, key_pos)
+
+
+@pytest.mark.parametrize("kind", ["I", "U-none", "U-O", "U-K", "D-O", "D-K"])
+def test_valid_changes_give_the_expected_lines(kind: str) -> None:
+    rng = random.Random(kind)
+    for _ in range(50):
+        n = rng.choice([0, 1, 5, 30])
+        k, _, tag = kind.partition("-")
+        tag = "" if tag == "none" else tag
+        old = without_unchanged(rng, random_columns(rng, n)) if tag else None
+        new = None if k == "D" else random_columns(rng, n)
+        if new is not None and old is None:
+            new = without_unchanged(rng, new)
+        key = random_key_pos(rng, n)
+        data = change_message(k, 77, old, new, tag)
+        want = expected_change(k, 77, old, new, tag, key)
+        assert _py_change(data, key) == want
+        assert c_change()(data, key) == want
+
+
+@pytest.mark.parametrize("n", [0, 1600])
+def test_change_of_zero_and_1600_columns(n: int) -> None:
+    rng = random.Random(n + 1)
+    for kind in ("I", "U", "D"):
+        old = without_unchanged(rng, random_columns(rng, n))
+        new = random_columns(rng, n) if kind != "D" else None
+        data = change_message(kind, 9, None if kind == "I" else old, new)
+        if kind == "I":
+            assert new is not None
+            data = change_message(kind, 9, None, without_unchanged(rng, new))
+        key = random_key_pos(rng, n) + ((n - 1, 0, n // 2) if n else ())
+        check_change_same(data, key)
+        got = c_change()(data, key)
+        assert got[6] == n
+        line = got[3] if got[3] is not None else got[2]
+        # Escaped fields hold no raw tab: the tabs are exactly the separators.
+        assert line is not None and line.count(b"\t") == max(n - 1, 0)
+
+
+@pytest.mark.parametrize("specials", [False, True], ids=["plain", "escaped"])
+def test_change_with_values_of_several_megabytes(specials: bool) -> None:
+    rng = random.Random(4)
+    alphabet = b"abcdef\\\t\n\r\xc3\xa9" if specials else b"abcdef0123456789"
+    big = bytes(rng.choice(alphabet) for _ in range(3_000_000))
+    old: list[Column] = [("t", b"1"), ("t", big), ("t", big[:2_000_000]), ("n", None)]
+    new: list[Column] = [("t", b"1"), ("u", None), ("t", big[7:]), ("u", None)]
+    data = change_message("U", 5, old, new)
+    for key in [(), (1,), (2, 0), (3, 1, 2)]:
+        check_change_same(data, key)
+        assert c_change()(data, key) == expected_change("U", 5, old, new, "O", key)
+    check_change_same(change_message("I", 5, None, old), (1,))
+    check_change_same(change_message("D", 5, old, None, "K"), (2,))
+
+
+def test_change_escapes_nulls_and_empty_strings() -> None:
+    cols: list[Column] = [("t", bytes([b])) for b in _SPECIALS]
+    cols += [("t", _SPECIALS * 3), ("t", b"\\N"), ("t", b""), ("n", None), ("t", b"")]
+    key = (5, 6, 7)
+    got = c_change()(change_message("I", 1, None, cols), key)
+    assert got[3] == b"\\\\\t\\t\t\\n\t\\r\t" + b"\\\\\\t\\n\\r" * 3 + b"\t\\\\N\t\t\\N\t"
+    assert got[5] == (b"\\\\N", b"", b"\\N")  # a text "\N" is not NULL
+    check_change_same(change_message("U", 1, cols, cols[::-1]), key)
+    check_change_same(change_message("D", 1, cols, None), key)
+
+
+def test_unchanged_values_come_from_the_old_row_key_fields_too() -> None:
+    old: list[Column] = [("t", b"k\t1"), ("t", b"big\\"), ("n", None)]
+    new: list[Column] = [("u", None), ("u", None), ("u", None)]
+    got = c_change()(change_message("U", 3, old, new), (0, 1, 2))
+    assert got == (
+        3,
+        "O",
+        b"k\\t1\tbig\\\\\t\\N",
+        b"k\\t1\tbig\\\\\t\\N",
+        (b"k\\t1", b"big\\\\", b"\\N"),
+        (b"k\\t1", b"big\\\\", b"\\N"),
+        3,
+    )
+    check_change_same(change_message("U", 3, old, new), (0, 1, 2))
+
+
+def test_a_delete_keeps_its_tag_as_it_came() -> None:
+    # The reference returns chr(data[5]) for a DELETE, whatever the byte.
+    for tag in (b"O", b"K", b"N", b"\x00", b"\xe9"):
+        data = b"D" + struct.pack(">I", 1) + tag + encode([("t", b"a")])
+        check_change_same(data, (0,))
+        assert c_change()(data, (0,))[1] == chr(tag[0])
+
+
+def test_an_update_with_another_tag_has_no_old_row() -> None:
+    # Only 'K' and 'O' announce an old row; anything else is where the new row starts.
+    data = b"U" + struct.pack(">I", 1) + b"X" + encode([("t", b"a")])
+    check_change_same(data, (0,))
+    assert c_change()(data, (0,)) == (1, "", None, b"a", None, (b"a",), 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        change_message("I", 1, None, [("t", b"a"), ("u", None)]),
+        change_message("U", 1, None, [("u", None)]),
+        change_message("U", 1, [("t", b"a"), ("u", None)], [("t", b"b"), ("t", b"c")]),
+        change_message("U", 1, [("u", None)], [("u", None)]),
+        change_message("D", 1, [("t", b"a"), ("u", None)], None, "K"),
+        change_message("U", 1, [("t", b"a")], [("t", b"a"), ("t", b"b")]),
+        change_message("U", 1, [("t", b"a"), ("u", None)], [("t", b"a")], "K"),
+        change_message("U", 1, [("t", b"a"), ("x", None)], [("t", b"a")]),
+        change_message("U", 1, [("t", b"a")], [("b", None)]),
+        b"B" + bytes(20),
+        b"C" + bytes(25),
+        b"R\x00\x00\x00\x01public\x00t\x00d\x00\x00",
+        b"\x00" * 6,
+        b"\xff" * 10,
+    ],
+)
+def test_invalid_changes_raise_the_same_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError) as py_err:
+        _py_change(data, (0,))
+    with pytest.raises(ValueError) as c_err:
+        c_change()(data, (0,))
+    assert str(c_err.value) == str(py_err.value)
+
+
+@pytest.mark.parametrize("key_pos", [(2,), (0, 5), (-3,), (1, 0, 99), (2**40,), (2**70,)])
+def test_key_positions_out_of_range_raise_index_error(key_pos: tuple[int, ...]) -> None:
+    for data in (
+        change_message("I", 1, None, [("t", b"a"), ("n", None)]),
+        change_message("U", 1, [("t", b"a"), ("n", None)], [("t", b"b"), ("u", None)]),
+        change_message("D", 1, [("t", b"a"), ("n", None)], None),
+    ):
+        with pytest.raises(IndexError):
+            _py_change(data, key_pos)
+        with pytest.raises(IndexError):
+            c_change()(data, key_pos)
+    # Any position is out of range in a row of no columns.
+    with pytest.raises(IndexError):
+        c_change()(change_message("I", 1, None, []), (0,))
+
+
+def test_value_errors_come_before_the_index_error() -> None:
+    data = change_message("U", 1, [("t", b"a")], [("t", b"a"), ("t", b"b")])
+    for fn in (_py_change, c_change()):
+        with pytest.raises(ValueError, match="number of columns"):
+            fn(data, (9,))
+
+
+def test_change_bad_arguments() -> None:
+    c = c_change()
+    data = change_message("U", 1, [("t", b"a\tb"), ("n", None)], [("t", b"c"), ("u", None)])
+    with pytest.raises(TypeError):
+        c(data, ("0",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c(data, (0.0,))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c(data, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c("U", ())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c(data)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        c(data, (), ())  # type: ignore[call-arg]
+    want = _py_change(data, (1, 0))
+    assert want == (1, "O", b"a\\tb\t\\N", b"c\t\\N", (b"\\N", b"a\\tb"), (b"\\N", b"c"), 2)
+    # Any buffer is read; any sequence of int-like positions is taken.
+    for buf in (bytearray(data), memoryview(data)):
+        assert c(buf, (1, 0)) == want  # type: ignore[arg-type]
+    assert c(data, [1, 0]) == want  # type: ignore[arg-type]
+    assert c(data, (True, False)) == want
+    assert c(data, tuple(range(2)) * 20) == _py_change(data, tuple(range(2)) * 20)
+
+
+def change_truncations(data: bytes) -> list[int]:
+    if len(data) <= 300:
+        return list(range(len(data)))
+    rng = random.Random(len(data))
+    return sorted({0, 1, 4, 5, 6, len(data) - 1, *rng.sample(range(len(data)), 200)})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_truncated_changes_raise_value_error(seed: int) -> None:
+    """Every cut of a whole message: ValueError from C; the reference raises
+    struct.error or IndexError, or returns a short last value."""
+    rng = random.Random(6000 + seed)
+    c = c_change()
+    for _ in range(15):
+        data, key_pos = random_change(rng, rng.choice([0, 1, 3, 8]))
+        try:
+            _py_change(data, key_pos)
+        except (ValueError, IndexError):
+            continue  # not a valid message to begin with
+        full, end = _py_change(data, ()), len(data)
+        while end > 0:  # drop the trailing bytes nobody reads: the message ends at `end`
+            try:
+                if _py_change(data[: end - 1], ()) != full:
+                    break
+            except (ValueError, IndexError, struct.error):
+                break
+            end -= 1
+        for cut in change_truncations(data[:end]):
+            with pytest.raises(ValueError, match="truncated"):
+                c(data[:cut], key_pos)
+            try:
+                _py_change(data[:cut], ())
+            except (ValueError, IndexError, struct.error):
+                pass
+
+
+def check_corrupt(data: bytes, key_pos: tuple[int, ...]) -> None:
+    """Any input: where the reference's answer is complete (bytes appended after the
+    message change nothing) C gives the same; otherwise C raises ValueError."""
+    c = c_change()
+    exceptions = (ValueError, IndexError, struct.error)
+    try:
+        py: Change | None = _py_change(data, key_pos)
+    except exceptions:
+        py = None
+    try:
+        padded: Change | None = _py_change(data + b"\x00" * 8, key_pos)
+    except exceptions:
+        padded = None
+    if py is not None and py == padded:
+        assert c(data, key_pos) == py
+    else:
+        with pytest.raises(ValueError):
+            c(data, key_pos)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from([b"I", b"U", b"D"]),
+    st.sampled_from([b"", b"O", b"K", b"N"]),
+    st.binary(max_size=60),
+)
+def test_change_of_arbitrary_bytes(kind: bytes, tag: bytes, rest: bytes) -> None:
+    check_corrupt(kind + b"\x00\x00\x00\x01" + tag + rest, ())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_corrupted_changes(seed: int) -> None:
+    rng = random.Random(7000 + seed)
+    for _ in range(300):
+        data, _key = random_change(rng, rng.choice([1, 2, 5]))
+        mutated = bytearray(data)
+        for _ in range(rng.choice([1, 2, 3])):
+            mutated[rng.randrange(len(mutated))] = rng.choice(
+                [0, 1, 0x74, 0x6E, 0x75, 0xFF, rng.randrange(256)]
+            )
+        check_corrupt(bytes(mutated), ())
+
+
+def test_change_no_leak_on_success_or_error_paths() -> None:
+    c = c_change()
+    rng = random.Random(8)
+    wide_old = without_unchanged(rng, random_columns(rng, 100))  # past the stack arrays
+    wide_new = random_columns(rng, 100)
+    good = [
+        (change_message("U", 1, wide_old, wide_new), (0, 50, 99)),
+        (change_message("U", 1, wide_old, wide_new), tuple(range(40))),
+        (change_message("I", 1, None, [("t", b"a\tb" * 100), ("n", None)]), (0,)),
+        (change_message("D", 2**32 - 1, [("t", b"x" * 500)], None, "K"), ()),
+    ]
+    bad = [
+        (change_message("U", 1, wide_old, wide_new), (0, 100)),  # IndexError after the lines
+        (change_message("U", 1, wide_old, wide_new), tuple(range(40)) + (-101,)),
+        (change_message("U", 1, wide_old, wide_new), (0, "x")),  # TypeError
+        (change_message("U", 1, wide_new, wide_old), (0,)),  # 'u' in the old row
+        (change_message("U", 1, wide_old, wide_new)[:-3], (0,)),  # truncated new row
+        (change_message("U", 1, wide_old, wide_new[:99]), (0,)),  # column counts
+        (change_message("I", 1, None, wide_new), (0,)),  # 'u' without the old row
+        (b"B" + bytes(20), ()),
+    ]
+
+    def run() -> None:
+        for _ in range(300):
+            for data, key in good:
+                c(data, key)
+            for data, key in bad:
+                try:
+                    c(data, key)
+                except (ValueError, IndexError, TypeError):
+                    pass
+
+    run()  # warm up (caches, freelists)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000
+
+
+def test_change_refcounts_of_the_shared_objects() -> None:
+    import sys
+
+    c = c_change()
+    data = change_message("U", 1, [("t", b"a"), ("n", None)], [("t", b"b"), ("u", None)])
+    key = (1, 0)
+    null = c(data, key)[3]
+    assert null is not None
+    before = sys.getrefcount(key), sys.getrefcount(data), sys.getrefcount("O")
+    for _ in range(1000):
+        c(data, key)
+        try:
+            c(data, (5,))
+        except IndexError:
+            pass
+    assert (sys.getrefcount(key), sys.getrefcount(data), sys.getrefcount("O")) == before
 
 
 # --- real messages from a real server ----------------------------------------------

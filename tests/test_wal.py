@@ -362,9 +362,13 @@ def test_follow_drains_and_stops_on_sigterm(conn, sql_exec, db_url, acc):
             if n:
                 break
             time.sleep(0.1)
-        assert n == 1
+        if n != 1:
+            p.terminate()
+            out, err = p.communicate(timeout=20)
+            raise AssertionError(f"follow did not drain: {out!r} {err!r}")
     finally:
-        p.send_signal(signal.SIGTERM)
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     assert "drained 1 row(s) in 1 statement(s) from 1 transaction(s)" in out

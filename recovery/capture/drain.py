@@ -26,7 +26,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
-from psycopg.types.json import Jsonb
 
 from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
@@ -41,7 +40,7 @@ from .wal import (
     slot_state,
     twin,
 )
-from .walrows import DrainResult, Ids, Table, Writer
+from .walrows import DrainResult, Ids, Table, Writer, finish, record_position
 
 # The most rows in one journal statement the drain makes (see `run` in _drain).
 _RUN_ROWS = 100_000
@@ -357,53 +356,9 @@ def _drain(
                             )
     close_run()
     out.flush()
-    for g, provisional, real in fixups:
-        hit = conn.execute(
-            sql.SQL(
-                "UPDATE {}.stmt SET stmt_id = %s WHERE gen = %s AND stmt_id = %s RETURNING table_id"
-            ).format(s),
-            [real, g, provisional],
-        ).fetchone()
-        if hit is not None:
-            conn.execute(
-                sql.SQL("UPDATE {} SET rec_stmt = %s WHERE rec_gen = %s AND rec_stmt = %s").format(
-                    sql.Identifier(schema, f"j_{hit[0]}")
-                ),
-                [real, g, provisional],
-            )
-            result.statements += 1
-    for tid in shapes_changed:
-        conn.execute(
-            sql.SQL("UPDATE {}.captured SET wal_shape = %s WHERE table_id = %s").format(s),
-            [Jsonb([list(x) for x in by_tid[tid].shape or []]), tid],
-        )
-    for tid, why in stopped.items():
-        conn.execute(
-            sql.SQL("UPDATE {}.captured SET stopped = %s WHERE table_id = %s").format(s),
-            [f"WAL capture stopped: {why}", tid],
-        )
-        conn.execute(
-            sql.SQL("INSERT INTO {}.events (table_id, kind, detail) VALUES (%s, 'wal', %s)").format(
-                s
-            ),
-            [tid, f"capture stopped: {why}"],
-        )
-        result.problems.append(why)
+    finish(conn, schema, result, fixups, [by_tid[t] for t in shapes_changed], stopped)
     if last_commit:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.meta (key, value) VALUES ('wal_lsn', %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ).format(s),
-            [lsn_text(last_commit)],
-        )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.meta (key, value) VALUES ('wal_at', %s::timestamptz::text)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ).format(s),
-            [last_at],
-        )
+        record_position(conn, schema, lsn_text(last_commit), last_at)
     return result
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 # A COPY buffer is sent when it holds this much.
 _FLUSH_BYTES = 4 << 20
@@ -118,3 +120,62 @@ class Writer:
                 for row in self.stmts:
                     cp.write_row(row)
             self.stmts.clear()
+
+
+def finish(
+    conn: psycopg.Connection,
+    schema: str,
+    result: DrainResult,
+    fixups: list[tuple[int, int, int]],
+    reshaped: list[Table],
+    stopped: dict[int, str],
+) -> None:
+    """The end of a drain, in its transaction: TRUNCATEs get their statement ids in
+    commit order (gen, provisional id, real id), the shapes read are kept for the next
+    drain, and tables whose changes could not be journaled are marked stopped."""
+    s = sql.Identifier(schema)
+    for g, provisional, real in fixups:
+        hit = conn.execute(
+            sql.SQL(
+                "UPDATE {}.stmt SET stmt_id = %s WHERE gen = %s AND stmt_id = %s RETURNING table_id"
+            ).format(s),
+            [real, g, provisional],
+        ).fetchone()
+        if hit is not None:
+            conn.execute(
+                sql.SQL("UPDATE {} SET rec_stmt = %s WHERE rec_gen = %s AND rec_stmt = %s").format(
+                    sql.Identifier(schema, f"j_{hit[0]}")
+                ),
+                [real, g, provisional],
+            )
+            result.statements += 1
+    for t in reshaped:
+        conn.execute(
+            sql.SQL("UPDATE {}.captured SET wal_shape = %s WHERE table_id = %s").format(s),
+            [Jsonb([list(x) for x in t.shape or []]), t.tid],
+        )
+    for tid, why in stopped.items():
+        conn.execute(
+            sql.SQL("UPDATE {}.captured SET stopped = %s WHERE table_id = %s").format(s),
+            [f"WAL capture stopped: {why}", tid],
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {}.events (table_id, kind, detail) VALUES (%s, 'wal', %s)").format(
+                s
+            ),
+            [tid, f"capture stopped: {why}"],
+        )
+        result.problems.append(why)
+
+
+def record_position(conn: psycopg.Connection, schema: str, lsn: str, at: datetime | None) -> None:
+    """The WAL position (and commit time) the journal is complete up to, committed with
+    the journal rows: a transaction at or below it is skipped when delivered again."""
+    for key, value in (("wal_lsn", lsn), ("wal_at", at.isoformat() if at else None)):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.meta (key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ).format(sql.Identifier(schema)),
+            [key, value or ""],
+        )

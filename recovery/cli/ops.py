@@ -22,7 +22,6 @@ def init_cmd(c: Ctx) -> None:
     """Install or upgrade the recovery schema (idempotent)."""
     with open_conn(c) as conn:
         res = init_fn(conn, c.schema)
-        conn.commit()
         with conn.transaction():
             wal_problems = wal.requirements(conn)
     if c.json:
