@@ -30,7 +30,7 @@ try:
 except ImportError:  # not built (no compiler at install time): only the Python half runs
     _c_tuple_values = None
 try:
-    from recovery.capture._pgoutput import change as _c_change  # type: ignore[import-not-found]
+    from recovery.capture._pgoutput import change as _c_change  # type: ignore[import-not-found, unused-ignore]
 except ImportError:
     _c_change = None
 
@@ -502,9 +502,10 @@ def test_change_with_values_of_several_megabytes(specials: bool) -> None:
     old: list[Column] = [("t", b"1"), ("t", big), ("t", big[:2_000_000]), ("n", None)]
     new: list[Column] = [("t", b"1"), ("u", None), ("t", big[7:]), ("u", None)]
     data = change_message("U", 5, old, new)
-    for key in [(), (1,), (2, 0), (3, 1, 2)]:
+    for key in [(), (1,), (2, 0)]:
         check_change_same(data, key)
-        assert c_change()(data, key) == expected_change("U", 5, old, new, "O", key)
+    key = (3, 1, 2)  # the independent expectation is slow on MBs: once
+    assert c_change()(data, key) == expected_change("U", 5, old, new, "O", key)
     check_change_same(change_message("I", 5, None, old), (1,))
     check_change_same(change_message("D", 5, old, None, "K"), (2,))
 
@@ -716,7 +717,7 @@ def test_change_no_leak_on_success_or_error_paths() -> None:
         (change_message("I", 1, None, [("t", b"a\tb" * 100), ("n", None)]), (0,)),
         (change_message("D", 2**32 - 1, [("t", b"x" * 500)], None, "K"), ()),
     ]
-    bad = [
+    bad: list[tuple[bytes, Any]] = [
         (change_message("U", 1, wide_old, wide_new), (0, 100)),  # IndexError after the lines
         (change_message("U", 1, wide_old, wide_new), tuple(range(40)) + (-101,)),
         (change_message("U", 1, wide_old, wide_new), (0, "x")),  # TypeError
@@ -731,9 +732,9 @@ def test_change_no_leak_on_success_or_error_paths() -> None:
         for _ in range(300):
             for data, key in good:
                 c(data, key)
-            for data, key in bad:
+            for data, bad_key in bad:
                 try:
-                    c(data, key)
+                    c(data, bad_key)
                 except (ValueError, IndexError, TypeError):
                     pass
 
