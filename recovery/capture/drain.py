@@ -179,7 +179,7 @@ def _drain(
         )
     by_tid = {t.tid: t for t in tables.values()}
     ids = Ids(conn, schema)
-    out = Writer(conn, schema)
+    out = Writer(conn, schema, gen)
     result = DrainResult()
     chunks: set[int] = set()
     shapes_changed: set[int] = set()

@@ -74,11 +74,13 @@ class Ids:
 
 
 class Writer:
-    """Journal rows as COPY text, buffered per table and column list."""
+    """Journal rows as COPY text, buffered per table and column list, copied straight
+    into the chunks of generation `gen` (no routing through the partitioned parents)."""
 
-    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
+    def __init__(self, conn: psycopg.Connection, schema: str, gen: int) -> None:
         self.conn = conn
         self.schema = schema
+        self.gen = gen
         self.buffers: dict[tuple[int, tuple[str, ...]], bytearray] = {}
         self.size = 0
         self.stmts: list[tuple[Any, ...]] = []
@@ -102,7 +104,7 @@ class Writer:
             if not buf:
                 continue
             target = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier(self.schema, f"j_{tid}"),
+                sql.Identifier(self.schema, f"j_{tid}_{self.gen}"),
                 sql.SQL(", ").join(
                     map(sql.Identifier, ("rec_gen", "rec_stmt", "rec_ord", "rec_img", *cols))
                 ),
@@ -115,7 +117,7 @@ class Writer:
             target = sql.SQL(
                 "COPY {} (gen, stmt_id, table_id, op, txid, at, db_user, app, tag, depth, nrows)"
                 " FROM STDIN"
-            ).format(sql.Identifier(self.schema, "stmt"))
+            ).format(sql.Identifier(self.schema, f"stmt_{self.gen}"))
             with self.conn.cursor().copy(target) as cp:
                 for row in self.stmts:
                     cp.write_row(row)
