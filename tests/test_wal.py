@@ -537,3 +537,32 @@ def test_the_undo_s_own_writes_are_captured_after_its_drain(conn, sql_exec, acc)
     # and it can be undone in turn
     rollback(conn, Selector(tags=(undo_tag,)))
     assert snap(conn, "acc")[:2] == ["(1,v1,0)", "(2,v2,0)"]
+
+
+def test_an_undo_that_suspends_the_table_s_triggers_keeps_the_wal_hooks(conn, sql_exec):
+    sql_exec(
+        "CREATE TABLE u (id int PRIMARY KEY, v text, touched int DEFAULT 0);"
+        " CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN NEW.touched := NEW.touched + 1; RETURN NEW; END $$;"
+        " CREATE TRIGGER u_touch BEFORE UPDATE ON u FOR EACH ROW EXECUTE FUNCTION touch();"
+        " INSERT INTO u VALUES (1, 'a'), (2, 'b')"
+    )
+    enable_capture(conn, ["u"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE u SET v = 'x'")
+    report = rollback(conn, BAD)
+    assert snap(conn, "u") == ["(1,a,0)", "(2,b,0)"]  # the trigger was suspended
+    drain(conn)
+    got = conn.execute(
+        "SELECT tag, db_user, nrows FROM _recovery.stmt WHERE tag LIKE 'recovery-undo-%'"
+    ).fetchall()
+    conn.rollback()
+    assert got == [(f"recovery-undo-{report.op_id}", conn.info.user, 2)]
+    assert sql_exec(
+        "SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE tgrelid = 'u'::regclass"
+        " AND NOT tgisinternal ORDER BY 1"
+    ) == [
+        ("_recovery_wal_cap", "A"),
+        ("_recovery_wal_t", "A"),
+        ("_recovery_wal_who", "A"),
+        ("u_touch", "O"),
+    ]

@@ -22,6 +22,12 @@ class _NotRun:
     rowcount = 0
 
 
+def _hooks(schema: str) -> tuple[str, str]:
+    """LIKE patterns of recovery's own capture triggers (both sources): never suspended."""
+    esc = schema.replace("_", r"\_")
+    return esc + r"\_capture\_%", esc + r"\_wal\_%"
+
+
 class Run:
     """State of one undo operation while it runs."""
 
@@ -127,10 +133,10 @@ class Run:
                 "SELECT tg.tgname FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid "
                 "WHERE tg.tgrelid IN (SELECT %s::oid UNION SELECT relid FROM "
                 "pg_partition_tree(%s)) AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' "
-                "AND tg.tgparentid = 0 AND tg.tgname NOT LIKE %s "
+                "AND tg.tgparentid = 0 AND tg.tgname NOT LIKE %s AND tg.tgname NOT LIKE %s "
                 "AND NOT pg_has_role(current_user, c.relowner, 'USAGE') "
                 "ORDER BY tg.tgname LIMIT 1",
-                [t.relid, t.relid, self.schema.replace("_", r"\_") + r"\_capture\_%"],
+                [t.relid, t.relid, *_hooks(self.schema)],
             ).fetchone()
             if row is not None:
                 raise RecoveryError(
@@ -151,8 +157,8 @@ class Run:
             "SELECT tg.tgrelid::regclass::text, tg.tgname, tg.tgenabled FROM pg_trigger tg "
             "WHERE tg.tgrelid IN (SELECT %s::oid UNION SELECT relid FROM pg_partition_tree(%s)) "
             "AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' AND tg.tgparentid = 0 "
-            "AND tg.tgname NOT LIKE %s",
-            [t.relid, t.relid, self.schema.replace("_", r"\_") + r"\_capture\_%"],
+            "AND tg.tgname NOT LIKE %s AND tg.tgname NOT LIKE %s",
+            [t.relid, t.relid, *_hooks(self.schema)],
         ).fetchall()
         for rel, name, _state in rows:
             try:
