@@ -54,7 +54,7 @@ KINDS: dict[str, StepKind] = {
     for k in (
         StepKind(
             "capture_on",
-            {"tables": ("list", True)},
+            {"tables": ("list", True), "source": ("str", False)},
             ("tables",),
             False,
             r.run_capture_on,
