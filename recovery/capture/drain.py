@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -144,12 +144,42 @@ def drain(
     return result
 
 
+def _peeked(conn: psycopg.Connection, schema: str, upto: str) -> Iterator[list[bytes]]:
+    """The slot's messages up to `upto`, in batches, read with peek (the slot stays)."""
+    fetch = _FETCH
+    with conn.cursor("recovery_wal_drain", binary=True) as cur:
+        cur.execute(
+            sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(sql.Identifier(schema)),
+            [upto],
+        )
+        while True:
+            batch = [r[0] for r in cur.fetchmany(fetch)]
+            if not batch:
+                return
+            # Bounded memory whatever the rows' size: fewer messages per round trip
+            # when they are large.
+            nbytes = sum(map(len, batch))
+            fetch = max(1, min(_FETCH, fetch * 2, fetch * _FETCH_BYTES // max(nbytes, 1)))
+            yield batch
+
+
 def _drain(
     conn: psycopg.Connection,
     schema: str,
     upto: str,
     progress: Callable[[int], None] | None,
 ) -> DrainResult:
+    return journal_messages(conn, schema, _peeked(conn, schema, upto), progress)
+
+
+def journal_messages(
+    conn: psycopg.Connection,
+    schema: str,
+    messages: Iterable[list[bytes]],
+    progress: Callable[[int], None] | None = None,
+) -> DrainResult:
+    """Write the changes of a stream of pgoutput messages (whole transactions, in commit
+    order) into the journal, in the caller's transaction, with the position reached."""
     s = sql.Identifier(schema)
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, lock_key(schema)])
     row = conn.execute(
@@ -221,139 +251,123 @@ def _drain(
             t.stopped = True
             stopped[t.tid] = why
 
-    fetch = _FETCH
-    with conn.cursor("recovery_wal_drain", binary=True) as cur:
-        cur.execute(sql.SQL("SELECT data FROM {}.wal_peek(%s::pg_lsn)").format(s), [upto])
-        while True:
-            batch = cur.fetchmany(fetch)
-            # Bounded memory whatever the rows' size: fewer messages per round trip
-            # when they are large.
-            nbytes = sum(len(r[0]) for r in batch)
-            fetch = max(1, min(_FETCH, fetch * 2, fetch * _FETCH_BYTES // max(nbytes, 1)))
-            if not batch:
-                break
-            for (data,) in batch:
-                kind = data[0]
-                if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
-                    if skip:
-                        continue
-                    t = tables.get(_REL.unpack_from(data, 1)[0])
-                    if t is None or t.stopped:
-                        continue
-                    if t.shape is None:
-                        stop(t, "the drain met a change before the table's shape message")
-                        continue
-                    try:
-                        _, okind, bline, aline, bkey, akey, n = pgoutput.change(data, t.key_pos())
-                    except (ValueError, IndexError) as exc:
-                        stop(t, f"a change in the WAL could not be read ({exc})")
-                        continue
-                    if kind != 0x49 and okind != "O":
-                        stop(
-                            t,
-                            "the WAL carried no whole old row (replica identity is not FULL): "
-                            "before-images were lost from here on",
-                        )
-                        continue
-                    if n != len(t.shape):
-                        stop(
-                            t, "the WAL's columns do not match the journal's (shape changed unseen)"
-                        )
-                        continue
-                    if (
-                        run is None
-                        or run[0] != t.tid
-                        or run[1] != kind
-                        or run[3] >= _RUN_ROWS
-                        or (
-                            bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline))
-                        )
-                        or (akey is not None and akey in run[5])
-                    ):
-                        close_run()
-                        if t.tid not in chunks:
-                            conn.execute(
-                                sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen]
-                            )
-                            chunks.add(t.tid)
-                        run = [t.tid, kind, ids.next(), 0, set(), {}]
-                    run[3] += 1
-                    head = b"%d\t%d\t%d\t" % (gen, run[2], run[3])
-                    buf = out.buffer(t)
-                    before = len(buf)
-                    if bline is not None:
-                        run[4].add(bkey)
-                        buf += head
-                        buf += b"B\t"
-                        buf += bline
-                        buf += b"\n"
-                        result.rows += 1
-                    if aline is not None:
-                        run[5][akey] = hash(aline)
-                        buf += head
-                        buf += b"A\t"
-                        buf += aline
-                        buf += b"\n"
-                        if bline is None:
-                            result.rows += 1
-                    out.grew(len(buf) - before)
+    for batch in messages:
+        for data in batch:
+            kind = data[0]
+            if kind in (0x49, 0x55, 0x44):  # I, U, D: the hot path
+                if skip:
                     continue
-                m = pgoutput.parse(data)
-                tag = m[0]
-                if tag == "B":
-                    skip = m[1] <= applied
-                    at = pgoutput.pg_time(m[2])
-                    txid = _widen(m[3], next_full)
-                    who = ("unknown", None, None)
-                    depth = 1
-                    run = None
-                elif tag == "C":
-                    if not skip:
-                        close_run()
-                        if result.statements > counted:  # a transaction that changed a table
-                            result.transactions += 1
-                            counted = result.statements
-                        last_commit = max(last_commit, m[1])
-                        last_at = at
-                        if progress is not None:
-                            progress(result.rows)
-                    run = None
-                elif tag == "M" and not skip:
-                    prefix, content = m[2], m[3]
-                    if prefix == "recovery.who":
-                        close_run()
-                        doc = json.loads(bytes(content))
-                        who = (str(doc[0]), doc[1], doc[2] or None)
-                        depth = int(doc[3]) if len(doc) > 3 else 1
-                    elif prefix == shape_prefix:
-                        close_run()
-                        doc = json.loads(bytes(content))
-                        t2 = by_tid.get(int(doc["t"]))
-                        if t2 is not None:
-                            shape = [(str(a), str(b)) for a, b in doc["c"]]
-                            t2.reshape(shape)
-                            shapes_changed.add(t2.tid)
-                            # Journal columns added by this DDL hold values from here on.
-                            conn.execute(
-                                sql.SQL(
-                                    "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
-                                    " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
-                                ).format(s=s),
-                                [ids.peek(), t2.tid, [j for _, j in shape]],
-                            )
-                    elif prefix == trunc_prefix:
-                        close_run()
-                        doc = json.loads(bytes(content))
-                        fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
-                elif tag == "R" and not skip:
-                    t3 = tables.get(m[1])
-                    if t3 is not None and t3.shape is not None and not t3.stopped:
-                        if list(m[5]) != [a for a, _ in t3.shape]:
-                            stop(
-                                t3,
-                                "the table's columns changed while capture could not follow: "
-                                "run `recovery capture enable` again",
-                            )
+                t = tables.get(_REL.unpack_from(data, 1)[0])
+                if t is None or t.stopped:
+                    continue
+                if t.shape is None:
+                    stop(t, "the drain met a change before the table's shape message")
+                    continue
+                try:
+                    _, okind, bline, aline, bkey, akey, n = pgoutput.change(data, t.key_pos())
+                except (ValueError, IndexError) as exc:
+                    stop(t, f"a change in the WAL could not be read ({exc})")
+                    continue
+                if kind != 0x49 and okind != "O":
+                    stop(
+                        t,
+                        "the WAL carried no whole old row (replica identity is not FULL): "
+                        "before-images were lost from here on",
+                    )
+                    continue
+                if n != len(t.shape):
+                    stop(t, "the WAL's columns do not match the journal's (shape changed unseen)")
+                    continue
+                if (
+                    run is None
+                    or run[0] != t.tid
+                    or run[1] != kind
+                    or run[3] >= _RUN_ROWS
+                    or (bkey is not None and (bkey in run[4] or run[5].get(bkey) == hash(bline)))
+                    or (akey is not None and akey in run[5])
+                ):
+                    close_run()
+                    if t.tid not in chunks:
+                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
+                        chunks.add(t.tid)
+                    run = [t.tid, kind, ids.next(), 0, set(), {}]
+                run[3] += 1
+                head = b"%d\t%d\t%d\t" % (gen, run[2], run[3])
+                buf = out.buffer(t)
+                before = len(buf)
+                if bline is not None:
+                    run[4].add(bkey)
+                    buf += head
+                    buf += b"B\t"
+                    buf += bline
+                    buf += b"\n"
+                    result.rows += 1
+                if aline is not None:
+                    run[5][akey] = hash(aline)
+                    buf += head
+                    buf += b"A\t"
+                    buf += aline
+                    buf += b"\n"
+                    if bline is None:
+                        result.rows += 1
+                out.grew(len(buf) - before)
+                continue
+            m = pgoutput.parse(data)
+            tag = m[0]
+            if tag == "B":
+                skip = m[1] <= applied
+                at = pgoutput.pg_time(m[2])
+                txid = _widen(m[3], next_full)
+                who = ("unknown", None, None)
+                depth = 1
+                run = None
+            elif tag == "C":
+                if not skip:
+                    close_run()
+                    if result.statements > counted:  # a transaction that changed a table
+                        result.transactions += 1
+                        counted = result.statements
+                    last_commit = max(last_commit, m[1])
+                    last_at = at
+                    if progress is not None:
+                        progress(result.rows)
+                run = None
+            elif tag == "M" and not skip:
+                prefix, content = m[2], m[3]
+                if prefix == "recovery.who":
+                    close_run()
+                    doc = json.loads(bytes(content))
+                    who = (str(doc[0]), doc[1], doc[2] or None)
+                    depth = int(doc[3]) if len(doc) > 3 else 1
+                elif prefix == shape_prefix:
+                    close_run()
+                    doc = json.loads(bytes(content))
+                    t2 = by_tid.get(int(doc["t"]))
+                    if t2 is not None:
+                        shape = [(str(a), str(b)) for a, b in doc["c"]]
+                        t2.reshape(shape)
+                        shapes_changed.add(t2.tid)
+                        # Journal columns added by this DDL hold values from here on.
+                        conn.execute(
+                            sql.SQL(
+                                "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
+                                " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
+                            ).format(s=s),
+                            [ids.peek(), t2.tid, [j for _, j in shape]],
+                        )
+                elif prefix == trunc_prefix:
+                    close_run()
+                    doc = json.loads(bytes(content))
+                    fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
+            elif tag == "R" and not skip:
+                t3 = tables.get(m[1])
+                if t3 is not None and t3.shape is not None and not t3.stopped:
+                    if list(m[5]) != [a for a, _ in t3.shape]:
+                        stop(
+                            t3,
+                            "the table's columns changed while capture could not follow: "
+                            "run `recovery capture enable` again",
+                        )
     close_run()
     out.flush()
     finish(conn, schema, result, fixups, [by_tid[t] for t in shapes_changed], stopped)
