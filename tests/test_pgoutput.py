@@ -328,6 +328,17 @@ Change = tuple[
 ChangeFn = Callable[[bytes, "tuple[int, ...]"], Change]
 
 
+def py_change(data: bytes, key_pos: tuple[int, ...]) -> Change:
+    """The reference, all in Python: `_py_change` calls whatever `tuple_values` the
+    module has (the C one when built), so it is swapped for `_py_tuple_values` here."""
+    saved = pgoutput.tuple_values
+    pgoutput.tuple_values = _py_tuple_values
+    try:
+        return _py_change(data, key_pos)
+    finally:
+        pgoutput.tuple_values = saved
+
+
 def c_change() -> ChangeFn:
     if _c_change is None:
         pytest.skip("recovery.capture._pgoutput is not built")
@@ -427,7 +438,7 @@ def check_change_same(data: bytes, key_pos: tuple[int, ...]) -> None:
     message: a well-formed message has no truncation to be reported differently)."""
     c = c_change()
     try:
-        py = _py_change(data, key_pos)
+        py = py_change(data, key_pos)
     except (ValueError, IndexError, TypeError) as err:
         with pytest.raises(type(err)) as c_err:
             c(data, key_pos)
@@ -471,7 +482,7 @@ def test_valid_changes_give_the_expected_lines(kind: str) -> None:
         key = random_key_pos(rng, n)
         data = change_message(k, 77, old, new, tag)
         want = expected_change(k, 77, old, new, tag, key)
-        assert _py_change(data, key) == want
+        assert py_change(data, key) == want
         assert c_change()(data, key) == want
 
 
@@ -573,7 +584,7 @@ def test_an_update_with_another_tag_has_no_old_row() -> None:
 )
 def test_invalid_changes_raise_the_same_value_error(data: bytes) -> None:
     with pytest.raises(ValueError) as py_err:
-        _py_change(data, (0,))
+        py_change(data, (0,))
     with pytest.raises(ValueError) as c_err:
         c_change()(data, (0,))
     assert str(c_err.value) == str(py_err.value)
@@ -587,7 +598,7 @@ def test_key_positions_out_of_range_raise_index_error(key_pos: tuple[int, ...]) 
         change_message("D", 1, [("t", b"a"), ("n", None)], None),
     ):
         with pytest.raises(IndexError):
-            _py_change(data, key_pos)
+            py_change(data, key_pos)
         with pytest.raises(IndexError):
             c_change()(data, key_pos)
     # Any position is out of range in a row of no columns.
@@ -597,7 +608,7 @@ def test_key_positions_out_of_range_raise_index_error(key_pos: tuple[int, ...]) 
 
 def test_value_errors_come_before_the_index_error() -> None:
     data = change_message("U", 1, [("t", b"a")], [("t", b"a"), ("t", b"b")])
-    for fn in (_py_change, c_change()):
+    for fn in (py_change, c_change()):
         with pytest.raises(ValueError, match="number of columns"):
             fn(data, (9,))
 
@@ -617,14 +628,46 @@ def test_change_bad_arguments() -> None:
         c(data)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         c(data, (), ())  # type: ignore[call-arg]
-    want = _py_change(data, (1, 0))
+    want = py_change(data, (1, 0))
     assert want == (1, "O", b"a\\tb\t\\N", b"c\t\\N", (b"\\N", b"a\\tb"), (b"\\N", b"c"), 2)
     # Any buffer is read; any sequence of int-like positions is taken.
     for buf in (bytearray(data), memoryview(data)):
         assert c(buf, (1, 0)) == want  # type: ignore[arg-type]
     assert c(data, [1, 0]) == want  # type: ignore[arg-type]
     assert c(data, (True, False)) == want
-    assert c(data, tuple(range(2)) * 20) == _py_change(data, tuple(range(2)) * 20)
+    assert c(data, tuple(range(2)) * 20) == py_change(data, tuple(range(2)) * 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "py_error"),
+    [
+        (b"", IndexError),  # no kind byte
+        (b"I\x00\x00", struct.error),  # no whole relid
+        (b"B\x00", struct.error),  # the relid is read before the kind is checked
+        (b"U\x00\x00\x00\x01", IndexError),  # no old-row tag
+        (b"D\x00\x00\x00\x01", IndexError),
+        (b"I\x00\x00\x00\x01", struct.error),  # no column count
+        (b"I\x00\x00\x00\x01N\x00", struct.error),
+        (b"I\x00\x00\x00\x01N\x00\x01", IndexError),  # no column kind
+        (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00", struct.error),  # no whole length
+        (b"U\x00\x00\x00\x01O\x00\x01n", struct.error),  # no new row after the old
+        (b"U\x00\x00\x00\x01K\x00\x01nN\x00\x02n", IndexError),
+        (b"D\x00\x00\x00\x01K\x00\x02t\x00\x00\x00\x01a", IndexError),
+    ],
+)
+def test_short_buffers_are_value_errors_in_c(data: bytes, py_error: type[Exception]) -> None:
+    with pytest.raises(py_error):
+        py_change(data, ())
+    with pytest.raises(ValueError, match="truncated"):
+        c_change()(data, ())
+
+
+def test_a_cut_inside_the_last_value_is_noticed() -> None:
+    # The reference returns the short value; C sees the length pass the end.
+    data = change_message("I", 1, None, [("t", b"abc"), ("t", b"defgh")])[:-2]
+    assert py_change(data, (1,))[3] == b"abc\tdef"
+    with pytest.raises(ValueError, match="truncated"):
+        c_change()(data, (1,))
 
 
 def change_truncations(data: bytes) -> list[int]:
@@ -643,13 +686,13 @@ def test_truncated_changes_raise_value_error(seed: int) -> None:
     for _ in range(15):
         data, key_pos = random_change(rng, rng.choice([0, 1, 3, 8]))
         try:
-            _py_change(data, key_pos)
+            py_change(data, key_pos)
         except (ValueError, IndexError):
             continue  # not a valid message to begin with
-        full, end = _py_change(data, ()), len(data)
+        full, end = py_change(data, ()), len(data)
         while end > 0:  # drop the trailing bytes nobody reads: the message ends at `end`
             try:
-                if _py_change(data[: end - 1], ()) != full:
+                if py_change(data[: end - 1], ()) != full:
                     break
             except (ValueError, IndexError, struct.error):
                 break
@@ -658,7 +701,7 @@ def test_truncated_changes_raise_value_error(seed: int) -> None:
             with pytest.raises(ValueError, match="truncated"):
                 c(data[:cut], key_pos)
             try:
-                _py_change(data[:cut], ())
+                py_change(data[:cut], ())
             except (ValueError, IndexError, struct.error):
                 pass
 
@@ -669,11 +712,11 @@ def check_corrupt(data: bytes, key_pos: tuple[int, ...]) -> None:
     c = c_change()
     exceptions = (ValueError, IndexError, struct.error)
     try:
-        py: Change | None = _py_change(data, key_pos)
+        py: Change | None = py_change(data, key_pos)
     except exceptions:
         py = None
     try:
-        padded: Change | None = _py_change(data + b"\x00" * 8, key_pos)
+        padded: Change | None = py_change(data + b"\x00" * 8, key_pos)
     except exceptions:
         padded = None
     if py is not None and py == padded:

@@ -566,3 +566,56 @@ def test_an_undo_that_suspends_the_table_s_triggers_keeps_the_wal_hooks(conn, sq
         ("_recovery_wal_who", "A"),
         ("u_touch", "O"),
     ]
+
+
+def test_commands_wait_for_a_streaming_follow_and_a_killed_follow_loses_nothing(
+    conn, sql_exec, db_url, acc, cli
+):
+    env = dict(os.environ, RECOVERY_DB_URL=db_url)
+
+    def start() -> subprocess.Popen:  # type: ignore[type-arg]
+        p = subprocess.Popen(
+            [sys.executable, "-m", "recovery", "capture", "follow", "--interval", "0.2"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until it holds the slot
+            if sql_exec(
+                "SELECT active_pid IS NOT NULL FROM pg_replication_slots"
+                " WHERE slot_name = _recovery.wal_slot()"
+            ) == [(True,)]:
+                return p
+            time.sleep(0.1)
+        p.kill()
+        raise AssertionError(f"follow did not start: {p.communicate()[1]}")
+
+    p = start()
+    try:
+        sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = -1 WHERE id <= 3")
+        # the command cannot read the slot follow holds: it waits for follow's journal
+        r = cli("changes", "--tag", "bad")
+        assert r.exit_code == 0, r.output
+        assert "3 row change(s) in 1 statement(s)" in r.output
+        for i in range(5):
+            sql_exec(f"SET recovery.tag = 'bad'; UPDATE acc SET v = 'k{i}' WHERE id = 4")
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=20)
+        p = start()  # again, from the last confirmed position
+        r = cli("rollback", "--tag", "bad", "--yes")
+        assert r.exit_code == 0, r.output
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    assert snap(conn, "acc") == [
+        "(1,v1,10)",
+        "(2,v2,20)",
+        "(3,v3,30)",
+        "(4,v4,40)",
+        "(5,v5,50)",
+        "(6,v6,60)",
+    ]
+    # each change journaled once
+    assert sql_exec("SELECT count(*), sum(nrows) FROM _recovery.stmt WHERE tag = 'bad'") == [(6, 8)]

@@ -482,11 +482,13 @@ change_impl(module_state *st, const unsigned char *buf, Py_ssize_t size, PyObjec
         k = PyTuple_GET_SIZE(key_pos);
     }
     else {
-        seq = PySequence_Fast(key_pos, "key_pos must be a sequence of column indexes");
+        /* A tuple of our own (not PySequence_Fast's borrowed list items), so the
+         * positions cannot change under us, with or without a GIL. */
+        seq = PySequence_Tuple(key_pos);
         if (seq == NULL)
             goto done;
-        items = PySequence_Fast_ITEMS(seq);
-        k = PySequence_Fast_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+        k = PyTuple_GET_SIZE(seq);
     }
     if (k > STACK_KEYS) {
         idx = PyMem_Malloc((size_t)k * sizeof(Py_ssize_t));

@@ -45,6 +45,8 @@ from .walrows import DrainResult, Ids, Table, Writer, finish, record_position
 # The most rows in one journal statement the drain makes (see `run` in _drain).
 _RUN_ROWS = 100_000
 _REL = struct.Struct(">I")  # the relation oid after a change message's first byte
+# How long a drain waits for `capture follow` to journal what it needs (seconds).
+FOLLOW_WAIT = 60.0
 # Messages fetched from the server per round trip.
 _FETCH = 5000
 # ... and at most about this many bytes of them.
@@ -123,6 +125,9 @@ def drain(
         upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         assert upto_row is not None
         upto = str(upto_row[0])
+    if _follower_has(conn, schema, upto, own):
+        return DrainResult(lsn=upto)
+    if not own:
         with conn.transaction():
             result = _drain(conn, schema, upto, progress)
     else:
@@ -142,6 +147,35 @@ def drain(
             conn.execute(sql.SQL("SELECT {}.wal_advance(%s::pg_lsn)").format(s), [upto])
     result.lsn = upto
     return result
+
+
+def _follower_has(conn: psycopg.Connection, schema: str, upto: str, own: bool) -> bool:
+    """When `capture follow` streams from the slot (which then cannot be read here), wait
+    until it has journaled and confirmed everything up to `upto`: True.  False when
+    nobody holds the slot (this drain reads it itself), also when the follower stops
+    while we wait.  Waits at most FOLLOW_WAIT seconds, then says so."""
+    q = sql.SQL(
+        "SELECT active_pid, confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+        " WHERE slot_name = {}.wal_slot()"
+    ).format(sql.Identifier(schema))
+    deadline = time.monotonic() + FOLLOW_WAIT
+    while True:
+        if own:
+            with conn.transaction():
+                row = conn.execute(q, [upto]).fetchone()
+        else:
+            row = conn.execute(q, [upto]).fetchone()
+        if row is None or row[0] is None or row[0] == conn.info.backend_pid:
+            return False
+        if row[1]:
+            return True
+        if time.monotonic() > deadline:
+            raise RecoveryError(
+                f"`recovery capture follow` (server pid {row[0]}) holds the WAL capture slot "
+                f"and has not journaled up to {upto} within {FOLLOW_WAIT:.0f} s: check that "
+                "it is running well (its log), or stop it; nothing was changed"
+            )
+        time.sleep(0.05)
 
 
 def _peeked(conn: psycopg.Connection, schema: str, upto: str) -> Iterator[list[bytes]]:
@@ -401,7 +435,12 @@ def catch_up(
     if not present or not present[0]:
         return DrainResult()
     try:
-        return drain(conn, schema=schema)
+        try:
+            return drain(conn, schema=schema)
+        except psycopg.errors.ObjectInUse:
+            # `capture follow` took the slot between the look and the read: it holds
+            # it now, and drain() waits for it instead.
+            return drain(conn, schema=schema)
     except psycopg.errors.InsufficientPrivilege as exc:
         if not required:
             return DrainResult(problems=[f"not drained: {exc.diag.message_primary}"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..capture import drain, wal
+from ..capture import drain, stream, wal
 from ..capture import triggers as capture_mod
 from ..errors import RecoveryError
 from . import render
@@ -142,13 +142,23 @@ def capture_status(c: Ctx) -> None:
 @click.option(
     "--once", is_flag=True, help="Drain once and exit (what every command does before reading)."
 )
-def capture_follow(c: Ctx, interval: float, once: bool) -> None:
+@click.option(
+    "--poll",
+    is_flag=True,
+    help="Read the slot with peek every --interval instead of holding a replication "
+    "connection (for a role or pooler that cannot open one; the server then decodes "
+    "from the slot's restart point on every drain).",
+)
+def capture_follow(c: Ctx, interval: float, once: bool, poll: bool) -> None:
     """Drain the WAL capture slot into the journal continuously, in the foreground.
 
     Every command that reads the journal drains first, so this is not needed for
-    correctness: it keeps the slot from holding WAL between commands. Logs each drain
-    that wrote something and the lag; stops cleanly on SIGTERM or Ctrl-C (a drain in
-    progress is finished or rolled back whole; nothing is lost).
+    correctness: it keeps the slot from holding WAL between commands. It holds a
+    replication connection (the server decodes each transaction once, as it commits);
+    while it runs, other commands wait for it to journal what they need instead of
+    reading the slot themselves. Logs each batch that wrote something and the lag;
+    stops cleanly on SIGTERM or Ctrl-C (a batch in progress is finished or rolled back
+    whole; nothing is lost). Needs the REPLICATION attribute (or superuser).
 
     \b
     Examples:
@@ -171,9 +181,12 @@ def capture_follow(c: Ctx, interval: float, once: bool) -> None:
                         "TABLE --source wal` first"
                     )
             most = 0
-            for result, state in drain.follow(
-                conn, schema=c.schema, interval=interval, stop=lambda: stopping
-            ):
+            source = (
+                drain.follow(conn, schema=c.schema, interval=interval, stop=lambda: stopping)
+                if poll or once
+                else stream.follow(conn, schema=c.schema, interval=interval, stop=lambda: stopping)
+            )
+            for result, state in source:
                 lag = state.lag_bytes or 0
                 most = max(most, lag)
                 if result.rows or once:

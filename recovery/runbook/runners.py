@@ -31,9 +31,7 @@ APPLIED = ("inserted", "updated", "deleted")
 
 
 def run_capture_on(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "tables": capture.enable(x.conn, a["tables"], schema=x.schema, source=a.get("source"))
-    }
+    return {"tables": capture.enable(x.conn, a["tables"], schema=x.schema, source=a.get("source"))}
 
 
 def run_capture_off(x: Execution, a: dict[str, Any]) -> dict[str, Any]:
