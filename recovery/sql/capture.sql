@@ -83,6 +83,56 @@ BEGIN
 END
 $fn$;
 
+-- The pieces of a capture function that both sources' generators use.
+-- Target list of a relation's journal INSERT: its columns in its own order (a
+-- partition may differ from the parent), mapped by name onto the parent's (tid's)
+-- latest journal columns.
+CREATE OR REPLACE FUNCTION {s}._target_list(tid int, root oid, rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(quote_ident(col.jcol), ', ' ORDER BY pa.attnum)
+    FROM pg_attribute pa
+    JOIN pg_attribute ta ON ta.attrelid = root AND ta.attname = pa.attname
+                        AND ta.attnum > 0 AND NOT ta.attisdropped
+    JOIN LATERAL (SELECT jcol FROM {s}.columns
+                  WHERE table_id = tid AND attnum = ta.attnum
+                  ORDER BY since_stmt DESC LIMIT 1) col ON true
+    WHERE pa.attrelid = rel AND pa.attnum > 0 AND NOT pa.attisdropped
+$$;
+
+-- The first statement of a capture function: it checks the table's shape and skips
+-- capture (the write still succeeds) when it changed and capture was not rebuilt;
+-- `capture status` reports that.  Needed even where the event trigger exists now: it
+-- can be dropped or disabled later, and does not fire in replica mode.  The query is
+-- shape()'s without the md5 and the sort (an array of the same attnum:type:typmod
+-- items read in index order, compared with the one built in): it runs once per
+-- captured statement, so it is kept to one index scan of pg_attribute (about half the
+-- cost of shape() per call).
+CREATE OR REPLACE FUNCTION {s}._shape_guard(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('IF ARRAY(SELECT attnum || '':'' || atttypid || '':'' || atttypmod '
+                  'FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 '
+                  'AND NOT attisdropped ORDER BY attnum) IS DISTINCT FROM %L::text[] '
+                  'THEN RETURN NULL; END IF;',
+                  ARRAY(SELECT pa.attnum || ':' || pa.atttypid || ':' || pa.atttypmod
+                        FROM pg_attribute pa WHERE pa.attrelid = rel AND pa.attnum > 0
+                        AND NOT pa.attisdropped ORDER BY pa.attnum)::text)
+$$;
+
+-- Values of non-built-in types reach the journal as their text form (see
+-- storage_type): written with fixed output settings, so that they read back the same
+-- in any session.  Only a relation with such a column pays for the extra settings.
+CREATE OR REPLACE FUNCTION {s}._text_settings(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN EXISTS (
+        SELECT 1 FROM pg_attribute pa
+        WHERE pa.attrelid = rel AND pa.attnum > 0 AND NOT pa.attisdropped
+          AND {s}.storage_type(pa.atttypid, pa.atttypmod) = 'text'
+          AND pa.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
+                                  'name'::regtype))
+    THEN 'SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'' '
+         'SET extra_float_digits = 3 SET bytea_output = ''hex''' ELSE '' END
+$$;
+
 -- Creates the journal chunk for the current generation, brings the journal's
 -- columns in line with the table, and (re)generates the capture function and
 -- triggers on the table and on every partition of it.
@@ -102,7 +152,6 @@ DECLARE
     tgt        text;
     body       text;
     guard      text;
-    textform   boolean;
     hwm        bigint;
     missing    text;
 BEGIN
@@ -234,32 +283,8 @@ BEGIN
         WHERE pc.relkind IN ('r', 'p')
     LOOP
         fname := 'cap_' || tid || '_' || rel.oid;
-        -- Target list in the relation's own column order (partitions may differ
-        -- from the parent), mapped by name onto the parent's journal columns.
-        SELECT string_agg(quote_ident(col.jcol), ', ' ORDER BY pa.attnum) INTO tgt
-        FROM pg_attribute pa
-        JOIN pg_attribute ta ON ta.attrelid = c.relid AND ta.attname = pa.attname
-                            AND ta.attnum > 0 AND NOT ta.attisdropped
-        JOIN LATERAL (SELECT jcol FROM {s}.columns
-                      WHERE table_id = tid AND attnum = ta.attnum
-                      ORDER BY since_stmt DESC LIMIT 1) col ON true
-        WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped;
-
-        -- The function checks the table's shape first and skips capture (the write
-        -- still succeeds) when it changed and capture was not rebuilt; `capture
-        -- status` reports that.  Needed even where the event trigger exists now: it
-        -- can be dropped or disabled later, and does not fire in replica mode.  The
-        -- query is shape()'s without the md5 and the sort (an array of the same
-        -- attnum:type:typmod items read in index order, compared with the one
-        -- built in): it runs once per captured statement, so it is kept to one
-        -- index scan of pg_attribute (about half the cost of shape() per call).
-        guard := format('IF ARRAY(SELECT attnum || '':'' || atttypid || '':'' || atttypmod '
-                        'FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 '
-                        'AND NOT attisdropped ORDER BY attnum) IS DISTINCT FROM %L::text[] '
-                        'THEN RETURN NULL; END IF;',
-                        ARRAY(SELECT pa.attnum || ':' || pa.atttypid || ':' || pa.atttypmod
-                              FROM pg_attribute pa WHERE pa.attrelid = rel.oid AND pa.attnum > 0
-                              AND NOT pa.attisdropped ORDER BY pa.attnum)::text);
+        tgt := {s}._target_list(tid, c.relid, rel.oid);
+        guard := {s}._shape_guard(rel.oid);
         -- Every name the body declares is referenced qualified by its block label
         -- inside SQL statements (cap.s), where a column of the captured table with
         -- the same name (`s` is an ordinary column name: size, score) would
@@ -338,22 +363,9 @@ $b$,
                    ' nullif(current_setting(''recovery.tag'', true), ''''),'
                    ' coalesce(nullif(current_setting(%L, true), '''')::int, 1), c.n',
                    {s_lit}, 'stmt_' || gen, gen, tid, 'recovery.depth_' || rel.oid));
-        -- Values of non-built-in types reach the journal as their text form (see
-        -- storage_type): written with fixed output settings, so that they read back
-        -- the same in any session.  Only such tables pay for the extra settings.
-        textform := EXISTS (
-            SELECT 1 FROM pg_attribute pa
-            WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped
-              AND {s}.storage_type(pa.atttypid, pa.atttypmod) = 'text'
-              AND pa.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
-                                      'name'::regtype));
         EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp %s AS %L',
-                       {s_lit}, fname,
-                       CASE WHEN textform THEN
-                           'SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'' '
-                           'SET extra_float_digits = 3 SET bytea_output = ''hex''' ELSE '' END,
-                       body);
+                       {s_lit}, fname, {s}._text_settings(rel.oid), body);
         EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit}, fname);
 
         -- Before the statement, pg_trigger_depth() tells a statement the application

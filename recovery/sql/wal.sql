@@ -172,7 +172,6 @@ DECLARE
     tgt      text;
     guard    text;
     shape    jsonb;
-    textform boolean;
 BEGIN
     SELECT * INTO c FROM {s}.captured WHERE table_id = tid;
     PERFORM {s}.wal_prepare();
@@ -233,35 +232,13 @@ BEGIN
                 'OR pg_catalog.current_setting(''recovery.max_rows_per_table'', true) <> '''')',
                 'cap_' || tid || '_cap');
 
-            -- TRUNCATE: the copy of the rows, in this leaf's column order mapped by name
-            -- onto the journal's columns, as the trigger source does.
-            SELECT string_agg(quote_ident(col.jcol), ', ' ORDER BY pa.attnum) INTO tgt
-            FROM pg_attribute pa
-            JOIN pg_attribute ta ON ta.attrelid = c.relid AND ta.attname = pa.attname
-                                AND ta.attnum > 0 AND NOT ta.attisdropped
-            JOIN LATERAL (SELECT jcol FROM {s}.columns
-                          WHERE table_id = tid AND attnum = ta.attnum
-                          ORDER BY since_stmt DESC LIMIT 1) col ON true
-            WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped;
-            guard := format('IF ARRAY(SELECT attnum || '':'' || atttypid || '':'' || atttypmod '
-                            'FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 '
-                            'AND NOT attisdropped ORDER BY attnum) IS DISTINCT FROM %L::text[] '
-                            'THEN RETURN NULL; END IF;',
-                            ARRAY(SELECT pa.attnum || ':' || pa.atttypid || ':' || pa.atttypmod
-                                  FROM pg_attribute pa WHERE pa.attrelid = rel.oid AND pa.attnum > 0
-                                  AND NOT pa.attisdropped ORDER BY pa.attnum)::text);
-            textform := EXISTS (
-                SELECT 1 FROM pg_attribute pa
-                WHERE pa.attrelid = rel.oid AND pa.attnum > 0 AND NOT pa.attisdropped
-                  AND {s}.storage_type(pa.atttypid, pa.atttypmod) = 'text'
-                  AND pa.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
-                                          'name'::regtype));
+            -- TRUNCATE: the copy of the rows, as the trigger source makes it.
+            tgt := {s}._target_list(tid, c.relid, rel.oid);
+            guard := {s}._shape_guard(rel.oid);
             EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                            'SECURITY DEFINER SET search_path = pg_catalog, pg_temp %s AS %L',
                            {s_lit}, 'cap_' || tid || '_' || rel.oid || '_t',
-                           CASE WHEN textform THEN
-                               'SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'' '
-                               'SET extra_float_digits = 3 SET bytea_output = ''hex''' ELSE '' END,
+                           {s}._text_settings(rel.oid),
                            format($b$
 DECLARE
     p bigint;
