@@ -120,7 +120,11 @@ def drain(
         with conn.transaction():
             conn.execute("SET LOCAL synchronous_commit = on")
             row = conn.execute(sql.SQL("SELECT {}.wal_flush()::text").format(s)).fetchone()
-            upto = str(row[0]) if row else None
+            if row is None or row[0] is None:
+                raise RecoveryError(
+                    f"schema {schema} is older than this tool's WAL capture: run `recovery init`"
+                )
+            upto = str(row[0])
     if upto is None:  # inside a caller's transaction: what is flushed; the slot stays
         upto_row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         assert upto_row is not None
