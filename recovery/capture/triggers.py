@@ -17,7 +17,7 @@ from psycopg import sql
 from ..db import DEFAULT_SCHEMA, resolve_table
 from ..errors import RecoveryError
 from ..schema import require_schema
-from . import drain, wal
+from . import drain, wal, walops
 from .eligible import inheritance_problem, key_attnums
 
 SOURCES = ("trigger", "wal")
@@ -149,7 +149,7 @@ def _enable_one(
         [relid],
     ).fetchone()
     if row and row[1] and row[2] == "wal" and source == "trigger":
-        drain.leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
+        walops.leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
     if row:
         tid = row[0]
         conn.execute(
@@ -310,7 +310,7 @@ def disable(
         # published while they were captured), before anything could capture them anew;
         # then the slot goes if no table is captured from the WAL any more.
         drain.catch_up(conn, schema)
-        drain.drop_slot_if_unused(conn, schema)
+        walops.drop_slot_if_unused(conn, schema)
     return [label for _, label in ids]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..capture import drain, stream, wal
+from ..capture import stream, wal, walops
 from ..capture import triggers as capture_mod
 from ..errors import RecoveryError
 from . import render
@@ -182,7 +182,7 @@ def capture_follow(c: Ctx, interval: float, once: bool, poll: bool) -> None:
                     )
             most = 0
             source = (
-                drain.follow(conn, schema=c.schema, interval=interval, stop=lambda: stopping)
+                walops.follow(conn, schema=c.schema, interval=interval, stop=lambda: stopping)
                 if poll or once
                 else stream.follow(conn, schema=c.schema, interval=interval, stop=lambda: stopping)
             )

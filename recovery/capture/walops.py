@@ -1,0 +1,75 @@
+"""What the WAL source does around the drain: leave it (a table moved back to the trigger
+source), drop its slot when no table uses it, and the polling `follow`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+from psycopg import sql
+
+from ..db import DEFAULT_SCHEMA
+from .drain import catch_up, drain
+from .wal import DRAIN_CLASS, SlotState, lock_key, slot_exists, slot_state, twin
+from .walrows import DrainResult
+
+
+def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
+    """Drop the slot and the publication once no table is captured from the WAL (a slot
+    nobody drains keeps WAL forever).  Drains first; True when they were dropped."""
+    s = sql.Identifier(schema)
+    with conn.transaction():
+        row = conn.execute(
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM {}.captured WHERE enabled AND source = 'wal')"
+            ).format(s)
+        ).fetchone()
+        if row and row[0]:
+            return False
+        present = slot_exists(conn, schema)
+    if present:
+        drain(conn, schema=schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, lock_key(schema)])
+        conn.execute(
+            sql.SQL(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = {s}.wal_slot()"
+            ).format(s=s)
+        )
+        pub = conn.execute(sql.SQL("SELECT {}.wal_publication()").format(s)).fetchone()
+        assert pub is not None
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(pub[0])))
+        conn.execute(sql.SQL("DELETE FROM {}.meta WHERE key IN ('wal_lsn', 'wal_at')").format(s))
+    return True
+
+
+def follow(
+    conn: psycopg.Connection,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    interval: float = 1.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[DrainResult, SlotState]]:
+    """Drain continuously: one drain every `interval` seconds until `stop()` is true;
+    yields what each drain wrote and the slot's lag after it."""
+    while not stop():
+        started = time.monotonic()
+        result = catch_up(conn, schema)
+        with conn.transaction():
+            state = slot_state(conn, schema)
+        yield result, state
+        while not stop() and time.monotonic() - started < interval:
+            time.sleep(min(0.1, interval))
+
+
+def leave_wal(conn: psycopg.Connection, schema: str, tid: int, table: sql.Identifier) -> None:
+    """Take a table off the WAL source inside the enabling transaction, with nothing lost
+    or reordered: writers are locked out first, then everything they committed is drained
+    (on a second connection: the drain commits), then the table leaves the publication.
+    The trigger source's ids come from the same sequence, after the drained ones."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+    with twin(conn) as other:
+        drain(other, schema=schema)
+    conn.execute(sql.SQL("SELECT {}._release_wal(%s)").format(sql.Identifier(schema)), [tid])
