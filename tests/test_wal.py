@@ -17,7 +17,14 @@ import time
 import psycopg
 import pytest
 
-from recovery import Selector, capture_status, disable_capture, enable_capture, rollback
+from recovery import (
+    RecoveryError,
+    Selector,
+    capture_status,
+    disable_capture,
+    enable_capture,
+    rollback,
+)
 from recovery.capture.drain import drain
 from recovery.db import connect
 
@@ -619,3 +626,111 @@ def test_commands_wait_for_a_streaming_follow_and_a_killed_follow_loses_nothing(
     ]
     # each change journaled once
     assert sql_exec("SELECT count(*), sum(nrows) FROM _recovery.stmt WHERE tag = 'bad'") == [(6, 8)]
+
+
+def test_messages_recovery_did_not_write_are_ignored_and_recorded(conn, sql_exec, acc):
+    """pg_logical_emit_message is open to every role: garbage or forged messages under
+    recovery's prefixes never stop the drain, never attribute a change to someone else,
+    never reorder or reshape the journal."""
+    sql_exec("SELECT pg_logical_emit_message(true, 'recovery.who:_recovery', 'garbage')")
+    sql_exec(
+        "SELECT pg_logical_emit_message(true, 'recovery.shape:_recovery',"
+        ' \'{"t": 1, "c": [["id", "c1"], ["v", "c2"], ["n", "c2"]]}\')'
+    )
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id = 1")
+    sql_exec(
+        "SELECT pg_logical_emit_message(true, 'recovery.truncate:_recovery',"
+        " '{\"p\": 1, \"g\": 1}')"
+    )
+    sql_exec(
+        "BEGIN; SELECT pg_logical_emit_message(true, 'recovery.who:_recovery',"
+        ' \'["alice", "payroll", null, 1, 1, "guess"]\'); SET LOCAL recovery.said = \'=\';'
+        " UPDATE acc SET n = 1 WHERE id = 2; COMMIT"
+    )
+    assert journal(conn) == [
+        (1, "U", "bad", 1, "A", "(1,v1,0)"),
+        (1, "U", "bad", 1, "B", "(1,v1,10)"),
+        (2, "U", None, 1, "A", "(2,v2,1)"),
+        (2, "U", None, 1, "B", "(2,v2,20)"),
+    ]
+    assert sql_exec("SELECT db_user FROM _recovery.stmt ORDER BY stmt_id") == [
+        (conn.info.user,),
+        ("unknown",),  # hidden by the forged recovery.said: never attributed to alice
+    ]
+    assert sql_exec("SELECT detail FROM _recovery.events WHERE kind = 'wal' ORDER BY id") == [
+        (
+            "4 message(s) under recovery's prefixes without the hooks' key were ignored "
+            "(written by someone else with pg_logical_emit_message)",
+        )
+    ]
+    assert capture_status(conn)[0].state == "on"
+
+
+def test_two_retypes_and_a_rename_between_drains(conn, sql_exec):
+    sql_exec("CREATE TABLE r (id int PRIMARY KEY, w int)")
+    sql_exec("INSERT INTO r VALUES (1, 1), (2, 2)")
+    enable_capture(conn, ["r"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE r SET w = 10 WHERE id = 1")
+    sql_exec("ALTER TABLE r ALTER COLUMN w TYPE bigint")
+    sql_exec("ALTER TABLE r ALTER COLUMN w TYPE text")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE r SET w = 'abc' WHERE id = 2")
+    sql_exec("ALTER TABLE r ADD COLUMN y int")
+    sql_exec("ALTER TABLE r ADD COLUMN z int")
+    rollback(conn, BAD)
+    assert snap(conn, "r") == ["(1,1,,)", "(2,2,,)"]
+    # one journal version per retype, not one per rebuild
+    assert sql_exec("SELECT count(*) FROM _recovery.columns WHERE table_id = 1 AND attnum = 2") == [
+        (3,)
+    ]
+
+
+def test_moving_to_trigger_after_a_write_in_the_same_transaction_is_refused(conn, sql_exec, acc):
+    conn.execute("UPDATE acc SET n = 5 WHERE id = 1")
+    with pytest.raises(RecoveryError, match="in a transaction of its own"):
+        enable_capture(conn, ["acc"], source="trigger")
+    conn.rollback()
+    # a drain earlier in the transaction (it holds the drain's lock) does not hang it
+    from recovery import changes
+
+    changes(conn, Selector(tables=("acc",)))
+    enable_capture(conn, ["acc"], source="trigger")
+    conn.commit()
+    assert capture_status(conn)[0].source == "trigger"
+
+
+def test_disabled_in_a_transaction_then_moved_to_trigger_keeps_the_backlog(conn, sql_exec, acc):
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id = 1")
+    with conn.transaction():
+        disable_capture(conn, ["acc"])
+    conn.commit()
+    enable_capture(conn, ["acc"], source="trigger")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = -1 WHERE id = 2")
+    rollback(conn, BAD)
+    assert snap(conn, "acc")[:2] == ["(1,v1,10)", "(2,v2,20)"]
+
+
+def test_a_trigger_writing_another_captured_table_keeps_each_table_s_depth(conn, sql_exec):
+    sql_exec(
+        "CREATE TABLE main (id int PRIMARY KEY, v int); CREATE TABLE audit (id serial"
+        " PRIMARY KEY, main_id int); CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN INSERT INTO audit (main_id) VALUES (NEW.id); RETURN NEW; END $$;"
+        " CREATE TRIGGER main_note BEFORE UPDATE ON main FOR EACH ROW EXECUTE FUNCTION note();"
+        " INSERT INTO main VALUES (1, 1), (2, 2), (3, 3)"
+    )
+    enable_capture(conn, ["main", "audit"], source="wal")
+    sql_exec("SET recovery.tag = 'bad'; UPDATE main SET v = 0")
+    sql_exec("UPDATE main SET v = 9 WHERE id = 1")
+    drain(conn)
+    got = conn.execute(
+        "SELECT c.table_name, s.op::text, s.depth, s.nrows FROM _recovery.stmt s"
+        " JOIN _recovery.captured c USING (table_id) WHERE c.table_name = 'main'"
+        " ORDER BY s.stmt_id"
+    ).fetchall()
+    conn.rollback()
+    assert [g[:3] for g in got] == [("main", "U", 1)] * len(got)
+    assert sum(g[3] for g in got) == 4
+    audit = sql_exec(
+        "SELECT DISTINCT s.depth FROM _recovery.stmt s JOIN _recovery.captured c"
+        " USING (table_id) WHERE c.table_name = 'audit'"
+    )
+    assert audit == [(2,)]

@@ -31,8 +31,6 @@ from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
 from . import pgoutput
 from .wal import (
-    DRAIN_CLASS,
-    lock_key,
     lsn_text,
     lsn_value,
     slot_exists,
@@ -115,7 +113,7 @@ def drain(
                 conn.execute(sql.SQL("SELECT {}.wal_origin_end()").format(s))
     if own:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, lock_key(schema)])
+            conn.execute(sql.SQL("SELECT {}.wal_lock()").format(s))
             conn.execute(sql.SQL("SELECT {}.wal_advance(%s::pg_lsn)").format(s), [upto])
     result.lsn = upto
     return result
@@ -148,6 +146,24 @@ def _follower_has(conn: psycopg.Connection, schema: str, upto: str, own: bool) -
                 "it is running well (its log), or stop it; nothing was changed"
             )
         time.sleep(0.05)
+
+
+def _message(
+    prefix: str, content: bytes, secret: str, who_prefix: str, ours: tuple[str, ...]
+) -> Any:
+    """The document of one of recovery's messages, or None: another prefix, or a message
+    without the hooks' key (pg_logical_emit_message is open to every role), or one that
+    does not read.  Never raises: a message must not stop the drain."""
+    if prefix != who_prefix and prefix not in ours:
+        return None
+    try:
+        doc = json.loads(bytes(content))
+        if prefix == who_prefix:
+            ok = isinstance(doc, list) and len(doc) == 6 and doc[5] == secret
+            return doc if ok and int(doc[3]) >= 0 and int(doc[4]) > 0 else None
+        return doc if isinstance(doc, dict) and doc.get("k") == secret else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _peeked(conn: psycopg.Connection, schema: str, upto: str) -> Iterator[list[bytes]]:
@@ -187,24 +203,25 @@ def journal_messages(
     """Write the changes of a stream of pgoutput messages (whole transactions, in commit
     order) into the journal, in the caller's transaction, with the position reached."""
     s = sql.Identifier(schema)
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DRAIN_CLASS, lock_key(schema)])
+    conn.execute(sql.SQL("SELECT {}.wal_lock()").format(s))
     row = conn.execute(
         sql.SQL(
             "SELECT (SELECT value FROM {s}.meta WHERE key = 'wal_lsn'),"
             " (SELECT value::int FROM {s}.meta WHERE key = 'gen'),"
-            " txid_snapshot_xmax(txid_current_snapshot())"
+            " txid_snapshot_xmax(txid_current_snapshot()), (SELECT k FROM {s}.wal_key)"
         ).format(s=s)
     ).fetchone()
     assert row is not None
     applied = lsn_value(row[0])
     gen = int(row[1])
     next_full = int(row[2])
+    secret = str(row[3])
     tables: dict[int, Table] = {}
-    for relid, tid, shape, key in conn.execute(
+    for relid, tid, shape, key, stopped_why in conn.execute(
         sql.SQL(
             "SELECT DISTINCT ON (c.relid) c.relid, c.table_id, c.wal_shape,"
             " ARRAY(SELECT col.jcol FROM {s}.columns col WHERE col.table_id = c.table_id"
-            "       AND col.attnum = ANY(c.key_attnums))"
+            "       AND col.attnum = ANY(c.key_attnums)), c.stopped"
             " FROM {s}.captured c WHERE c.source = 'wal' ORDER BY c.relid, c.table_id DESC"
         ).format(s=s)
     ):
@@ -212,6 +229,9 @@ def journal_messages(
             int(tid),
             [(str(a), str(b)) for a, b in shape] if shape is not None else None,
             frozenset(key),
+            # Stopped by an earlier drain: not journaled again until `capture enable`
+            # rebuilds it (a gap in the middle of its history would be worse).
+            stopped=bool(stopped_why and str(stopped_why).startswith("WAL capture stopped")),
         )
     by_tid = {t.tid: t for t in tables.values()}
     ids = Ids(conn, schema)
@@ -222,7 +242,8 @@ def journal_messages(
     fixups: list[tuple[int, int, int]] = []  # (gen, provisional id, real id) of TRUNCATEs
     stopped: dict[int, str] = {}
     who: tuple[str, str | None, str | None] = ("unknown", None, None)
-    depth = 1
+    depths: dict[int, int] = {}  # per table: the trigger depth of its statements now
+    forged = 0  # messages with recovery's prefixes that recovery did not write
     counted = 0
     skip = False
     at: datetime | None = None
@@ -240,6 +261,7 @@ def journal_messages(
     # after-image whose key is among its after-images.  Runs are also cut every
     # _RUN_ROWS rows, which bounds the memory of those sets.
     run: list[Any] | None = None
+    who_prefix = f"recovery.who:{schema}"
     shape_prefix = f"recovery.shape:{schema}"
     trunc_prefix = f"recovery.truncate:{schema}"
 
@@ -247,7 +269,7 @@ def journal_messages(
         nonlocal run
         if run is not None and run[3] > 0:
             out.stmts.append(
-                (gen, run[2], run[0], chr(run[1]), txid, at, who[0], who[1], who[2], depth, run[3])
+                (gen, run[2], run[0], chr(run[1]), txid, at, who[0], who[1], who[2], run[6], run[3])
             )
             result.statements += 1
         run = None
@@ -296,7 +318,7 @@ def journal_messages(
                     if t.tid not in chunks:
                         conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
                         chunks.add(t.tid)
-                    run = [t.tid, kind, ids.next(), 0, set(), {}]
+                    run = [t.tid, kind, ids.next(), 0, set(), {}, depths.get(t.tid, 1)]
                 run[3] += 1
                 head = b"%d\t%d\t%d\t" % (gen, run[2], run[3])
                 buf = out.buffer(t)
@@ -325,7 +347,7 @@ def journal_messages(
                 at = pgoutput.pg_time(m[2])
                 txid = _widen(m[3], next_full)
                 who = ("unknown", None, None)
-                depth = 1
+                depths.clear()
                 run = None
             elif tag == "C":
                 if not skip:
@@ -340,30 +362,35 @@ def journal_messages(
                 run = None
             elif tag == "M" and not skip:
                 prefix, content = m[2], m[3]
-                if prefix == "recovery.who":
-                    close_run()
-                    doc = json.loads(bytes(content))
-                    who = (str(doc[0]), doc[1], doc[2] or None)
-                    depth = int(doc[3]) if len(doc) > 3 else 1
+                doc = _message(prefix, content, secret, who_prefix, (shape_prefix, trunc_prefix))
+                if doc is None:
+                    forged += prefix in (who_prefix, shape_prefix, trunc_prefix)
+                elif prefix == who_prefix:
+                    # [user, application, tag, trigger depth, table id, key]
+                    now = (str(doc[0]), doc[1] or None, doc[2] or None)
+                    d, wtid = int(doc[3]), int(doc[4])
+                    if now != who or (run is not None and run[0] == wtid and run[6] != d):
+                        close_run()
+                    who = now
+                    depths[wtid] = d
                 elif prefix == shape_prefix:
                     close_run()
-                    doc = json.loads(bytes(content))
                     t2 = by_tid.get(int(doc["t"]))
                     if t2 is not None:
                         shape = [(str(a), str(b)) for a, b in doc["c"]]
                         t2.reshape(shape)
                         shapes_changed.add(t2.tid)
-                        # Journal columns added by this DDL hold values from here on.
+                        # Journal columns added by this DDL hold values from here on: an id
+                        # of their own, so that two DDLs between two changes stay ordered.
                         conn.execute(
                             sql.SQL(
                                 "UPDATE {s}.columns SET since_stmt = %s WHERE table_id = %s"
-                                " AND jcol = ANY(%s) AND since_stmt = {s}.wal_pending()"
+                                " AND jcol = ANY(%s) AND since_stmt >= {s}.wal_pending()"
                             ).format(s=s),
-                            [ids.peek(), t2.tid, [j for _, j in shape]],
+                            [ids.next(), t2.tid, [j for _, j in shape]],
                         )
                 elif prefix == trunc_prefix:
                     close_run()
-                    doc = json.loads(bytes(content))
                     fixups.append((int(doc["g"]), int(doc["p"]), ids.next()))
             elif tag == "R" and not skip:
                 t3 = tables.get(m[1])
@@ -377,6 +404,14 @@ def journal_messages(
     close_run()
     out.flush()
     finish(conn, schema, result, fixups, [by_tid[t] for t in shapes_changed], stopped)
+    if forged:
+        conn.execute(
+            sql.SQL("INSERT INTO {}.events (kind, detail) VALUES ('wal', %s)").format(s),
+            [
+                f"{forged} message(s) under recovery's prefixes without the hooks' key were "
+                "ignored (written by someone else with pg_logical_emit_message)"
+            ],
+        )
     if last_commit:
         record_position(conn, schema, lsn_text(last_commit), last_at)
     return result

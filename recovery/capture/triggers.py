@@ -148,8 +148,13 @@ def _enable_one(
         ).format(s),
         [relid],
     ).fetchone()
-    if row and row[1] and row[2] == "wal" and source == "trigger":
-        walops.leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
+    if row and row[2] == "wal" and source == "trigger":
+        if row[1]:
+            walops.leave_wal(conn, schema, row[0], sql.Identifier(nsp, rel))
+        else:
+            # Disabled inside a transaction that could not drain: what the slot holds
+            # of the table goes to the journal before triggers capture it anew.
+            walops.drain_beside(conn, schema)
     if row:
         tid = row[0]
         conn.execute(

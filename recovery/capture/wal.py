@@ -17,9 +17,6 @@ from psycopg.pq import TransactionStatus
 from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
 
-# Advisory lock class of the drain (one drain at a time per schema): "RCVW".
-DRAIN_CLASS = 0x52435657
-
 
 def lsn_value(text: str | None) -> int:
     if not text:
@@ -30,14 +27,6 @@ def lsn_value(text: str | None) -> int:
 
 def lsn_text(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def lock_key(schema: str) -> int:
-    # a stable 31-bit key per schema name for the advisory lock
-    h = 0
-    for ch in schema.encode():
-        h = (h * 131 + ch) & 0x7FFFFFFF
-    return h
 
 
 def slot_name(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> str:

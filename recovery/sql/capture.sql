@@ -236,7 +236,8 @@ BEGIN
             INSERT INTO {s}.columns (table_id, attnum, jcol, type_name, since_stmt)
             VALUES (tid, a.attnum, 'c' || a.attnum || '_w' || (SELECT count(*) FROM {s}.columns
                                                                WHERE table_id = tid AND attnum = a.attnum),
-                    a.typ, {s}.wal_pending());
+                    a.typ, {s}.wal_pending() + (SELECT count(*) FROM {s}.columns
+                                                  WHERE table_id = tid AND attnum = a.attnum));
         ELSIF cur.type_name <> a.typ THEN
             -- Retyped column: keep the old values in their old type, add a new one.
             IF cur.since_stmt > hwm THEN

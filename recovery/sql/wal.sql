@@ -15,6 +15,29 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_database d WHERE d.datname = current_database()
 $$;
 
+-- The key the hooks put in every message they emit: pg_logical_emit_message is open to
+-- every role, so the drain believes a message only with this key in it (a message
+-- without it is ignored and recorded).  Readable by the schema's owner only (the hooks
+-- and the drain run as that owner).
+CREATE TABLE IF NOT EXISTS {s}.wal_key (k text NOT NULL);
+INSERT INTO {s}.wal_key (k) SELECT md5(random()::text || clock_timestamp()::text || pg_backend_pid())
+    || md5(random()::text) WHERE NOT EXISTS (SELECT 1 FROM {s}.wal_key);
+
+-- One drain, slot drop or WAL enable at a time per recovery schema (transaction-level).
+CREATE OR REPLACE FUNCTION {s}.wal_lock() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_advisory_xact_lock(1380144727, hashtext({s_lit}))
+$$;
+
+-- Whether this session holds that lock already (a drain earlier in its transaction).
+CREATE OR REPLACE FUNCTION {s}.wal_lock_held() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND pid = pg_backend_pid() AND classid = 1380144727::oid
+                   AND objid::bigint = (hashtext({s_lit})::bigint + 4294967296) % 4294967296
+                   AND objsubid = 2)
+$$;
+
 -- The publication over the WAL-captured tables (publications belong to a database).
 CREATE OR REPLACE FUNCTION {s}.wal_publication() RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -174,6 +197,16 @@ DECLARE
     shape    jsonb;
 BEGIN
     SELECT * INTO c FROM {s}.captured WHERE table_id = tid;
+    -- Serialised with a drain that may drop the slot (the last table disabled): a table
+    -- is never published to a slot that is going away.
+    PERFORM {s}.wal_lock();
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {s}.wal_slot()) THEN
+        -- (capture enable makes the slot first; this is a slot dropped meanwhile)
+        UPDATE {s}.captured SET stopped = format('replication slot %s is missing: run '
+            '`recovery capture enable --source wal` to capture again', {s}.wal_slot())
+        WHERE table_id = tid;
+        RETURN;
+    END IF;
     PERFORM {s}.wal_prepare();
     IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                    WHERE p.pubname = pub AND pr.prrelid = c.relid) THEN
@@ -192,9 +225,10 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql '
                    'SECURITY DEFINER AS %L', {s_lit}, 'cap_' || tid || '_who',
         'BEGIN IF pg_catalog.current_setting(''wal_level'') OPERATOR(pg_catalog.=) ''logical'' THEN '
-        'PERFORM pg_catalog.pg_logical_emit_message(true, ''recovery.who'', '
+        'PERFORM pg_catalog.pg_logical_emit_message(true, ' || quote_literal('recovery.who:' || {s_lit}) || ', '
         'pg_catalog.json_build_array(SESSION_USER, pg_catalog.current_setting(''application_name'', true), '
-        'pg_catalog.current_setting(''recovery.tag'', true), pg_catalog.pg_trigger_depth())::pg_catalog.text); '
+        'pg_catalog.current_setting(''recovery.tag'', true), pg_catalog.pg_trigger_depth(), '
+        || tid || ', (SELECT k FROM ' || format('%I', {s_lit}) || '.wal_key))::pg_catalog.text); '
         'END IF; '
         'PERFORM pg_catalog.set_config(''recovery.said'', CASE WHEN pg_catalog.pg_trigger_depth() '
         'OPERATOR(pg_catalog.>) 1 THEN ''cascade'' ELSE pg_catalog.concat(''='', '
@@ -257,7 +291,8 @@ BEGIN
                 current_setting('application_name', true),
                 nullif(current_setting('recovery.tag', true), ''), pg_trigger_depth(), n);
         IF current_setting('wal_level') = 'logical' THEN  -- never fail the TRUNCATE
-            PERFORM pg_logical_emit_message(true, %9$L, jsonb_build_object('p', p, 'g', %6$s)::text);
+            PERFORM pg_logical_emit_message(true, %9$L, jsonb_build_object('p', p, 'g', %6$s,
+                'k', (SELECT k FROM %10$s.wal_key))::text);
         END IF;
     END IF;
     RETURN NULL;
@@ -266,7 +301,7 @@ $b$,
                                {s}.shape(rel.oid), guard, format('%I.stmt_seq', {s_lit}),
                                format('%I.%I', {s_lit}, jleaf), replace(tgt, '%', '%%'), gen,
                                format('%I.%I', {s_lit}, 'stmt_' || gen), tid,
-                               'recovery.truncate:' || {s_lit}));
+                               'recovery.truncate:' || {s_lit}, format('%I', {s_lit})));
             EXECUTE format('REVOKE ALL ON FUNCTION %I.%I() FROM PUBLIC', {s_lit},
                            'cap_' || tid || '_' || rel.oid || '_t');
             PERFORM {s}._ensure_wal_trigger(rel.oid, {s_lit} || '_wal_t', 'BEFORE TRUNCATE',
@@ -285,7 +320,8 @@ $b$,
                   ORDER BY since_stmt DESC LIMIT 1) col ON true
     WHERE ta.attrelid = c.relid AND ta.attnum > 0 AND NOT ta.attisdropped AND ta.attgenerated = '';
     PERFORM pg_logical_emit_message(true, 'recovery.shape:' || {s_lit},
-                                    jsonb_build_object('t', tid, 'c', shape)::text);
+                                    jsonb_build_object('t', tid, 'c', shape,
+                                                       'k', (SELECT k FROM {s}.wal_key))::text);
 END
 $fn$;
 
