@@ -640,7 +640,7 @@ def test_messages_recovery_did_not_write_are_ignored_and_recorded(conn, sql_exec
     sql_exec("SET recovery.tag = 'bad'; UPDATE acc SET n = 0 WHERE id = 1")
     sql_exec(
         "SELECT pg_logical_emit_message(true, 'recovery.truncate:_recovery',"
-        " '{\"p\": 1, \"g\": 1}')"
+        ' \'{"p": 1, "g": 1}\')'
     )
     sql_exec(
         "BEGIN; SELECT pg_logical_emit_message(true, 'recovery.who:_recovery',"
@@ -734,3 +734,37 @@ def test_a_trigger_writing_another_captured_table_keeps_each_table_s_depth(conn,
         " USING (table_id) WHERE c.table_name = 'audit'"
     )
     assert audit == [(2,)]
+
+
+def test_creating_the_slot_does_not_wait_forever_for_a_long_transaction(
+    conn, sql_exec, db_url, monkeypatch
+):
+    from recovery.capture import wal
+
+    monkeypatch.setattr(wal, "SLOT_WAIT", 1)
+    sql_exec("CREATE TABLE w (id int PRIMARY KEY)")
+    with psycopg.connect(db_url) as long_one:
+        long_one.execute("SELECT txid_current()")  # an open transaction with an id
+        with pytest.raises(RecoveryError, match="waits for every running transaction") as exc:
+            enable_capture(conn, ["w"], source="wal")
+        assert f"pid {long_one.info.backend_pid}" in str(exc.value)
+    conn.rollback()
+    assert sql_exec("SELECT count(*) FROM _recovery.captured") == [(0,)]
+    assert sql_exec(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = _recovery.wal_slot()"
+    ) == [(0,)]
+
+
+def test_a_dropped_last_table_leaves_a_slot_that_status_names_and_disable_drops(
+    conn, sql_exec, acc, cli
+):
+    sql_exec("DROP TABLE acc")
+    r = cli("capture", "status")
+    assert r.exit_code == 0
+    assert "holds WAL but no table is captured from the WAL any more" in r.output
+    r = cli("capture", "disable", "--all", "--yes")
+    assert r.exit_code == 0, r.output
+    assert sql_exec(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = _recovery.wal_slot()"
+    ) == [(0,)]
+    assert sql_exec("SELECT count(*) FROM pg_publication") == [(0,)]

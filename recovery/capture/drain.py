@@ -107,6 +107,9 @@ def drain(
             conn.execute(sql.SQL("SELECT {}.wal_origin_begin()").format(s))
         try:
             with conn.transaction():
+                # Read committed whatever the connection's default: the drain must see
+                # what the drain before it committed, after waiting for its lock.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 result = _drain(conn, schema, upto, progress)
         finally:
             with conn.transaction():

@@ -180,6 +180,7 @@ def follow(
             result = DrainResult()
             if batch:
                 with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     result = journal_messages(conn, schema, [batch])
             if end:
                 stream.confirm(end)

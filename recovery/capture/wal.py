@@ -69,6 +69,10 @@ def requirements(conn: psycopg.Connection) -> list[str]:
     return problems
 
 
+# How long creating the slot may wait for the transactions running on the server (s).
+SLOT_WAIT = 30
+
+
 @contextmanager
 def twin(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """A second connection to the same database as the same role (for a drain that must
@@ -155,11 +159,27 @@ def _create_slot(conn: psycopg.Connection, schema: str) -> bool:
             " WHERE slot_name = %s AND wal_status = 'lost'",
             [name],
         )
-        created = conn.execute(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", [name]
-        ).fetchone()
+        # Creating a slot waits for every transaction running on the server to end.
+        conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{SLOT_WAIT}s")))
+        try:
+            created = conn.execute(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", [name]
+            ).fetchone()
+        finally:
+            conn.execute("RESET statement_timeout")
     except psycopg.errors.DuplicateObject:
         return False  # made meanwhile by another enable
+    except psycopg.errors.QueryCanceled:
+        old = conn.execute(
+            "SELECT pid, usename, xact_start::text FROM pg_stat_activity"
+            " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+            " ORDER BY xact_start LIMIT 3"
+        ).fetchall()
+        who = "; ".join(f"pid {p} ({u}, since {t})" for p, u, t in old) or "none seen now"
+        raise RecoveryError(
+            f"creating replication slot {name} waits for every running transaction to end, "
+            f"and some did not within {SLOT_WAIT} s ({who}): end them, or retry when they are done"
+        ) from None
     except psycopg.Error as exc:
         raise RecoveryError(
             f"could not create replication slot {name}: {exc.diag.message_primary}"
@@ -191,6 +211,7 @@ class SlotState:
     wal_status: str | None = None
     drained_lsn: str | None = None
     drained_at: str | None = None  # commit time of the last transaction drained
+    in_use: bool = True  # some table that still exists is captured from the WAL
 
 
 def slot_state(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> SlotState:
@@ -200,13 +221,15 @@ def slot_state(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> SlotSt
             "SELECT {s}.wal_slot(), r.slot_name IS NOT NULL,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint,"
             " r.wal_status, (SELECT value FROM {s}.meta WHERE key = 'wal_lsn'),"
-            " (SELECT value FROM {s}.meta WHERE key = 'wal_at')"
+            " (SELECT value FROM {s}.meta WHERE key = 'wal_at'),"
+            " EXISTS (SELECT 1 FROM {s}.captured c JOIN pg_class pc ON pc.oid = c.relid"
+            "         WHERE c.enabled AND c.source = 'wal')"
             " FROM (SELECT 1) one LEFT JOIN pg_replication_slots r"
             " ON r.slot_name = {s}.wal_slot()"
         ).format(s=s)
     ).fetchone()
     assert row is not None
-    return SlotState(str(row[0]), bool(row[1]), row[2], row[3], row[4], row[5])
+    return SlotState(str(row[0]), bool(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
 
 
 def table_problems(

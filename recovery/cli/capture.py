@@ -119,8 +119,10 @@ def capture_status(c: Ctx) -> None:
     with open_conn(c) as conn:
         states = capture_mod.status(conn, schema=c.schema)
         slot = None
-        if any(s.enabled and s.source == "wal" for s in states):
-            with conn.transaction():
+        with conn.transaction():
+            if any(s.enabled and s.source == "wal" for s in states) or wal.slot_exists(
+                conn, c.schema
+            ):
                 slot = wal.slot_state(conn, c.schema)
     if c.json:
         doc: Any = [dict(s.__dict__, state=s.state) for s in states]

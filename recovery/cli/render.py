@@ -41,6 +41,11 @@ def capture_status(states: Sequence[CaptureState]) -> str:
 
 
 def slot_state(slot: SlotState) -> str:
+    if slot.exists and not slot.in_use:
+        return (
+            f"\nWAL capture slot {slot.name} holds WAL but no table is captured from the WAL "
+            "any more: `recovery capture disable --all` drops it"
+        )
     if not slot.exists:
         return f"\nWAL capture slot {slot.name} is missing (see the notes above)"
     drained = ""
