@@ -115,11 +115,26 @@ def drain(
             with conn.transaction():
                 conn.execute(sql.SQL("SELECT {}.wal_origin_end()").format(s))
     if own:
-        with conn.transaction():
-            conn.execute(sql.SQL("SELECT {}.wal_lock()").format(s))
-            conn.execute(sql.SQL("SELECT {}.wal_advance(%s::pg_lsn)").format(s), [upto])
+        _advance(conn, schema, upto)
     result.lsn = upto
     return result
+
+
+def _advance(conn: psycopg.Connection, schema: str, upto: str) -> None:
+    """Move the slot to `upto` (its journal rows are committed).  When `capture follow`
+    took the slot meanwhile, it moves it itself: nothing is lost either way."""
+    s = sql.Identifier(schema)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SELECT {}.wal_lock()").format(s))
+                conn.execute(sql.SQL("SELECT {}.wal_advance(%s::pg_lsn)").format(s), [upto])
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                return  # moved by whoever holds it; nothing is lost meanwhile
+            time.sleep(0.02)
 
 
 def _follower_has(conn: psycopg.Connection, schema: str, upto: str, own: bool) -> bool:
