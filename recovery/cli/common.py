@@ -226,7 +226,9 @@ def command(
 
 def selector_options(f: F) -> F:
     options = [
-        click.option("--tag", "tags", multiple=True, help="Changes made with this recovery.tag."),
+        click.option(
+            "--tag", "tags", multiple=True, help="Changes made with this recovery.tag (repeatable)."
+        ),
         click.option(
             "--txid",
             "txids",
@@ -239,8 +241,18 @@ def selector_options(f: F) -> F:
         click.option(
             "--table", "tables", multiple=True, help="Changes to this table (repeatable)."
         ),
-        click.option("--user", "users", multiple=True, help="Changes made by this database user."),
-        click.option("--app", "apps", multiple=True, help="Changes made by this application_name."),
+        click.option(
+            "--user",
+            "users",
+            multiple=True,
+            help="Changes made by this database user (repeatable).",
+        ),
+        click.option(
+            "--app",
+            "apps",
+            multiple=True,
+            help="Changes made by this application_name (repeatable).",
+        ),
     ]
     for opt in reversed(options):
         f = opt(f)

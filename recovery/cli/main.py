@@ -24,8 +24,9 @@ from .undo import rollback_cmd
 def main(ctx: click.Context, /, **kw: Any) -> None:
     """Undo a bad deploy's data damage on PostgreSQL: capture, selective undo, guardrails.
 
-    Exit codes: 0 done; 1 error, nothing changed; 2 refused because of conflicts;
-    3 refused because approval is needed or a cap was hit.
+    Exit codes: 0 done; 1 error, nothing changed; 2 refused because of conflicts or a
+    failed verification (snapshot verify), nothing changed; 3 refused because approval
+    is needed or a cap was hit.
     """
     ctx.obj = Ctx()
     merge(ctx, kw)
