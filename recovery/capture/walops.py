@@ -16,17 +16,22 @@ from .wal import SlotState, slot_exists, slot_state, twin
 from .walrows import DrainResult
 
 
+def _wal_tables(conn: psycopg.Connection, s: sql.Identifier) -> bool:
+    """Whether any table is captured from the WAL."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {}.captured WHERE enabled AND source = 'wal')"
+        ).format(s)
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> bool:
     """Drop the slot and the publication once no table is captured from the WAL (a slot
     nobody drains keeps WAL forever).  Drains first; True when they were dropped."""
     s = sql.Identifier(schema)
     with conn.transaction():
-        row = conn.execute(
-            sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM {}.captured WHERE enabled AND source = 'wal')"
-            ).format(s)
-        ).fetchone()
-        if row and row[0]:
+        if _wal_tables(conn, s):
             return False
         present = slot_exists(conn, schema)
     if present:
@@ -34,12 +39,7 @@ def drop_slot_if_unused(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) 
     with conn.transaction():
         # Under the lock an enable takes too: a table enabled meanwhile keeps the slot.
         conn.execute(sql.SQL("SELECT {}.wal_lock()").format(s))
-        row = conn.execute(
-            sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM {}.captured WHERE enabled AND source = 'wal')"
-            ).format(s)
-        ).fetchone()
-        if row and row[0]:
+        if _wal_tables(conn, s):
             return False
         pub = conn.execute(sql.SQL("SELECT {}.wal_publication()").format(s)).fetchone()
         assert pub is not None
