@@ -20,8 +20,9 @@ $$;
 -- without it is ignored and recorded).  Readable by the schema's owner only (the hooks
 -- and the drain run as that owner).
 CREATE TABLE IF NOT EXISTS {s}.wal_key (k text NOT NULL);
-INSERT INTO {s}.wal_key (k) SELECT md5(random()::text || clock_timestamp()::text || pg_backend_pid())
-    || md5(random()::text) WHERE NOT EXISTS (SELECT 1 FROM {s}.wal_key);
+INSERT INTO {s}.wal_key (k)
+    SELECT replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')  -- strong random
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.wal_key);
 
 -- One drain, slot drop or WAL enable at a time per recovery schema (transaction-level).
 CREATE OR REPLACE FUNCTION {s}.wal_lock() RETURNS void
