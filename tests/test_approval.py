@@ -483,6 +483,12 @@ def test_cli_exit_codes_and_json(conn, sql_exec, people, damaged):
     assert table_rows(conn) == ORIG
     assert people.cli("bob", "approve", str(req), "--yes").exit_code == 1  # executed already
     assert people.cli("bob", "approve", "--list", "--json").stdout.strip() == "[]"
+    # closed requests stay viewable
+    closed = json.loads(people.cli("bob", "approve", "--list", "--all", "--json").stdout)
+    assert [(d["req_id"], d["status"], d["executed_by"]) for d in closed] == [
+        (req, "executed", people.alice)
+    ]
+    assert people.cli("bob", "approve", str(req), "--all").exit_code == 1  # --all needs --list
 
 
 def test_cli_refuse_and_restore(conn, sql_exec, people, damaged):

@@ -19,9 +19,15 @@ from .common import Ctx, command, confirm, open_conn
     help="List the open (pending and approved) requests instead.",
 )
 @click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="With --list: every request, closed ones too (executed, refused, expired).",
+)
+@click.option(
     "--refuse", is_flag=True, help="Refuse the request: it can then be neither approved nor used."
 )
-def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
+def approve_cmd(c: Ctx, req: int | None, list_all: bool, every: bool, refuse: bool) -> None:
     """Approve (or refuse) large operation REQ that another database user requested.
 
     The approval is recorded under the database user this command connects as, for
@@ -29,9 +35,13 @@ def approve_cmd(c: Ctx, req: int | None, list_all: bool, refuse: bool) -> None:
     """
     if (req is None) != list_all or (list_all and refuse):
         raise RecoveryError("give a request number REQ (with --refuse to refuse it), or --list")
+    if every and not list_all:
+        raise RecoveryError("--all goes with --list")
     with open_conn(c) as conn:
         if list_all:
-            reqs = approval_mod.list_requests(conn, c.schema, status=approval_mod.OPEN)
+            reqs = approval_mod.list_requests(
+                conn, c.schema, status=None if every else approval_mod.OPEN
+            )
             if c.json:
                 c.emit([r.to_dict() for r in reqs])
             else:
