@@ -26,9 +26,9 @@ import psycopg
 
 from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
-from .drain import journal_messages
 from .replication import Stream
 from .wal import SlotState, lsn_text, slot_state
+from .waljournal import journal_messages
 from .walrows import DrainResult
 
 
