@@ -14,7 +14,7 @@ nothing: the server sends again from the last confirmed position, and the journa
 what it already holds.
 
 While `follow` holds the slot, another drain cannot read it: `drain()` then waits until
-`follow` has confirmed the position it needs (see drain.wait_for_follow).
+`follow` has confirmed the position it needs (see drain._follower_has).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from ..db import DEFAULT_SCHEMA
 from ..errors import RecoveryError
@@ -51,7 +53,12 @@ def follow(
             if "is active for PID" not in str(exc) or stop():
                 raise
             time.sleep(0.2)
+    s = sql.Identifier(schema)
     try:
+        # As the peek drain does: its own journal writes carry a replication origin that
+        # the stream skips (PostgreSQL 16); the connection does nothing else.
+        with conn.transaction():
+            conn.execute(sql.SQL("SELECT {}.wal_origin_begin()").format(s))
         for batch, end in stream.batches(interval, stop):
             result = DrainResult()
             if batch:
@@ -66,3 +73,6 @@ def follow(
             yield result, state
     finally:
         stream.close()
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            with conn.transaction():
+                conn.execute(sql.SQL("SELECT {}.wal_origin_end()").format(s))
