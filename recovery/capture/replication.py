@@ -21,6 +21,7 @@ import psycopg
 from psycopg import pq, sql
 
 from ..errors import RecoveryError
+from .wal import same_session_conninfo
 
 _XLOGDATA = struct.Struct(">cQQq")  # 'w', start, end of WAL on the server, send time
 _KEEPALIVE = struct.Struct(">cQqB")  # 'k', end of WAL, send time, reply requested
@@ -32,16 +33,6 @@ _BATCH_BYTES = 8 << 20
 
 def _now_us() -> int:
     return int(datetime.now(timezone.utc).timestamp() * 1_000_000) - _EPOCH_US
-
-
-def replication_conninfo(conn: psycopg.Connection) -> bytes:
-    params = {
-        o.keyword.decode(): o.val.decode()
-        for o in conn.pgconn.info
-        if o.val is not None and o.keyword.decode() != "replication"
-    }
-    params["replication"] = "database"
-    return psycopg.conninfo.make_conninfo(**params).encode()
 
 
 class Stream:
@@ -57,7 +48,7 @@ class Stream:
             ).fetchone()
         assert row is not None
         slot, pub, skip_origins = str(row[0]), str(row[1]), bool(row[2])
-        self.pg = pq.PGconn.connect(replication_conninfo(conn))
+        self.pg = pq.PGconn.connect(same_session_conninfo(conn, replication="database").encode())
         if self.pg.status != pq.ConnStatus.OK:
             raise RecoveryError(
                 "cannot open a replication connection for `capture follow`: "

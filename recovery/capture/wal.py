@@ -73,16 +73,21 @@ def requirements(conn: psycopg.Connection) -> list[str]:
 SLOT_WAIT = 30
 
 
+def same_session_conninfo(conn: psycopg.Connection, **extra: str) -> str:
+    """The connection string `conn` was opened with (password included), and `extra`."""
+    params = {
+        o.keyword.decode(): o.val.decode()
+        for o in conn.pgconn.info
+        if o.val is not None and o.keyword.decode() != "replication"
+    }
+    return psycopg.conninfo.make_conninfo(**params, **extra)
+
+
 @contextmanager
 def twin(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """A second connection to the same database as the same role (for a drain that must
     commit while `conn` holds its transaction open)."""
-    params = {
-        o.keyword.decode(): o.val.decode()
-        for o in conn.pgconn.info
-        if o.val is not None and o.keyword.decode() not in ("replication",)
-    }
-    other = psycopg.connect(psycopg.conninfo.make_conninfo(**params))
+    other = psycopg.connect(same_session_conninfo(conn))
     try:
         yield other
     finally:

@@ -173,7 +173,9 @@ def journal_messages(
                 ):
                     close_run()
                     if t.tid not in chunks:
-                        conn.execute(sql.SQL("SELECT {}.wal_chunk(%s, %s)").format(s), [t.tid, gen])
+                        conn.execute(
+                            sql.SQL("SELECT {}.ensure_chunk(%s, %s)").format(s), [t.tid, gen]
+                        )
                         chunks.add(t.tid)
                     run = [t.tid, kind, ids.next(), 0, set(), {}, depths.get(t.tid, 1)]
                 run[3] += 1

@@ -133,6 +133,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          'SET extra_float_digits = 3 SET bytea_output = ''hex''' ELSE '' END
 $$;
 
+-- Makes sure the journal chunk of table tid and the statement chunk for generation g
+-- exist: for build_capture, and for the WAL source's drain (which writes a table
+-- disabled since, whose chunk prune did not create).
+CREATE OR REPLACE FUNCTION {s}.ensure_chunk(tid int, g int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF to_regclass(format('%I.%I', {s_lit}, 'j_' || tid || '_' || g)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES IN (%s)',
+                       {s_lit}, 'j_' || tid || '_' || g, {s_lit}, 'j_' || tid, g);
+    END IF;
+    IF to_regclass(format('%I.%I', {s_lit}, 'stmt_' || g)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.stmt FOR VALUES IN (%s)',
+                       {s_lit}, 'stmt_' || g, {s_lit}, g);
+        EXECUTE format('CREATE INDEX ON %I.%I USING brin (stmt_id)', {s_lit}, 'stmt_' || g);
+    END IF;
+END
+$fn$;
+
 -- Creates the journal chunk for the current generation, brings the journal's
 -- columns in line with the table, and (re)generates the capture function and
 -- triggers on the table and on every partition of it.
@@ -184,15 +202,7 @@ BEGIN
                        {s_lit}, jparent);
         EXECUTE format('CREATE INDEX ON %I.%I USING brin (rec_stmt)', {s_lit}, jparent);
     END IF;
-    IF to_regclass(format('%I.%I', {s_lit}, jleaf)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES IN (%s)',
-                       {s_lit}, jleaf, {s_lit}, jparent, gen);
-    END IF;
-    IF to_regclass(format('%I.%I', {s_lit}, 'stmt_' || gen)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.stmt FOR VALUES IN (%s)',
-                       {s_lit}, 'stmt_' || gen, {s_lit}, gen);
-        EXECUTE format('CREATE INDEX ON %I.%I USING brin (stmt_id)', {s_lit}, 'stmt_' || gen);
-    END IF;
+    PERFORM {s}.ensure_chunk(tid, gen);
 
     PERFORM {s}.journal_as_text(tid);
 

@@ -358,23 +358,6 @@ BEGIN
 END
 $fn$;
 
--- Makes sure the journal chunk of table tid and the statement chunk for generation g
--- exist (the drain writes a table disabled since, whose chunk prune did not create).
-CREATE OR REPLACE FUNCTION {s}.wal_chunk(tid int, g int) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    IF to_regclass(format('%I.%I', {s_lit}, 'j_' || tid || '_' || g)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES IN (%s)',
-                       {s_lit}, 'j_' || tid || '_' || g, {s_lit}, 'j_' || tid, g);
-    END IF;
-    IF to_regclass(format('%I.%I', {s_lit}, 'stmt_' || g)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.stmt FOR VALUES IN (%s)',
-                       {s_lit}, 'stmt_' || g, {s_lit}, g);
-        EXECUTE format('CREATE INDEX ON %I.%I USING brin (stmt_id)', {s_lit}, 'stmt_' || g);
-    END IF;
-END
-$fn$;
-
 -- Moves the slot past what the drain committed (never back: a drain that finished
 -- later may have moved it further already).
 CREATE OR REPLACE FUNCTION {s}.wal_advance(upto pg_lsn) RETURNS void
